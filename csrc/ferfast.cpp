@@ -1,0 +1,51 @@
+// ferfast op library: every op schema lives here, in one TORCH_LIBRARY block.
+// Kernels register per device in csrc/ops/{cpu,cuda}/<op>_kernel.{cpp,cu}; autograd and
+// fake (meta) kernels are registered from Python (ferfast/_library.py).
+#define Py_LIMITED_API 0x030A0000
+#include <Python.h>
+
+#include <torch/library.h>
+
+#ifdef WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace ferfast {
+
+// CUDA runtime version the library was compiled against (e.g. 13000), -1 for a CPU-only build.
+int64_t cuda_version() {
+#ifdef WITH_CUDA
+  return CUDART_VERSION;
+#else
+  return -1;
+#endif
+}
+
+TORCH_LIBRARY(ferfast, m) {
+  m.def("_cuda_version() -> int", &cuda_version);
+
+  // MAE masking: order patches by (noise, index), keep the first int(L*(1-mask_ratio)).
+  m.def("random_masking(Tensor noise, float mask_ratio) -> (Tensor ids_keep, Tensor mask, Tensor ids_restore)");
+
+  // Visible patches [B,K,p*p*C] (nhwpqc order) of imgs [B,C,H,W]; backward scatters them back.
+  m.def("patchify_gather(Tensor imgs, Tensor ids_keep, int patch_size) -> Tensor");
+  m.def("_patchify_gather_backward(Tensor grad, Tensor ids_keep, int patch_size, int channels, int height, "
+        "int width) -> Tensor");
+
+  // MAE decoder input: [prefix; visible tokens; mask tokens] unshuffled by ids_restore.
+  m.def("unshuffle_tokens(Tensor x, Tensor mask_token, Tensor ids_restore, int num_prefix_tokens) -> Tensor");
+  // Returns (grad_x in grad's dtype, grad_mask_token [D] in float32, float64 for float64 grads).
+  m.def("_unshuffle_tokens_backward(Tensor grad, Tensor ids_restore, int num_prefix_tokens, int num_visible) "
+        "-> (Tensor, Tensor)");
+
+  // MAE forward_loss fused with its gradient: returns (loss: float32 scalar (float64 if an input is), grad_pred: d loss / d pred,
+  // an empty tensor when compute_grad is false).
+  m.def("masked_patch_mse(Tensor imgs, Tensor pred, Tensor mask, int patch_size, bool norm_pix_loss, "
+        "bool compute_grad) -> (Tensor, Tensor)");
+}
+
+}  // namespace ferfast
+
+// An importable (empty) Python module, so the library is found and loaded like torchvision's _C.
+static struct PyModuleDef ferfast_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&ferfast_module); }

@@ -1,0 +1,1 @@
+// placeholder: CUDA kernel for masked_patch_mse is written next

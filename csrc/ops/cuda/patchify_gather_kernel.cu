@@ -1,0 +1,1 @@
+// placeholder: CUDA kernel for patchify_gather is written next

@@ -1,0 +1,1 @@
+// placeholder: CUDA kernel for random_masking is written next

@@ -1,0 +1,71 @@
+"""Argument checks shared by the public ops: clear ``TypeError``/``ValueError`` naming the argument.
+
+Only metadata is inspected (shape, dtype, device), so the checks never synchronise a GPU.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+
+def tensor(value: object, name: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def floating(t: Tensor, name: str) -> None:
+    if not t.is_floating_point():
+        hint = " (convert integer images with .float() and scale them first)" if name == "imgs" else ""
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}{hint}")
+
+
+def index(t: Tensor, name: str) -> None:
+    if t.dtype != torch.long:
+        raise TypeError(f"{name} must be an int64 tensor, got {t.dtype}")
+
+
+def ndim(t: Tensor, dims: int, name: str, layout: str) -> None:
+    if t.dim() != dims:
+        raise ValueError(f"{name} must have shape {layout}, got {tuple(t.shape)}")
+
+
+def same_device(t: Tensor, name: str, ref: Tensor, ref_name: str) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; put them on one device")
+
+
+def batch(t: Tensor, name: str, ref: Tensor, ref_name: str) -> None:
+    if t.shape[0] != ref.shape[0]:
+        raise ValueError(f"{name} has batch size {t.shape[0]} but {ref_name} has {ref.shape[0]}")
+
+
+def positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def mask_ratio(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"mask_ratio must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def patch_grid(imgs: Tensor, patch_size: int) -> tuple[int, int]:
+    """Checks ``imgs`` [B,C,H,W] against ``patch_size``; returns the grid (H/p, W/p)."""
+    ndim(imgs, 4, "imgs", "[B, C, H, W]")
+    floating(imgs, "imgs")
+    h, w = imgs.shape[2], imgs.shape[3]
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"imgs height and width ({h}, {w}) must be divisible by patch_size={patch_size}")
+    return h // patch_size, w // patch_size

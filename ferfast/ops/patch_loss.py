@@ -1,0 +1,215 @@
+"""MAE's reconstruction loss, fused: ``masked_patch_mse`` and ``fused_head_masked_mse``.
+
+Both compute the gradient during the forward pass (Liger's fused linear cross-entropy
+idea): the loss reads the images and predictions once, writes ``grad_pred`` once and
+never materialises the patchified target; backward only scales the stored gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ferfast.backends import resolve_backend
+from ferfast.ops import _checks
+from ferfast.ops._dispatch import op_namespace
+from ferfast.reference.patch_loss import NORM_PIX_EPS, masked_patch_mse_ref
+
+__all__ = ["MaskedPatchMSELoss", "fused_head_masked_mse", "masked_patch_mse"]
+
+
+def loss_dtype(imgs: Tensor, pred: Tensor) -> torch.dtype:
+    """Losses are float32, or float64 when an input is float64."""
+    return torch.float64 if torch.float64 in (imgs.dtype, pred.dtype) else torch.float32
+
+
+def _check_loss_args(imgs: Any, pred: Any, mask: Any, patch_size: Any, pred_name: str = "pred") -> tuple:
+    imgs = _checks.tensor(imgs, "imgs")
+    pred = _checks.tensor(pred, pred_name)
+    mask = _checks.tensor(mask, "mask")
+    patch_size = _checks.positive_int(patch_size, "patch_size")
+    gh, gw = _checks.patch_grid(imgs, patch_size)
+    _checks.ndim(mask, 2, "mask", "[B, L]")
+    _checks.same_device(pred, pred_name, imgs, "imgs")
+    _checks.same_device(mask, "mask", imgs, "imgs")
+    b, length = imgs.shape[0], gh * gw
+    if tuple(mask.shape) != (b, length):
+        raise ValueError(f"mask must have shape [{b}, {length}] for imgs {tuple(imgs.shape)}, got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        mask = mask.to(torch.float32)
+    _checks.floating(mask, "mask")
+    return imgs, pred, mask, patch_size, length
+
+
+def masked_patch_mse(
+    imgs: Tensor,
+    pred: Tensor,
+    mask: Tensor,
+    patch_size: int,
+    norm_pix_loss: bool = False,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """MAE's ``forward_loss``: per-patch MSE between ``pred`` and the patchified ``imgs``,
+    averaged over the masked patches of the whole batch.
+
+    Args:
+        imgs: ``[B, C, H, W]`` floating images, the target (receives no gradient).
+        pred: ``[B, L, p*p*C]`` reconstruction in MAE's ``nhwpqc`` patch order.
+        mask: ``[B, L]``, 1 = removed patch (float weights or bool).
+        patch_size: ``p``; H and W must be divisible by it.
+        norm_pix_loss: normalise each target patch by its mean and unbiased variance (MAE's flag).
+
+    Returns:
+        The loss as a float32 scalar (float64 if an input is float64); 0 when the mask is empty,
+        where MAE gives NaN.
+    """
+    imgs, pred, mask, patch_size, length = _check_loss_args(imgs, pred, mask, patch_size)
+    _checks.ndim(pred, 3, "pred", "[B, L, p*p*C]")
+    _checks.floating(pred, "pred")
+    expected = (imgs.shape[0], length, patch_size * patch_size * imgs.shape[1])
+    if tuple(pred.shape) != expected:
+        raise ValueError(f"pred must have shape {list(expected)} for imgs {tuple(imgs.shape)}, got {tuple(pred.shape)}")
+    if norm_pix_loss and expected[2] < 2:
+        raise ValueError("norm_pix_loss needs at least 2 values per patch (unbiased variance)")
+    chosen = resolve_backend(imgs.device, backend)
+    if chosen == "reference":
+        loss = masked_patch_mse_ref(imgs, pred, mask, patch_size, bool(norm_pix_loss))
+        return loss.to(loss_dtype(imgs, pred))
+    compute_grad = torch.is_grad_enabled() and pred.requires_grad
+    loss, _ = op_namespace(chosen).masked_patch_mse(
+        imgs.detach(), pred, mask.detach(), patch_size, bool(norm_pix_loss), compute_grad
+    )
+    return loss
+
+
+class MaskedPatchMSELoss(nn.Module):
+    """Module form of :func:`masked_patch_mse` (``loss = criterion(imgs, pred, mask)``)."""
+
+    def __init__(self, patch_size: int, norm_pix_loss: bool = False, backend: str | None = None) -> None:
+        super().__init__()
+        self.patch_size = _checks.positive_int(patch_size, "patch_size")
+        self.norm_pix_loss = bool(norm_pix_loss)
+        self.backend = backend
+
+    def forward(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+        return masked_patch_mse(imgs, pred, mask, self.patch_size, self.norm_pix_loss, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"patch_size={self.patch_size}, norm_pix_loss={self.norm_pix_loss}"
+
+
+def _patch_rows(imgs: Tensor, rows: Tensor, length: int, patch_size: int) -> Tensor:
+    """Target patches ``[N, p*p*C]`` (nhwpqc) for flat patch indices ``rows`` = b*L + l."""
+    b, c, h, w = imgs.shape
+    p, gw = patch_size, w // patch_size
+    grid = imgs.reshape(b, c, h // p, p, gw, p)
+    bi, li = rows // length, rows % length
+    patches = grid[bi, :, li // gw, :, li % gw, :]  # [N, C, p, p]
+    return patches.permute(0, 2, 3, 1).reshape(rows.shape[0], p * p * c)
+
+
+class FusedHeadMaskedMSEFunction(torch.autograd.Function):
+    """Decoder head + masked MSE over masked tokens only, chunk by chunk; gradients in forward."""
+
+    @staticmethod
+    def forward(ctx: Any, h, weight, bias, imgs, mask, patch_size, norm_pix_loss, chunk_size):  # type: ignore[override]
+        b, length, dim = h.shape
+        pdim = weight.shape[0]
+        flat_h = h.reshape(b * length, dim)
+        flat_mask = mask.reshape(-1)
+        rows_all = flat_mask.nonzero().squeeze(1)
+        denom = flat_mask.sum().float()
+        denom = torch.where(denom == 0, torch.ones_like(denom), denom)
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        grad_h = torch.zeros_like(flat_h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if needs_grad else None
+        grad_b = torch.zeros(pdim, dtype=torch.float32, device=h.device) if needs_grad else None
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        for start in range(0, rows_all.shape[0], chunk_size):
+            rows = rows_all[start : start + chunk_size]
+            hc = flat_h.index_select(0, rows)
+            pred = F.linear(hc, weight, bias).float()
+            target = _patch_rows(imgs, rows, length, patch_size).float()
+            if norm_pix_loss:
+                mean = target.mean(dim=-1, keepdim=True)
+                var = target.var(dim=-1, keepdim=True)
+                target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
+            diff = pred - target
+            weights = flat_mask.index_select(0, rows).float()
+            loss += (diff.square().mean(dim=-1) * weights).sum()
+            if needs_grad:
+                grad_pred = diff * (weights * (2.0 / (pdim * denom))).unsqueeze(1)
+                if grad_h is not None:
+                    grad_h.index_copy_(0, rows, (grad_pred.to(weight.dtype) @ weight).to(h.dtype))
+                grad_w += grad_pred.t() @ hc.float()
+                grad_b += grad_pred.sum(dim=0)
+        ctx.save_for_backward(
+            grad_h.reshape(b, length, dim) if grad_h is not None else None,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None and bias is not None else None,
+        )
+        return loss / denom
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor):  # type: ignore[override]
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+
+        def scale(g: Tensor | None) -> Tensor | None:
+            return None if g is None else g * grad_loss.to(g.dtype)
+
+        return (
+            scale(grad_h) if ctx.needs_input_grad[0] else None,
+            scale(grad_w) if ctx.needs_input_grad[1] else None,
+            scale(grad_b) if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def fused_head_masked_mse(
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    imgs: Tensor,
+    mask: Tensor,
+    patch_size: int,
+    norm_pix_loss: bool = False,
+    *,
+    chunk_size: int = 4096,
+) -> Tensor:
+    """MAE's ``decoder_pred`` linear head + :func:`masked_patch_mse`, run on masked tokens only.
+
+    ``h`` [B, L, D] are decoder tokens (cls token removed), ``weight`` [p*p*C, D], ``bias`` [p*p*C].
+    The prediction is computed ``chunk_size`` masked tokens at a time and never materialised
+    whole; the 25% visible tokens skip the head entirely. Gradients for ``h``, ``weight`` and
+    ``bias`` are computed in forward. Equal to ``masked_patch_mse(imgs, F.linear(h, weight, bias), ...)``.
+    Finding the masked tokens (``nonzero``) synchronises a GPU once per call.
+    """
+    h = _checks.tensor(h, "h")
+    weight = _checks.tensor(weight, "weight")
+    imgs, _, mask, patch_size, length = _check_loss_args(imgs, h, mask, patch_size, pred_name="h")
+    chunk_size = _checks.positive_int(chunk_size, "chunk_size")
+    _checks.ndim(h, 3, "h", "[B, L, D]")
+    _checks.floating(h, "h")
+    _checks.ndim(weight, 2, "weight", "[p*p*C, D]")
+    pdim = patch_size * patch_size * imgs.shape[1]
+    if tuple(h.shape[:2]) != (imgs.shape[0], length):
+        raise ValueError(f"h must have shape [{imgs.shape[0]}, {length}, D], got {tuple(h.shape)}")
+    if tuple(weight.shape) != (pdim, h.shape[2]):
+        raise ValueError(f"weight must have shape [{pdim}, {h.shape[2]}], got {tuple(weight.shape)}")
+    if bias is not None:
+        bias = _checks.tensor(bias, "bias")
+        if tuple(bias.shape) != (pdim,):
+            raise ValueError(f"bias must have shape [{pdim}], got {tuple(bias.shape)}")
+    if norm_pix_loss and pdim < 2:
+        raise ValueError("norm_pix_loss needs at least 2 values per patch (unbiased variance)")
+    return FusedHeadMaskedMSEFunction.apply(
+        h, weight, bias, imgs.detach(), mask.detach(), patch_size, bool(norm_pix_loss), chunk_size
+    )

@@ -1,0 +1,23 @@
+"""Plain-PyTorch reference implementations: the specification of every ferfast op."""
+
+from ferfast.reference.masking import (
+    num_kept,
+    patchify_gather_ref,
+    patchify_ref,
+    random_masking_ref,
+    unpatchify_ref,
+    unshuffle_tokens_ref,
+)
+from ferfast.reference.patch_loss import NORM_PIX_EPS, fused_head_masked_mse_ref, masked_patch_mse_ref
+
+__all__ = [
+    "NORM_PIX_EPS",
+    "fused_head_masked_mse_ref",
+    "masked_patch_mse_ref",
+    "num_kept",
+    "patchify_gather_ref",
+    "patchify_ref",
+    "random_masking_ref",
+    "unpatchify_ref",
+    "unshuffle_tokens_ref",
+]
