@@ -105,6 +105,10 @@ def _masked_patch_mse_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tenso
     compute_grad = inputs[5]
     if not compute_grad and inputs[1].requires_grad:
         raise RuntimeError("masked_patch_mse was called with compute_grad=False on a pred that requires grad")
+    # grad_pred is an output only to carry the gradient computed in forward: never differentiate
+    # it, and don't let autograd fill a zero gradient for it (a full extra pass over memory).
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(output[1])
 
 
