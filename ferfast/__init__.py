@@ -39,5 +39,6 @@ __all__ = [
     "random_masking",
     "resolve_backend",
     "set_default_backend",
+    "tune_cpu_allocator",
     "unshuffle_tokens",
 ]

@@ -33,7 +33,9 @@ def info_dict() -> dict:
         "build_info": dict(_extension.BUILD_INFO),
         "FERFAST_BACKEND": default_backend(),
         "triton_runs_on": [d for d in ("cuda", "cpu") if triton_available(d)],
-        "backends": {d: {"available": available_backends(d), "in_use": resolve_backend(torch.device(d))} for d in devices},
+        "backends": {
+            d: {"available": available_backends(d), "in_use": resolve_backend(torch.device(d))} for d in devices
+        },
     }
 
 

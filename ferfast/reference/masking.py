@@ -90,7 +90,7 @@ def unshuffle_tokens_ref(
     is ``[B, L]``. Output ``[B, num_prefix_tokens + L, D]`` where token ``l`` is
     visible token ``ids_restore[l]`` if that index is ``< K``, else the mask token.
     """
-    b, n, d = x.shape
+    b, _, d = x.shape
     length = ids_restore.shape[1]
     prefix, visible = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
     mask_tokens = mask_token.reshape(1, 1, d).to(x.dtype).expand(b, length - visible.shape[1], d)
