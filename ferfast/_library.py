@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from ferfast.reference.masking import num_kept
 
@@ -117,7 +118,8 @@ def _masked_patch_mse_backward(ctx: Any, grad_loss: Tensor, _grad_grad: Tensor):
     (grad_pred,) = ctx.saved_tensors
     if grad_loss is None:
         return None, None, None, None, None, None
-    if not torch.compiler.is_compiling() and float(grad_loss) == 1.0:
+    tracing = torch.compiler.is_compiling() or is_fake(grad_loss)  # aot_function/make_fx trace with fakes
+    if not tracing and float(grad_loss) == 1.0:
         scaled = grad_pred  # the common loss.backward(): skip a full pass over grad_pred
     else:
         scaled = grad_pred * grad_loss.to(grad_pred.dtype)

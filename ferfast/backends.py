@@ -47,16 +47,21 @@ def set_default_backend(backend: str) -> None:
     _GLOBAL_BACKEND = backend
 
 
-@functools.cache
+_TRITON_AVAILABLE: dict[str, bool] = {}  # a plain dict, not functools.cache: dynamo traces through it
+
+
 def triton_available(device_type: str) -> bool:
     """Triton runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``."""
-    if importlib.util.find_spec("triton") is None:
-        return False
-    if device_type == "cuda":
-        return torch.cuda.is_available()
-    if device_type == "cpu":
-        return os.environ.get("TRITON_INTERPRET", "0") == "1"
-    return False
+    if device_type not in _TRITON_AVAILABLE:
+        found = importlib.util.find_spec("triton") is not None
+        if device_type == "cuda":
+            found = found and torch.cuda.is_available()
+        elif device_type == "cpu":
+            found = found and os.environ.get("TRITON_INTERPRET", "0") == "1"
+        else:
+            found = False
+        _TRITON_AVAILABLE[device_type] = found
+    return _TRITON_AVAILABLE[device_type]
 
 
 def available_backends(device: torch.device | str) -> list[str]:

@@ -1,0 +1,49 @@
+"""Triton backend: the ``ferfast_triton::*`` ops (same schemas and semantics as the C++ ``ferfast::*`` ops).
+
+Importing this package defines the ops with :func:`torch.library.triton_op` (launches go
+through :func:`torch.library.wrap_triton`, so ``torch.compile`` sees the kernels) and
+registers their autograd formulas from :mod:`ferfast._library`. ``triton_op`` derives the
+fake kernels by tracing the host functions, so :func:`ferfast._library.register_op` is
+called with ``with_fake=False``.
+
+The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (set it
+before ``triton`` is first imported). Interpreted kernels cannot be traced, so there the
+ops are opaque ``custom_op``s with the fake kernels of :mod:`ferfast._library`
+(see :func:`ferfast.triton.utils.define_op`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ferfast import _library
+from ferfast.triton import masking, patch_loss
+from ferfast.triton.masking import (
+    patchify_gather,
+    patchify_gather_backward,
+    random_masking,
+    unshuffle_tokens,
+    unshuffle_tokens_backward,
+)
+from ferfast.triton.patch_loss import masked_patch_mse
+from ferfast.triton.utils import INTERPRETED
+
+__all__ = [
+    "masked_patch_mse",
+    "masking",
+    "patch_loss",
+    "patchify_gather",
+    "patchify_gather_backward",
+    "random_masking",
+    "unshuffle_tokens",
+    "unshuffle_tokens_backward",
+]
+
+_library.register_op(
+    "ferfast_triton",
+    {
+        "patchify_gather": torch.ops.ferfast_triton._patchify_gather_backward.default,
+        "unshuffle_tokens": torch.ops.ferfast_triton._unshuffle_tokens_backward.default,
+    },
+    with_fake=INTERPRETED,
+)

@@ -1,0 +1,139 @@
+"""Launch helpers shared by the Triton kernels (Liger-Kernel's ``ops/utils.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op
+
+__all__ = [
+    "INTERPRETED",
+    "MAX_FUSED_SIZE",
+    "calculate_settings",
+    "cdiv",
+    "check",
+    "check_dim",
+    "check_floating",
+    "check_long",
+    "check_patch_grid",
+    "check_same_device",
+    "define_op",
+    "next_power_of_2",
+    "to_acc",
+]
+
+#: Largest block a kernel holds in registers at once (Liger's cap).
+MAX_FUSED_SIZE = 65536
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two ``>= n`` (1 for ``n <= 1``)."""
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def calculate_settings(n: int) -> tuple[int, int]:
+    """``(BLOCK_SIZE, num_warps)`` for a program that holds ``n`` elements in registers.
+
+    ``BLOCK_SIZE`` is the next power of two (at most :data:`MAX_FUSED_SIZE`); ``num_warps``
+    grows with it so that each thread keeps a bounded number of elements.
+    """
+    block = next_power_of_2(n)
+    if block > MAX_FUSED_SIZE:
+        raise RuntimeError(
+            f"cannot hold {n} elements in one Triton program: the limit is {MAX_FUSED_SIZE} "
+            f"(next power of two of the patch dim p*p*C)"
+        )
+    num_warps = 4
+    if block >= 32768:
+        num_warps = 32
+    elif block >= 8192:
+        num_warps = 16
+    elif block >= 2048:
+        num_warps = 8
+    return block, num_warps
+
+
+# ---- host-side checks (metadata only: no device synchronisation) -------------------------------
+
+
+def check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise RuntimeError(msg)
+
+
+def check_floating(t: Tensor, name: str) -> None:
+    check(t.is_floating_point(), f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def check_long(t: Tensor, name: str) -> None:
+    check(t.dtype == torch.long, f"{name} must be an int64 tensor, got {t.dtype}")
+
+
+def check_dim(t: Tensor, dim: int, name: str) -> None:
+    check(t.dim() == dim, f"{name} must have {dim} dimensions, got shape {tuple(t.shape)}")
+
+
+def check_same_device(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
+    check(a.device == b.device, f"{a_name} ({a.device}) and {b_name} ({b.device}) must be on the same device")
+
+
+def check_patch_grid(imgs: Tensor, patch_size: int) -> tuple[int, int]:
+    check_dim(imgs, 4, "imgs")
+    check_floating(imgs, "imgs")
+    check(patch_size > 0, f"patch_size must be positive, got {patch_size}")
+    check(
+        imgs.shape[2] % patch_size == 0 and imgs.shape[3] % patch_size == 0,
+        f"imgs height and width ({imgs.shape[2]}, {imgs.shape[3]}) must be divisible by patch_size {patch_size}",
+    )
+    return imgs.shape[2] // patch_size, imgs.shape[3] // patch_size
+
+
+# ---- device helpers ----------------------------------------------------------------------------
+
+
+@triton.jit
+def to_acc(x, WIDE: tl.constexpr):
+    """Accumulation type: fp64 when the op's inputs are fp64 (so gradcheck is meaningful), else fp32."""
+    if WIDE:
+        y = x.to(tl.float64)
+    else:
+        y = x.to(tl.float32)
+    return y
+
+
+# ---- op definition -----------------------------------------------------------------------------
+
+try:
+    from triton.runtime.interpreter import InterpretedFunction
+except ImportError:  # pragma: no cover
+    InterpretedFunction = ()  # type: ignore[assignment,misc]
+
+#: True when ``TRITON_INTERPRET=1`` was set before triton was imported: ``@triton.jit``
+#: then returns interpreted (numpy) kernels that run on CPU tensors.
+INTERPRETED: bool = isinstance(to_acc, InterpretedFunction)
+
+
+def define_op(name: str, schema: str) -> Callable[[Callable], Callable]:
+    """Define ``name`` from a host function that launches kernels through ``wrap_triton``.
+
+    On a GPU this is :func:`torch.library.triton_op`: ``torch.compile`` sees the kernels, and
+    the fake kernel is the host function traced with fake tensors. Under the interpreter,
+    ``wrap_triton`` returns the raw interpreted kernel, which can be neither traced nor run
+    on fake tensors, so the op is an opaque :func:`torch.library.custom_op` instead, and
+    its fake kernel comes from :mod:`ferfast._library` (the C++ ops' ones).
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        if INTERPRETED:
+            return torch.library.custom_op(name, fn, mutates_args=(), schema=schema)
+        return triton_op(name, fn, mutates_args=(), schema=schema)
+
+    return decorate
