@@ -64,6 +64,9 @@ def triton_available(device_type: str) -> bool:
     return _TRITON_AVAILABLE[device_type]
 
 
+triton_available.cache_clear = _TRITON_AVAILABLE.clear  # type: ignore[attr-defined]  # for tests changing the env
+
+
 def available_backends(device: torch.device | str) -> list[str]:
     """Backends that can run on ``device``, fastest first."""
     device_type = torch.device(device).type

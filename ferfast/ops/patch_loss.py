@@ -77,7 +77,7 @@ def masked_patch_mse(
         raise ValueError("norm_pix_loss needs at least 2 values per patch (unbiased variance)")
     chosen = resolve_backend(imgs.device, backend)
     if chosen == "reference":
-        loss = masked_patch_mse_ref(imgs, pred, mask, patch_size, bool(norm_pix_loss))
+        loss = masked_patch_mse_ref(imgs.detach(), pred, mask.detach(), patch_size, bool(norm_pix_loss))
         return loss.to(loss_dtype(imgs, pred))
     compute_grad = torch.is_grad_enabled() and pred.requires_grad
     loss, _ = op_namespace(chosen).masked_patch_mse(
@@ -119,33 +119,34 @@ class FusedHeadMaskedMSEFunction(torch.autograd.Function):
     def forward(ctx: Any, h, weight, bias, imgs, mask, patch_size, norm_pix_loss, chunk_size):  # type: ignore[override]
         b, length, dim = h.shape
         pdim = weight.shape[0]
+        acc = torch.float64 if torch.float64 in (h.dtype, weight.dtype, imgs.dtype) else torch.float32
         flat_h = h.reshape(b * length, dim)
         flat_mask = mask.reshape(-1)
         rows_all = flat_mask.nonzero().squeeze(1)
-        denom = flat_mask.sum().float()
+        denom = flat_mask.sum().to(acc)
         denom = torch.where(denom == 0, torch.ones_like(denom), denom)
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         grad_h = torch.zeros_like(flat_h) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if needs_grad else None
-        grad_b = torch.zeros(pdim, dtype=torch.float32, device=h.device) if needs_grad else None
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if needs_grad else None
+        grad_b = torch.zeros(pdim, dtype=acc, device=h.device) if needs_grad else None
+        loss = torch.zeros((), dtype=acc, device=h.device)
         for start in range(0, rows_all.shape[0], chunk_size):
             rows = rows_all[start : start + chunk_size]
             hc = flat_h.index_select(0, rows)
-            pred = F.linear(hc, weight, bias).float()
-            target = _patch_rows(imgs, rows, length, patch_size).float()
+            pred = F.linear(hc, weight, bias).to(acc)
+            target = _patch_rows(imgs, rows, length, patch_size).to(acc)
             if norm_pix_loss:
                 mean = target.mean(dim=-1, keepdim=True)
                 var = target.var(dim=-1, keepdim=True)
                 target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
             diff = pred - target
-            weights = flat_mask.index_select(0, rows).float()
+            weights = flat_mask.index_select(0, rows).to(acc)
             loss += (diff.square().mean(dim=-1) * weights).sum()
             if needs_grad:
                 grad_pred = diff * (weights * (2.0 / (pdim * denom))).unsqueeze(1)
                 if grad_h is not None:
                     grad_h.index_copy_(0, rows, (grad_pred.to(weight.dtype) @ weight).to(h.dtype))
-                grad_w += grad_pred.t() @ hc.float()
+                grad_w += grad_pred.t() @ hc.to(acc)
                 grad_b += grad_pred.sum(dim=0)
         ctx.save_for_backward(
             grad_h.reshape(b, length, dim) if grad_h is not None else None,
@@ -190,7 +191,8 @@ def fused_head_masked_mse(
     The prediction is computed ``chunk_size`` masked tokens at a time and never materialised
     whole; the 25% visible tokens skip the head entirely. Gradients for ``h``, ``weight`` and
     ``bias`` are computed in forward. Equal to ``masked_patch_mse(imgs, F.linear(h, weight, bias), ...)``.
-    Finding the masked tokens (``nonzero``) synchronises a GPU once per call.
+    Finding the masked tokens (``nonzero``) synchronises a GPU once per call. Math runs in fp32
+    (fp64 when an input is fp64); the loss dtype follows :func:`masked_patch_mse`.
     """
     h = _checks.tensor(h, "h")
     weight = _checks.tensor(weight, "weight")
@@ -204,8 +206,11 @@ def fused_head_masked_mse(
         raise ValueError(f"h must have shape [{imgs.shape[0]}, {length}, D], got {tuple(h.shape)}")
     if tuple(weight.shape) != (pdim, h.shape[2]):
         raise ValueError(f"weight must have shape [{pdim}, {h.shape[2]}], got {tuple(weight.shape)}")
+    _checks.same_device(weight, "weight", h, "h")
+    _checks.floating(weight, "weight")
     if bias is not None:
         bias = _checks.tensor(bias, "bias")
+        _checks.same_device(bias, "bias", h, "h")
         if tuple(bias.shape) != (pdim,):
             raise ValueError(f"bias must have shape [{pdim}], got {tuple(bias.shape)}")
     if norm_pix_loss and pdim < 2:

@@ -1,0 +1,218 @@
+"""Markdown report of a ``pytest benchmarks/ --benchmark-json=FILE`` run.
+
+    python benchmarks/report.py [FILE ...]            # default: benchmarks/results/latest.json
+    python benchmarks/report.py a.json b.jsonl --merge-out all.json   # .jsonl: written by --bench-jsonl
+    python benchmarks/report.py gpu.json --check-target   # masked_patch_mse full >= 0.8 x copy bandwidth
+
+One table per benchmark group (op | device | shape | mode | variant): provider, median time, bandwidth
+(minimum bytes / median), that bandwidth as a fraction of the machine's copy bandwidth measured in the
+same run, and the speedup over ``torch-ref`` and ``torch-compile(ref)`` (their time / this time). On a GPU
+the CUDA-event timings (device time only, caches flushed, no Python or sync overhead) are shown too and
+the speedups use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
+PROVIDER_ORDER = ("ferfast-triton", "ferfast-cuda", "ferfast-cpu", "torch-ref", "torch-compile(ref)")
+REF, COMPILE = "torch-ref", "torch-compile(ref)"
+
+
+def load(paths: list[Path]) -> dict[str, Any]:
+    """Reads one or more pytest-benchmark JSON files into one document (benchmarks concatenated)."""
+    merged: dict[str, Any] | None = None
+    for path in paths:
+        if path.suffix == ".jsonl":  # conftest's --bench-jsonl: one benchmark record per line
+            lines = path.read_text().splitlines()
+            data = {"benchmarks": [json.loads(line) for line in lines if line.strip()]}
+        else:
+            data = json.loads(path.read_text())
+        if merged is None:
+            merged = data
+        else:
+            merged["benchmarks"] = merged.get("benchmarks", []) + data.get("benchmarks", [])
+    return merged or {"benchmarks": []}
+
+
+def _row(bench: dict[str, Any]) -> dict[str, Any]:
+    info = dict(bench.get("extra_info") or {})
+    stats = bench.get("stats") or {}
+    median = stats.get("median")
+    info.setdefault("provider", bench.get("param") or bench.get("name"))
+    info["median_s"] = median
+    info["rounds"] = stats.get("rounds")
+    event_ms = info.get("gpu_event_ms")
+    info["time_s"] = event_ms / 1e3 if event_ms else median  # the time speedups compare
+    return info
+
+
+def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:{spec}}{suffix}"
+
+
+def _provider_key(provider: str) -> tuple[int, str]:
+    return (PROVIDER_ORDER.index(provider) if provider in PROVIDER_ORDER else len(PROVIDER_ORDER), provider)
+
+
+def groups(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for bench in data.get("benchmarks", []):
+        out.setdefault(bench.get("group") or bench.get("name", "?"), []).append(_row(bench))
+    for rows in out.values():
+        rows.sort(key=lambda r: _provider_key(str(r["provider"])))
+    return dict(sorted(out.items()))
+
+
+def _speedup(base: dict[str, Any] | None, row: dict[str, Any]) -> str:
+    if not base or not base.get("time_s") or not row.get("time_s"):
+        return "-"
+    return f"{base['time_s'] / row['time_s']:.2f}x"
+
+
+def group_table(name: str, rows: list[dict[str, Any]]) -> list[str]:
+    by_provider = {r["provider"]: r for r in rows}
+    ref, comp = by_provider.get(REF), by_provider.get(COMPILE)
+    gpu = any(r.get("gpu_event_ms") is not None for r in rows)
+    first = rows[0]
+    lines = [f"### {name}", ""]
+    detail = [first.get("shape_desc"), first.get("dtype")]
+    detail.append(first.get("bytes") and f"{first['bytes'] / 1e6:.2f} MB moved (minimum)")
+    detail.append(first.get("copy_GB/s") and f"copy {first['copy_GB/s']:.1f} GB/s")
+    lines += ["_" + ", ".join(str(d) for d in detail if d) + "_", ""]
+    head = ["provider", "median ms", "GB/s", "x copy"]
+    if gpu:
+        head += ["event ms", "event GB/s", "x copy (event)", "peak MiB"]
+    head += ["vs torch-ref", "vs torch-compile(ref)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        median = r.get("median_s")
+        cells = [
+            str(r["provider"]),
+            _fmt(median * 1e3 if median else None, ".3f"),
+            _fmt(r.get("GB/s"), ".1f"),
+            _fmt(r.get("copy_fraction"), ".2f"),
+        ]
+        if gpu:
+            cells += [
+                _fmt(r.get("gpu_event_ms"), ".4f"),
+                _fmt(r.get("gpu_event_GB/s"), ".0f"),
+                _fmt(r.get("gpu_event_copy_fraction"), ".2f"),
+                _fmt(r.get("peak_mem_extra_MiB"), ".1f"),
+            ]
+        cells += [_speedup(ref, r), _speedup(comp, r)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def header(data: dict[str, Any], paths: list[Path]) -> list[str]:
+    machine = data.get("machine_info") or {}
+    cpu = (machine.get("cpu") or {}).get("brand_raw") or machine.get("processor") or "?"
+    copies: dict[str, float] = {}
+    for bench in data.get("benchmarks", []):
+        info = bench.get("extra_info") or {}
+        if "copy_GB/s" in info:
+            copies.setdefault(info.get("device", "?"), info["copy_GB/s"])
+    lines = ["# ferfast benchmarks", ""]
+    lines.append(f"- source: {', '.join(str(p) for p in paths)} ({data.get('datetime', '?')})")
+    lines.append(f"- machine: {cpu}, python {machine.get('python_version', '?')}")
+    for device, gbs in sorted(copies.items()):
+        lines.append(f"- copy bandwidth ({device}, measured in the run): {gbs:.1f} GB/s")
+    lines.append("- speedups: their time / this time (CUDA-event time on a GPU, else the median wall time)")
+    lines.append("")
+    return lines
+
+
+def check_target(
+    data: dict[str, Any], op: str, mode: str, fraction: float, device: str | None, shape: str | None
+) -> tuple[list[str], bool]:
+    """The best ferfast provider's bandwidth in ``op``/``mode`` groups as a fraction of the copy bandwidth."""
+    rows = [r for rs in groups(data).values() for r in rs]
+    if device is None:
+        device = "cuda" if any(r.get("device") == "cuda" for r in rows) else "cpu"
+    picked = [
+        r
+        for r in rows
+        if r.get("op") == op
+        and r.get("mode") == mode
+        and r.get("device") == device
+        and (shape is None or r.get("shape") == shape)
+        and str(r.get("provider", "")).startswith("ferfast-")
+    ]
+    lines = [f"## Target: {op} {mode} on {device} >= {fraction:.2f} x copy bandwidth", ""]
+    if not picked:
+        return [*lines, "no matching ferfast benchmark in the data: TARGET NOT CHECKED", ""], False
+    ok = True
+    keyed: dict[tuple, list[dict[str, Any]]] = {}
+    for r in picked:
+        keyed.setdefault((r.get("shape"), r.get("variant")), []).append(r)
+    for (shp, variant), rs in sorted(keyed.items(), key=lambda kv: str(kv[0])):
+        for r in rs:
+            event = r.get("gpu_event_copy_fraction")
+            wall = r.get("copy_fraction")
+            measure = event if event is not None else wall
+            met = measure is not None and measure >= fraction
+            ok &= met
+            text = f"- {shp} {variant} {r['provider']}: "
+            if event is not None:
+                text += f"{r['gpu_event_GB/s']:.0f} GB/s = {event:.2f} x copy (CUDA events); "
+            text += f"wall {_fmt(r.get('GB/s'), '.1f')} GB/s = {_fmt(wall, '.2f')} x copy"
+            text += f" of {_fmt(r.get('copy_GB/s'), '.1f')} GB/s -> {'TARGET MET' if met else 'TARGET MISSED'}"
+            lines.append(text)
+    lines.append("")
+    return lines, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "json", nargs="*", type=Path, help=f"pytest-benchmark JSON or --bench-jsonl files (default {DEFAULT_JSON})"
+    )
+    parser.add_argument("--merge-out", type=Path, help="also write the merged JSON here")
+    parser.add_argument("--check-target", action="store_true", help="check the bandwidth target (below)")
+    parser.add_argument("--target-op", default="masked_patch_mse")
+    parser.add_argument("--target-mode", default="full")
+    parser.add_argument("--target-fraction", type=float, default=0.8)
+    parser.add_argument("--target-device", default=None, help="cuda when the data has CUDA rows, else cpu")
+    parser.add_argument("--target-shape", default="B64-224-p16")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
+    args = parser.parse_args(argv)
+
+    paths = list(args.json or [DEFAULT_JSON])
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        print(f"no such file: {', '.join(map(str, missing))} (run `make bench` first)", file=sys.stderr)
+        paths = [p for p in paths if p.is_file()]
+        if not paths:
+            return 2
+    data = load(paths)
+    if args.merge_out:
+        args.merge_out.parent.mkdir(parents=True, exist_ok=True)
+        args.merge_out.write_text(json.dumps(data, indent=1))
+    if not data.get("benchmarks"):
+        print("no benchmarks in the data", file=sys.stderr)
+        return 2
+    lines = header(data, paths)
+    for name, rows in groups(data).items():
+        lines += group_table(name, rows)
+    ok = True
+    if args.check_target:
+        target_lines, ok = check_target(
+            data, args.target_op, args.target_mode, args.target_fraction, args.target_device, args.target_shape
+        )
+        lines += target_lines
+    print("\n".join(lines))
+    return 1 if args.strict and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Shared shape registry of the benchmarks (Liger's ``benchmark_model_configs.py``): never hardcode shapes in a
+``bench_*.py``.
+
+Each entry is one MAE pretraining configuration; every op takes the tensors it needs from it:
+
+- ``masked_patch_mse`` / ``patchify_gather`` / ``random_masking``: ``imgs [B, C, H, W]``,
+  ``pred [B, L, p*p*C]``, ``noise``/``mask [B, L]``, ``ids_keep [B, K]``;
+- ``unshuffle_tokens``: ``x [B, 1 + K, D]`` (cls + visible tokens of the decoder width D),
+  ``ids_restore [B, L]`` -> ``[B, 1 + L, D]``;
+- ``fused_head_masked_mse``: ``h [B, L, D]``, ``weight [p*p*C, D]``, ``bias [p*p*C]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from ferfast.reference import num_kept, random_masking_ref
+
+__all__ = [
+    "SHAPES",
+    "MAEShape",
+    "Masking",
+    "by_name",
+    "decoder_tokens",
+    "head",
+    "images",
+    "masking",
+    "predictions",
+    "selected_shapes",
+]
+
+
+@dataclass(frozen=True)
+class MAEShape:
+    name: str
+    batch: int
+    channels: int
+    img_size: int
+    patch: int
+    mask_ratio: float
+    decoder_dim: int
+    dtype: torch.dtype = torch.float32
+    quick: bool = False  # part of the ``--quick`` smoke run
+
+    @property
+    def grid(self) -> int:
+        return self.img_size // self.patch
+
+    @property
+    def num_patches(self) -> int:  # L
+        return self.grid * self.grid
+
+    @property
+    def num_keep(self) -> int:  # K = int(L * (1 - mask_ratio)), MAE's len_keep
+        return num_kept(self.num_patches, self.mask_ratio)
+
+    @property
+    def patch_dim(self) -> int:  # p*p*C
+        return self.patch * self.patch * self.channels
+
+    @property
+    def element_size(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    # Tensor sizes (elements) shared by the bytes formulas of the bench files.
+    @property
+    def imgs_numel(self) -> int:
+        return self.batch * self.channels * self.img_size * self.img_size
+
+    @property
+    def pred_numel(self) -> int:
+        return self.batch * self.num_patches * self.patch_dim
+
+    @property
+    def visible_patches_numel(self) -> int:
+        return self.batch * self.num_keep * self.patch_dim
+
+    def describe_images(self) -> str:
+        b, c, s, p = self.batch, self.channels, self.img_size, self.patch
+        return f"imgs {b}x{c}x{s}x{s} p{p} (L={self.num_patches}, K={self.num_keep})"
+
+    def describe_tokens(self) -> str:
+        b, k, n, d = self.batch, self.num_keep, self.num_patches, self.decoder_dim
+        return f"x {b}x(1+{k})x{d} -> {b}x(1+{n})x{d}"
+
+
+SHAPES: tuple[MAEShape, ...] = (
+    # MAE ViT-B/16 pretraining step: the shape the kernels are tuned for.
+    MAEShape("B64-224-p16", batch=64, channels=3, img_size=224, patch=16, mask_ratio=0.75, decoder_dim=512),
+    # A smaller one (also the --quick smoke shape): L = 49, K = 12.
+    MAEShape("B16-112-p16", batch=16, channels=3, img_size=112, patch=16, mask_ratio=0.75, decoder_dim=512, quick=True),
+)
+
+
+def by_name(name: str) -> MAEShape:
+    for s in SHAPES:
+        if s.name == name:
+            return s
+    raise KeyError(f"no benchmark shape {name!r}; known: {[s.name for s in SHAPES]}")
+
+
+def selected_shapes(quick: bool) -> list[MAEShape]:
+    """The shapes a run covers: all of them, or the small ones under ``--quick``."""
+    return [s for s in SHAPES if s.quick or not quick]
+
+
+# ---- inputs of a shape (seeded, built on the CPU then moved, so every device sees the same values) -------------
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def images(shape: MAEShape, device: torch.device) -> torch.Tensor:
+    """``imgs [B, C, H, W]``, normalised-image-like values."""
+    b, c, s = shape.batch, shape.channels, shape.img_size
+    return torch.randn(b, c, s, s, generator=_gen(1)).to(device, shape.dtype)
+
+
+def predictions(shape: MAEShape, device: torch.device, requires_grad: bool = False) -> torch.Tensor:
+    """The decoder's ``pred [B, L, p*p*C]``."""
+    pred = torch.randn(shape.batch, shape.num_patches, shape.patch_dim, generator=_gen(2))
+    return pred.to(device, shape.dtype).requires_grad_(requires_grad)
+
+
+class Masking(NamedTuple):
+    noise: torch.Tensor  # [B, L] fp32
+    ids_keep: torch.Tensor  # [B, K] int64
+    mask: torch.Tensor  # [B, L] fp32, 1 = removed
+    ids_restore: torch.Tensor  # [B, L] int64
+
+
+def masking(shape: MAEShape, device: torch.device) -> Masking:
+    """MAE's random masking of the shape (computed by the reference, on the CPU)."""
+    noise = torch.rand(shape.batch, shape.num_patches, generator=_gen(3))
+    ids_keep, mask, ids_restore = random_masking_ref(noise, shape.mask_ratio)
+    return Masking(noise.to(device), ids_keep.to(device), mask.to(device), ids_restore.to(device))
+
+
+def decoder_tokens(shape: MAEShape, device: torch.device, requires_grad: bool = False) -> tuple:
+    """``x [B, 1 + K, D]`` (cls + visible tokens after ``decoder_embed``) and MAE's ``mask_token [1, 1, D]``."""
+    g = _gen(4)
+    x = torch.randn(shape.batch, 1 + shape.num_keep, shape.decoder_dim, generator=g)
+    token = torch.randn(1, 1, shape.decoder_dim, generator=g) * 0.02
+    return (
+        x.to(device, shape.dtype).requires_grad_(requires_grad),
+        token.to(device, shape.dtype).requires_grad_(requires_grad),
+    )
+
+
+def head(shape: MAEShape, device: torch.device, requires_grad: bool = False) -> tuple:
+    """Decoder output ``h [B, L, D]`` (cls removed) and ``decoder_pred``'s ``weight [p*p*C, D]``, ``bias``."""
+    g = _gen(5)
+    d, pd = shape.decoder_dim, shape.patch_dim
+    h = torch.randn(shape.batch, shape.num_patches, d, generator=g)
+    weight = torch.randn(pd, d, generator=g) * d**-0.5
+    bias = torch.randn(pd, generator=g) * 0.02
+    return tuple(t.to(device, shape.dtype).requires_grad_(requires_grad) for t in (h, weight, bias))
