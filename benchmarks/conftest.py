@@ -17,6 +17,8 @@ Timing rules, identical for every provider:
 - each provider runs twice before ``pedantic`` (this is where ``torch.compile`` compiles, once per shape,
   mode and variant), then ``warmup_rounds`` untimed rounds, then ``rounds`` timed ones;
 - ``full`` mode = forward + backward through ``torch.autograd.grad`` (no ``.grad`` accumulation is timed);
+- the CPU allocator keeps freed memory in the process (:func:`ferfast.tune_cpu_allocator`) for every provider;
+  ``--default-malloc`` keeps glibc's default, which page-faults every large fresh buffer back in;
 - bandwidth = the minimum bytes the op must move / the median time, also given as a fraction of the
   machine's copy bandwidth (``dst.copy_(src)`` of 256 MiB fp32, read + write, measured in the same run with
   the same cache eviction). On a GPU, CUDA-event timings (no Python or sync overhead) are recorded too.
@@ -39,6 +41,7 @@ import torch._dynamo.config
 
 import shapes  # benchmarks/ is on sys.path: pytest's rootdir-style import of a folder without __init__.py
 from ferfast.backends import resolve_backend
+from ferfast.runtime import tune_cpu_allocator
 
 CPU_PROVIDERS = ("ferfast-cpu", "torch-ref", "torch-compile(ref)")
 CUDA_PROVIDERS = ("ferfast-cuda", "ferfast-triton", "torch-ref", "torch-compile(ref)")
@@ -68,6 +71,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--warm-cache", action="store_true", help="do not evict the caches before each timed round (default: cold)"
     )
+    group.addoption(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's default allocator (default: ferfast.tune_cpu_allocator() for every provider alike)",
+    )
     group.addoption("--bench-rounds", type=int, default=None, help="timed rounds per benchmark (default 25, quick 3)")
     group.addoption(
         "--bench-jsonl",
@@ -77,7 +85,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+ALLOCATOR = {"tuned": False}
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # Freed large buffers stay in the process (see ferfast.runtime): every provider allocates its outputs and
+    # gradients each round, and glibc's default would page-fault them all back in. Applied once, to all alike.
+    if not config.getoption("default_malloc"):
+        ALLOCATOR["tuned"] = tune_cpu_allocator()
     for out in (config.getoption("benchmark_json", None), config.getoption("bench_jsonl", None)):
         if out:  # pytest-benchmark writes its JSON after the whole run; a missing folder would lose the results
             Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -373,6 +388,7 @@ class Bench:
             "copy_GB/s": copy_gbs,
             "cache": "cold" if s.cold_cache else "warm",
             "threads": torch.get_num_threads(),
+            "cpu_allocator": "tuned" if ALLOCATOR["tuned"] else "default",
         }
         stats = getattr(b, "stats", None)
         if stats is not None:  # None under --benchmark-disable
