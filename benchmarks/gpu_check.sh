@@ -187,8 +187,9 @@ if [ -n "$BENCH_K" ]; then K_ALL=(-k "$BENCH_K"); K_COMPILE=(-k "($BENCH_K) and 
 step "versions"                             45  400  versions
 step "build+install"                       240  190  build
 step "ferfast.info"                         30  180  "$PY" -m ferfast.info
-step "tests (cuda or triton)"               90  170  pytest_allow_empty tests -q -x -p no:cacheprovider -m "cuda or triton"
-step "tests (the rest)"                     60  160  pytest_allow_empty tests -q --maxfail=5 -p no:cacheprovider \
+step "tests (cuda or triton)"              120  170  pytest_allow_empty tests -q --maxfail=25 -p no:cacheprovider \
+  -m "cuda or triton" --durations=5
+step "tests (the rest)"                     45  160  pytest_allow_empty tests -q --maxfail=5 -p no:cacheprovider \
   -m "not cuda and not triton and not slow" --durations=5
 rm -f "$RESULTS"/gpu*.json "$RESULTS"/gpu*.jsonl
 # The ferfast and eager numbers first; the torch.compile baselines (slow to compile) last, in their own JSON,
