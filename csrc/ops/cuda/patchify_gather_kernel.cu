@@ -30,6 +30,16 @@ struct PatchGeometry {
   int64_t H, W, L, K;
 };
 
+// Image offset of each of this thread's patch elements e = tid + s*T (shared by gather and scatter).
+__device__ __forceinline__ void fill_offset_table(int32_t (&off)[kElems], const PatchGeometry& g, int tid, int T,
+                                                  int64_t HW, bool use_table) {
+#pragma unroll
+  for (int s = 0; s < kElems; ++s) {
+    const int e = tid + s * T;
+    off[s] = (use_table && e < g.P) ? patch_elem_offset<int32_t>(e, g.C, g.p, HW, g.W) : 0;
+  }
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(kMaxThreads)
     patchify_gather_kernel(const scalar_t* __restrict__ imgs, const int64_t* __restrict__ ids,
@@ -41,11 +51,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   if (r >= r_end) return;
   const int64_t HW = g.H * g.W, CHW = g.C * HW;
   int32_t off[kElems];  // offset table (when use_table: P <= kElems*T and C*H*W < 2^31)
-#pragma unroll
-  for (int s = 0; s < kElems; ++s) {
-    const int e = tid + s * T;
-    off[s] = (use_table && e < g.P) ? patch_elem_offset<int32_t>(e, g.C, g.p, HW, g.W) : 0;
-  }
+  fill_offset_table(off, g, tid, T, HW, use_table);
   int64_t b = r / g.K, k = r - b * g.K;
   int64_t l_next = ids[r];
   for (; r < r_end; ++r) {
@@ -90,11 +96,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   if (r >= r_end) return;
   const int64_t HW = g.H * g.W, CHW = g.C * HW;
   int32_t off[kElems];  // offset table (when use_table: P <= kElems*T and C*H*W < 2^31)
-#pragma unroll
-  for (int s = 0; s < kElems; ++s) {
-    const int e = tid + s * T;
-    off[s] = (use_table && e < g.P) ? patch_elem_offset<int32_t>(e, g.C, g.p, HW, g.W) : 0;
-  }
+  fill_offset_table(off, g, tid, T, HW, use_table);
   int64_t b = r / g.K, k = r - b * g.K;
   for (; r < r_end; ++r) {
     const int64_t l = ids[r];
