@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
 from ferfast.ops._dispatch import op_namespace
-from ferfast.reference.patch_loss import NORM_PIX_EPS, masked_patch_mse_ref
+from ferfast.reference.patch_loss import masked_patch_mse_ref, norm_pix_target_ref
 
 __all__ = ["MaskedPatchMSELoss", "fused_head_masked_mse", "masked_patch_mse"]
 
@@ -136,9 +136,7 @@ class FusedHeadMaskedMSEFunction(torch.autograd.Function):
             pred = F.linear(hc, weight, bias).to(acc)
             target = _patch_rows(imgs, rows, length, patch_size).to(acc)
             if norm_pix_loss:
-                mean = target.mean(dim=-1, keepdim=True)
-                var = target.var(dim=-1, keepdim=True)
-                target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
+                target = norm_pix_target_ref(target)
             diff = pred - target
             weights = flat_mask.index_select(0, rows).to(acc)
             loss += (diff.square().mean(dim=-1) * weights).sum()

@@ -12,10 +12,18 @@ from torch import Tensor
 
 from ferfast.reference.masking import patchify_ref
 
-__all__ = ["NORM_PIX_EPS", "fused_head_masked_mse_ref", "masked_patch_mse_ref"]
+__all__ = ["NORM_PIX_EPS", "fused_head_masked_mse_ref", "masked_patch_mse_ref", "norm_pix_target_ref"]
 
 #: MAE's ``(var + 1.e-6)**.5`` constant.
 NORM_PIX_EPS = 1e-6
+
+
+def norm_pix_target_ref(target: Tensor) -> Tensor:
+    """MAE's ``norm_pix_loss`` target: each patch (last dim) minus its mean, over
+    ``(var + 1e-6)**.5`` with the *unbiased* variance (``models_mae.py:forward_loss``)."""
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    return (target - mean) / (var + NORM_PIX_EPS) ** 0.5
 
 
 def masked_patch_mse_ref(
@@ -33,9 +41,7 @@ def masked_patch_mse_ref(
     """
     target = patchify_ref(imgs, patch_size)
     if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
+        target = norm_pix_target_ref(target)
     loss = (pred - target) ** 2
     loss = loss.mean(dim=-1)
     denom = mask.sum()
