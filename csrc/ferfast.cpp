@@ -42,6 +42,23 @@ TORCH_LIBRARY(ferfast, m) {
   // an empty tensor when compute_grad is false).
   m.def("masked_patch_mse(Tensor imgs, Tensor pred, Tensor mask, int patch_size, bool norm_pix_loss, "
         "bool compute_grad) -> (Tensor, Tensor)");
+
+  // Face-IoU Mixup (SSFER stage 1). Boxes are xyxy; IoU is float32 (float64 for float64 boxes), 0 for an empty union.
+  m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
+  m.def("paired_box_iou(Tensor boxes, Tensor perm) -> Tensor");
+  // lam * x + (1 - lam) * x[perm], out of place; with_originals: [x; mixed] ([2B, ...]) for one forward pass.
+  m.def("face_mixup(Tensor x, Tensor lam, Tensor perm, bool with_originals) -> Tensor");
+  // The same written into a [B, ...] or [2B, ...] buffer (no autograd).
+  m.def("face_mixup_out(Tensor x, Tensor lam, Tensor perm, Tensor(a!) out) -> ()");
+  // timm's mixup_target with partner perm: [B, K] float32 (float64 for float64 lam).
+  m.def("mixup_soft_targets(Tensor y, int num_classes, Tensor lam, Tensor perm, float label_smoothing) -> Tensor");
+  // SSFER's loss fused with its gradients: (loss, grad_real, grad_mixed); the gradients are empty unless compute_grad.
+  m.def("facemix_loss(Tensor logits_real, Tensor logits_mixed, Tensor y, Tensor y_soft, Tensor iou, Tensor perm, "
+        "bool compute_grad) -> (Tensor loss, Tensor grad_real, Tensor grad_mixed)");
+
+  // FixMatch's unlabeled loss (SSFER stage 2) fused with its gradient.
+  m.def("fixmatch_loss(Tensor logits_weak, Tensor logits_strong, float threshold, bool compute_grad) -> "
+        "(Tensor loss, Tensor mask_rate, Tensor pseudo_labels, Tensor mask, Tensor grad_strong)");
 }
 
 }  // namespace ferfast

@@ -56,9 +56,57 @@ def unshuffle_tokens_backward_fake(
 def masked_patch_mse_fake(
     imgs: Tensor, pred: Tensor, mask: Tensor, patch_size: int, norm_pix_loss: bool, compute_grad: bool
 ) -> tuple[Tensor, Tensor]:
-    grad = torch.empty_like(pred) if compute_grad else pred.new_empty((0,))
+    grad = pred.new_empty(pred.shape) if compute_grad else pred.new_empty((0,))
     wide = torch.float64 in (imgs.dtype, pred.dtype)
     return pred.new_empty((), dtype=torch.float64 if wide else torch.float32), grad
+
+
+def _acc_dtype(*tensors: Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def box_iou_fake(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]), dtype=_acc_dtype(boxes1))
+
+
+def paired_box_iou_fake(boxes: Tensor, perm: Tensor) -> Tensor:
+    return boxes.new_empty((boxes.shape[0],), dtype=_acc_dtype(boxes))
+
+
+def face_mixup_fake(x: Tensor, lam: Tensor, perm: Tensor, with_originals: bool) -> Tensor:
+    return x.new_empty(((2 if with_originals else 1) * x.shape[0], *x.shape[1:]))
+
+
+def face_mixup_out_fake(x: Tensor, lam: Tensor, perm: Tensor, out: Tensor) -> None:
+    return None
+
+
+def mixup_soft_targets_fake(y: Tensor, num_classes: int, lam: Tensor, perm: Tensor, label_smoothing: float) -> Tensor:
+    return y.new_empty((y.shape[0], num_classes), dtype=_acc_dtype(lam))
+
+
+def facemix_loss_fake(
+    logits_real: Tensor, logits_mixed: Tensor, y: Tensor, y_soft: Tensor, iou: Tensor, perm: Tensor, compute_grad: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    loss = logits_real.new_empty((), dtype=_acc_dtype(logits_real, logits_mixed))
+    if compute_grad:  # the kernels write contiguous gradients
+        return loss, logits_real.new_empty(logits_real.shape), logits_mixed.new_empty(logits_mixed.shape)
+    return loss, logits_real.new_empty((0,)), logits_mixed.new_empty((0,))
+
+
+def fixmatch_loss_fake(
+    logits_weak: Tensor, logits_strong: Tensor, threshold: float, compute_grad: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    acc = _acc_dtype(logits_weak, logits_strong)
+    b = logits_weak.shape[0]
+    grad = logits_strong.new_empty(logits_strong.shape) if compute_grad else logits_strong.new_empty((0,))
+    return (
+        logits_weak.new_empty((), dtype=acc),
+        logits_weak.new_empty((), dtype=acc),
+        logits_weak.new_empty((b,), dtype=torch.long),
+        logits_weak.new_empty((b,), dtype=acc),
+        grad,
+    )
 
 
 # ---- autograd ----------------------------------------------------------------------------------
@@ -102,6 +150,17 @@ def _make_unshuffle_tokens_backward(backward_op: Callable) -> Callable:
     return backward
 
 
+def _scaled(grad: Tensor | None, grad_loss: Tensor) -> Tensor | None:
+    """A gradient computed in forward, times ``grad_loss``. The common ``loss.backward()`` (``grad_loss == 1``)
+    skips that full pass over the gradient, except while tracing (``aot_function``/``make_fx`` use fakes)."""
+    if grad is None:
+        return None
+    tracing = torch.compiler.is_compiling() or is_fake(grad_loss)
+    if not tracing and float(grad_loss) == 1.0:
+        return grad
+    return grad * grad_loss.to(grad.dtype)
+
+
 def _masked_patch_mse_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
     compute_grad = inputs[5]
     if not compute_grad and inputs[1].requires_grad:
@@ -118,12 +177,78 @@ def _masked_patch_mse_backward(ctx: Any, grad_loss: Tensor, _grad_grad: Tensor):
     (grad_pred,) = ctx.saved_tensors
     if grad_loss is None:
         return None, None, None, None, None, None
-    tracing = torch.compiler.is_compiling() or is_fake(grad_loss)  # aot_function/make_fx trace with fakes
-    if not tracing and float(grad_loss) == 1.0:
-        scaled = grad_pred  # the common loss.backward(): skip a full pass over grad_pred
-    else:
-        scaled = grad_pred * grad_loss.to(grad_pred.dtype)
-    return None, scaled, None, None, None, None
+    return None, _scaled(grad_pred, grad_loss), None, None, None, None
+
+
+def _face_mixup_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
+    x, lam, perm, with_originals = inputs
+    ctx.save_for_backward(lam, perm)
+    ctx.with_originals = with_originals
+    ctx.x_dtype = x.dtype
+
+
+def face_mixup_backward_math(grad: Tensor, lam: Tensor, perm: Tensor, with_originals: bool, x_dtype) -> Tensor:
+    """d/dx of ``face_mixup``: ``lam * g`` on each row plus ``(1 - lam) * g`` scattered to the partner rows
+    (``index_add_``: any ``perm``, repeated partners included), in float32 (float64 for float64 grads)."""
+    b = perm.shape[0]
+    g_mix = grad[b:] if with_originals else grad
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    lam_c = lam.to(acc).reshape(-1).expand(b).reshape(b, *([1] * (grad.dim() - 1)))
+    g_mix = g_mix.to(acc)
+    grad_x = g_mix * lam_c
+    grad_x.index_add_(0, perm, g_mix * (1 - lam_c))
+    if with_originals:
+        grad_x = grad_x + grad[:b].to(acc)
+    return grad_x.to(x_dtype)
+
+
+def _face_mixup_backward(ctx: Any, grad: Tensor):
+    lam, perm = ctx.saved_tensors
+    return face_mixup_backward_math(grad, lam, perm, ctx.with_originals, ctx.x_dtype), None, None, None
+
+
+def _facemix_loss_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor, Tensor]) -> None:
+    compute_grad = inputs[6]
+    if not compute_grad and (inputs[0].requires_grad or inputs[1].requires_grad):
+        raise RuntimeError("facemix_loss was called with compute_grad=False on logits that require grad")
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(output[1], output[2])
+
+
+def _facemix_loss_backward(ctx: Any, grad_loss: Tensor, _g1: Tensor, _g2: Tensor):
+    grad_real, grad_mixed = ctx.saved_tensors
+    if grad_loss is None:
+        return (None,) * 7
+    return _scaled(grad_real, grad_loss), _scaled(grad_mixed, grad_loss), None, None, None, None, None
+
+
+def _fixmatch_loss_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
+    compute_grad = inputs[3]
+    if not compute_grad and inputs[1].requires_grad:
+        raise RuntimeError("fixmatch_loss was called with compute_grad=False on logits_strong that require grad")
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(output[4])
+
+
+def _fixmatch_loss_backward(ctx: Any, grad_loss: Tensor, *_unused: Tensor):
+    (grad_strong,) = ctx.saved_tensors
+    if grad_loss is None:
+        return None, None, None, None
+    return None, _scaled(grad_strong, grad_loss), None, None
+
+
+#: Ops of the face-IoU Mixup and FixMatch family and their fake kernels (registered by :func:`register_op`).
+MIXUP_FAKES: dict[str, Callable] = {
+    "box_iou": box_iou_fake,
+    "paired_box_iou": paired_box_iou_fake,
+    "face_mixup": face_mixup_fake,
+    "face_mixup_out": face_mixup_out_fake,
+    "mixup_soft_targets": mixup_soft_targets_fake,
+    "facemix_loss": facemix_loss_fake,
+    "fixmatch_loss": fixmatch_loss_fake,
+}
 
 
 def register_op(namespace: str, backward_ops: dict[str, Callable], with_fake: bool = True) -> None:
@@ -149,6 +274,22 @@ def register_op(namespace: str, backward_ops: dict[str, Callable], with_fake: bo
     torch.library.register_autograd(
         lib + "masked_patch_mse", _masked_patch_mse_backward, setup_context=_masked_patch_mse_setup
     )
+    register_mixup_ops(namespace, with_fake)
+
+
+def register_mixup_ops(namespace: str, with_fake: bool = True) -> None:
+    """Fake kernels (optional) and autograd of the face-IoU Mixup / FixMatch ops on ``namespace::<op>``.
+
+    Their backward formulas are plain torch (``face_mixup``) or scale gradients computed in forward
+    (the losses), so every backend shares them; box IoU and soft targets have no gradient.
+    """
+    lib = f"{namespace}::"
+    if with_fake:
+        for name, fake in MIXUP_FAKES.items():
+            torch.library.register_fake(lib + name)(fake)
+    torch.library.register_autograd(lib + "face_mixup", _face_mixup_backward, setup_context=_face_mixup_setup)
+    torch.library.register_autograd(lib + "facemix_loss", _facemix_loss_backward, setup_context=_facemix_loss_setup)
+    torch.library.register_autograd(lib + "fixmatch_loss", _fixmatch_loss_backward, setup_context=_fixmatch_loss_setup)
 
 
 def register_native_ops() -> None:

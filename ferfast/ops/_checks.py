@@ -69,3 +69,39 @@ def patch_grid(imgs: Tensor, patch_size: int) -> tuple[int, int]:
     if h % patch_size or w % patch_size:
         raise ValueError(f"imgs height and width ({h}, {w}) must be divisible by patch_size={patch_size}")
     return h // patch_size, w // patch_size
+
+
+def unit_interval(value: object, name: str) -> float:
+    """A Python number in [0, 1] (no device access)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def values_checked(validate: bool | None, *tensors: Tensor) -> bool:
+    """Whether to check tensor *values* (index ranges, box corners): ``validate=None`` checks CPU tensors
+    only, where it is free; on a GPU it would synchronise, so it runs only with ``validate=True``.
+    Never while ``torch.compile`` traces."""
+    if torch.compiler.is_compiling():
+        return False
+    if validate is None:
+        return all(t.device.type == "cpu" for t in tensors)
+    return bool(validate)
+
+
+def index_range(t: Tensor, upper: int, name: str, what: str) -> None:
+    """Every entry of ``t`` in ``[0, upper)`` (reads the values: call under :func:`values_checked`)."""
+    if t.numel() and not bool(((t >= 0) & (t < upper)).all()):
+        bad = t[(t < 0) | (t >= upper)][:5].tolist()
+        raise ValueError(f"{name} must hold {what} in [0, {upper}), got {bad}")
+
+
+def long_vector(t: object, length: int, name: str, ref: Tensor, ref_name: str) -> Tensor:
+    """A ``[length]`` int64 tensor on ``ref``'s device."""
+    t = tensor(t, name)
+    index(t, name)
+    ndim(t, 1, name, f"[{length}]")
+    if t.shape[0] != length:
+        raise ValueError(f"{name} must have shape [{length}], got {tuple(t.shape)}")
+    same_device(t, name, ref, ref_name)
+    return t

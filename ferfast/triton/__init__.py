@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from ferfast import _library
-from ferfast.triton import masking, patch_loss
+from ferfast.triton import boxes, masking, mixup, patch_loss, ssl
+from ferfast.triton.boxes import box_iou, paired_box_iou
 from ferfast.triton.masking import (
     patchify_gather,
     patchify_gather_backward,
@@ -25,16 +26,28 @@ from ferfast.triton.masking import (
     unshuffle_tokens,
     unshuffle_tokens_backward,
 )
+from ferfast.triton.mixup import face_mixup, face_mixup_out, facemix_loss, mixup_soft_targets
 from ferfast.triton.patch_loss import masked_patch_mse
+from ferfast.triton.ssl import fixmatch_loss
 from ferfast.triton.utils import INTERPRETED
 
 __all__ = [
+    "box_iou",
+    "boxes",
+    "face_mixup",
+    "face_mixup_out",
+    "facemix_loss",
+    "fixmatch_loss",
     "masked_patch_mse",
     "masking",
+    "mixup",
+    "mixup_soft_targets",
+    "paired_box_iou",
     "patch_loss",
     "patchify_gather",
     "patchify_gather_backward",
     "random_masking",
+    "ssl",
     "unshuffle_tokens",
     "unshuffle_tokens_backward",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import triton
@@ -14,15 +14,20 @@ __all__ = [
     "INTERPRETED",
     "MAX_FUSED_SIZE",
     "calculate_settings",
+    "cast_rn",
     "cdiv",
     "check",
     "check_dim",
     "check_floating",
+    "check_lam",
     "check_long",
     "check_patch_grid",
+    "check_perm",
     "check_same_device",
     "define_op",
+    "div_acc",
     "next_power_of_2",
+    "softmax_parts",
     "to_acc",
 ]
 
@@ -39,17 +44,18 @@ def cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def calculate_settings(n: int) -> tuple[int, int]:
+def calculate_settings(n: int, what: str = "the patch dim p*p*C") -> tuple[int, int]:
     """``(BLOCK_SIZE, num_warps)`` for a program that holds ``n`` elements in registers.
 
     ``BLOCK_SIZE`` is the next power of two (at most :data:`MAX_FUSED_SIZE`); ``num_warps``
-    grows with it so that each thread keeps a bounded number of elements.
+    grows with it so that each thread keeps a bounded number of elements. ``what`` names
+    ``n`` in the error raised above the limit.
     """
     block = next_power_of_2(n)
     if block > MAX_FUSED_SIZE:
         raise RuntimeError(
             f"cannot hold {n} elements in one Triton program: the limit is {MAX_FUSED_SIZE} "
-            f"(next power of two of the patch dim p*p*C)"
+            f"(next power of two of {what})"
         )
     num_warps = 4
     if block >= 32768:
@@ -85,6 +91,26 @@ def check_same_device(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
     check(a.device == b.device, f"{a_name} ({a.device}) and {b_name} ({b.device}) must be on the same device")
 
 
+def check_perm(perm: Tensor, batch: int, ref: Tensor, ref_name: str) -> None:
+    """``perm`` ``[B]`` int64 on ``ref``'s device: the Mixup partner of each sample (C++ ``check_perm``)."""
+    check_long(perm, "perm")
+    check(
+        perm.dim() == 1 and perm.shape[0] == batch,
+        f"perm must have shape [{batch}], got {tuple(perm.shape)}",
+    )
+    check_same_device(perm, "perm", ref, ref_name)
+
+
+def check_lam(lam: Tensor, batch: int, ref: Tensor, ref_name: str) -> None:
+    """``lam`` a floating 0-d or ``[B]`` tensor on ``ref``'s device (C++ ``check_lam``)."""
+    check_floating(lam, "lam")
+    check(
+        lam.dim() == 0 or (lam.dim() == 1 and lam.shape[0] == batch),
+        f"lam must be a scalar or have shape [{batch}], got {tuple(lam.shape)}",
+    )
+    check_same_device(lam, "lam", ref, ref_name)
+
+
 def check_patch_grid(imgs: Tensor, patch_size: int) -> tuple[int, int]:
     check_dim(imgs, 4, "imgs")
     check_floating(imgs, "imgs")
@@ -109,6 +135,25 @@ def to_acc(x, WIDE: tl.constexpr):
     return y
 
 
+@triton.jit
+def div_acc(a, b, WIDE: tl.constexpr):
+    """``a / b`` rounded to nearest in the accumulation type (fp32 uses ``div_rn``: Triton's ``/`` is approximate)."""
+    if WIDE:
+        q = a / b
+    else:
+        q = tl.div_rn(a, b)
+    return q
+
+
+@triton.jit
+def softmax_parts(x, valid):
+    """``(exp(x - max), its sum, log-sum-exp)`` of a row held in registers (``x`` is ``-inf`` outside ``valid``)."""
+    m = tl.max(x, axis=0)
+    e = tl.where(valid, tl.exp(x - m), 0.0)
+    s = tl.sum(e, axis=0)
+    return e, s, m + tl.log(s)
+
+
 # ---- op definition -----------------------------------------------------------------------------
 
 try:
@@ -119,9 +164,29 @@ except ImportError:  # pragma: no cover
 #: True when ``TRITON_INTERPRET=1`` was set before triton was imported: ``@triton.jit``
 #: then returns interpreted (numpy) kernels that run on CPU tensors.
 INTERPRETED: bool = isinstance(to_acc, InterpretedFunction)
+_INTERPRETED_CONST = tl.constexpr(INTERPRETED)
 
 
-def define_op(name: str, schema: str) -> Callable[[Callable], Callable]:
+@triton.jit
+def cast_rn(x, dtype: tl.constexpr):
+    """``x.to(dtype)`` rounded to nearest even, also under the interpreter.
+
+    Compiled kernels round float downcasts to nearest even. Triton's interpreter truncates
+    fp32 -> bf16 (and mangles fp64 -> bf16), so there the bf16 rounding is done on the bits
+    (via fp32, as torch's ``double.bfloat16()``); NaNs stay quiet NaNs.
+    """
+    y = x.to(dtype)
+    if _INTERPRETED_CONST:
+        if dtype == tl.bfloat16:
+            v = x.to(tl.float32)
+            bits = v.to(tl.uint32, bitcast=True)
+            rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+            half = tl.where(v != v, (bits >> 16) | 0x40, rounded)
+            y = half.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return y
+
+
+def define_op(name: str, schema: str, mutates_args: Iterable[str] = ()) -> Callable[[Callable], Callable]:
     """Define ``name`` from a host function that launches kernels through ``wrap_triton``.
 
     On a GPU this is :func:`torch.library.triton_op`: ``torch.compile`` sees the kernels, and
@@ -129,11 +194,14 @@ def define_op(name: str, schema: str) -> Callable[[Callable], Callable]:
     ``wrap_triton`` returns the raw interpreted kernel, which can be neither traced nor run
     on fake tensors, so the op is an opaque :func:`torch.library.custom_op` instead, and
     its fake kernel comes from :mod:`ferfast._library` (the C++ ops' ones).
+
+    ``mutates_args`` names the arguments the op writes in place (``Tensor(a!)`` in ``schema``).
     """
+    mutates = tuple(mutates_args)
 
     def decorate(fn: Callable) -> Callable:
         if INTERPRETED:
-            return torch.library.custom_op(name, fn, mutates_args=(), schema=schema)
-        return triton_op(name, fn, mutates_args=(), schema=schema)
+            return torch.library.custom_op(name, fn, mutates_args=mutates, schema=schema)
+        return triton_op(name, fn, mutates_args=mutates, schema=schema)
 
     return decorate

@@ -14,8 +14,22 @@ TESTED_OPS = {
     "unshuffle_tokens",  # test_unshuffle_tokens.py
     "_unshuffle_tokens_backward",
     "masked_patch_mse",  # test_masked_patch_mse.py
+    "box_iou",  # test_box_iou.py
+    "paired_box_iou",
+    "face_mixup",  # test_face_mixup.py
+    "face_mixup_out",
+    "mixup_soft_targets",  # test_mixup_soft_targets.py
+    "facemix_loss",  # test_facemix_loss.py
+    "fixmatch_loss",  # test_fixmatch_loss.py
 }
-DIFFERENTIABLE = {"patchify_gather", "unshuffle_tokens", "masked_patch_mse"}
+DIFFERENTIABLE = {
+    "patchify_gather",
+    "unshuffle_tokens",
+    "masked_patch_mse",
+    "face_mixup",
+    "facemix_loss",
+    "fixmatch_loss",
+}
 
 
 def registered(namespace: str) -> set[str]:
