@@ -78,11 +78,12 @@ def unit_interval(value: object, name: str) -> float:
     return float(value)
 
 
-def values_checked(validate: bool | None, *tensors: Tensor) -> bool:
-    """Whether to check tensor *values* (index ranges, box corners): ``validate=None`` checks CPU tensors
-    only, where it is free; on a GPU it would synchronise, so it runs only with ``validate=True``.
-    Never while ``torch.compile`` traces."""
-    if torch.compiler.is_compiling():
+def values_checked(validate: bool | None, *tensors: Tensor, backend: str = "reference") -> bool:
+    """Whether to check tensor *values* (index ranges, box corners, ``lam``) in Python: ``validate=None``
+    checks CPU tensors only, where it is cheap; on a GPU it would synchronise, so it runs only with
+    ``validate=True``. Never while ``torch.compile`` traces, and not for the ``cpu`` backend, whose
+    C++ kernels check the values themselves as they read them (raising the same ``ValueError``)."""
+    if torch.compiler.is_compiling() or backend == "cpu":
         return False
     if validate is None:
         return all(t.device.type == "cpu" for t in tensors)

@@ -14,14 +14,17 @@ from ferfast.reference.mixup import flip_perm
 __all__ = ["box_iou", "paired_box_iou"]
 
 
-def _check_boxes(boxes: object, name: str, validate: bool | None) -> Tensor:
+def _check_boxes(boxes: object, name: str) -> Tensor:
     boxes = _checks.tensor(boxes, name)
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"{name} must have shape [N, 4] (x1, y1, x2, y2), got {tuple(boxes.shape)}")
     if not boxes.is_floating_point():
         boxes = boxes.float()  # integer pixel boxes (SSFER rounds its boxes to ints)
-    boxes = boxes.detach()
-    if _checks.values_checked(validate, boxes) and boxes.numel():
+    return boxes.detach()
+
+
+def _check_box_values(boxes: Tensor, name: str) -> None:
+    if boxes.numel():
         if not bool(torch.isfinite(boxes).all()):
             raise ValueError(f"{name} must be finite; replace unknown faces with a fallback box first")
         bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
@@ -30,7 +33,6 @@ def _check_boxes(boxes: object, name: str, validate: bool | None) -> Tensor:
             raise ValueError(
                 f"{name} must be xyxy with x2 >= x1 and y2 >= y1; rows {rows} are not, e.g. {boxes[rows[0]].tolist()}"
             )
-    return boxes
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor, *, backend: str | None = None, validate: bool | None = None) -> Tensor:
@@ -45,12 +47,15 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, backend: str | None = None, valid
     Returns:
         ``[N, M]`` float32 (float64 for float64 boxes). Disjoint and zero-area boxes give 0, never NaN.
     """
-    boxes1 = _check_boxes(boxes1, "boxes1", validate)
-    boxes2 = _check_boxes(boxes2, "boxes2", validate)
+    boxes1 = _check_boxes(boxes1, "boxes1")
+    boxes2 = _check_boxes(boxes2, "boxes2")
     _checks.same_device(boxes2, "boxes2", boxes1, "boxes1")
     common = torch.promote_types(boxes1.dtype, boxes2.dtype)
     boxes1, boxes2 = boxes1.to(common), boxes2.to(common)
     chosen = resolve_backend(boxes1.device, backend)
+    if _checks.values_checked(validate, boxes1, boxes2, backend=chosen):
+        _check_box_values(boxes1, "boxes1")
+        _check_box_values(boxes2, "boxes2")
     if chosen == "reference":
         return box_iou_ref(boxes1, boxes2)
     return op_namespace(chosen).box_iou(boxes1, boxes2)
@@ -73,12 +78,13 @@ def paired_box_iou(
     Returns:
         ``[B]`` float32 (float64 for float64 boxes), 0 for disjoint or zero-area pairs.
     """
-    boxes = _check_boxes(boxes, "boxes", validate)
+    boxes = _check_boxes(boxes, "boxes")
     b = boxes.shape[0]
     perm = flip_perm(b, boxes.device) if perm is None else _checks.long_vector(perm, b, "perm", boxes, "boxes")
-    if _checks.values_checked(validate, perm):
-        _checks.index_range(perm, b, "perm", "partner indices")
     chosen = resolve_backend(boxes.device, backend)
+    if _checks.values_checked(validate, boxes, perm, backend=chosen):
+        _check_box_values(boxes, "boxes")
+        _checks.index_range(perm, b, "perm", "partner indices")
     if chosen == "reference":
         return paired_box_iou_ref(boxes, perm)
     return op_namespace(chosen).paired_box_iou(boxes, perm)

@@ -25,7 +25,7 @@ def _acc_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _check_lam(lam: object, batch: int, ref: Tensor, dtype: torch.dtype, validate: bool | None) -> Tensor:
+def _check_lam(lam: object, batch: int, ref: Tensor, dtype: torch.dtype) -> Tensor:
     """``lam`` as a 0-d or ``[B]`` tensor of ``dtype`` on ``ref``'s device (no host sync for numbers)."""
     if isinstance(lam, numbers.Real) and not isinstance(lam, bool):
         _checks.unit_interval(lam, "lam")
@@ -35,19 +35,18 @@ def _check_lam(lam: object, batch: int, ref: Tensor, dtype: torch.dtype, validat
     if not (lam.dim() == 0 or (lam.dim() == 1 and lam.shape[0] == batch)):
         raise ValueError(f"lam must be a number, a 0-d tensor or have shape [{batch}], got {tuple(lam.shape)}")
     _checks.same_device(lam, "lam", ref, "x" if ref.dim() > 1 else "y")
-    lam = lam.detach().to(dtype)
-    if _checks.values_checked(validate, lam) and lam.numel() and not bool(((lam >= 0) & (lam <= 1)).all()):
+    return lam.detach().to(dtype)
+
+
+def _check_lam_values(lam: Tensor) -> None:
+    if lam.numel() and not bool(((lam >= 0) & (lam <= 1)).all()):
         raise ValueError(f"lam must be in [0, 1], got values {lam.reshape(-1)[:5].tolist()}")
-    return lam
 
 
-def _check_perm(perm: object, batch: int, ref: Tensor, ref_name: str, validate: bool | None) -> Tensor:
+def _check_perm(perm: object, batch: int, ref: Tensor, ref_name: str) -> Tensor:
     if perm is None:
         return flip_perm(batch, ref.device)
-    perm = _checks.long_vector(perm, batch, "perm", ref, ref_name)
-    if _checks.values_checked(validate, perm):
-        _checks.index_range(perm, batch, "perm", "partner indices")
-    return perm
+    return _checks.long_vector(perm, batch, "perm", ref, ref_name)
 
 
 def face_mixup(
@@ -81,9 +80,12 @@ def face_mixup(
     if x.dim() < 1:
         raise ValueError("x must have shape [B, ...], got a 0-d tensor")
     b = x.shape[0]
-    perm = _check_perm(perm, b, x, "x", validate)
-    lam = _check_lam(lam, b, x, _acc_dtype(x), validate)
+    perm = _check_perm(perm, b, x, "x")
+    lam = _check_lam(lam, b, x, _acc_dtype(x))
     chosen = resolve_backend(x.device, backend)
+    if _checks.values_checked(validate, perm, lam, backend=chosen):
+        _checks.index_range(perm, b, "perm", "partner indices")
+        _check_lam_values(lam)
     if out is None:
         if chosen == "reference":
             return face_mixup_ref(x, lam, perm, bool(with_originals))
@@ -141,18 +143,22 @@ def mixup_soft_targets(
     if y.dim() not in (1, 2) or (y.dim() == 2 and y.shape[1] != num_classes):
         raise ValueError(f"y must have shape [B] (labels) or [B, {num_classes}] (soft labels), got {tuple(y.shape)}")
     b = y.shape[0]
-    perm = _check_perm(perm, b, y, "y", validate)
+    perm = _check_perm(perm, b, y, "y")
     acc = torch.float64 if isinstance(lam, Tensor) and lam.dtype == torch.float64 else torch.float32
-    lam = _check_lam(lam, b, y, acc, validate)
+    lam = _check_lam(lam, b, y, acc)
+    chosen = resolve_backend(y.device, backend)
+    checked = _checks.values_checked(validate, y, perm, lam, backend=chosen if y.dim() == 1 else "reference")
+    if checked:
+        _checks.index_range(perm, b, "perm", "partner indices")
+        _check_lam_values(lam)
     if y.dim() == 2:
         _checks.floating(y, "y")
         lam_c = lam.reshape(-1).expand(b).reshape(b, 1)
         y1 = y.detach().to(acc) * (1 - label_smoothing) + label_smoothing / num_classes
         return y1 * lam_c + y1[perm] * (1 - lam_c)
     _checks.index(y, "y")
-    if _checks.values_checked(validate, y):
+    if checked:
         _checks.index_range(y, num_classes, "y", "class labels")
-    chosen = resolve_backend(y.device, backend)
     if chosen == "reference":
         return mixup_soft_targets_ref(y, num_classes, lam, perm, label_smoothing)
     return op_namespace(chosen).mixup_soft_targets(y, num_classes, lam, perm, label_smoothing)

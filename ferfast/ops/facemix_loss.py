@@ -71,11 +71,11 @@ def facemix_loss(
         raise ValueError(f"iou must have shape [{b}], got {tuple(iou.shape)}")
     _checks.same_device(iou, "iou", logits_real, "logits_real")
     perm = flip_perm(b, logits_real.device) if perm is None else _checks.long_vector(perm, b, "perm", y, "y")
-    if _checks.values_checked(validate, y, perm):
+    chosen = resolve_backend(logits_real.device, backend)
+    if _checks.values_checked(validate, y, perm, backend=chosen):
         _checks.index_range(y, k, "y", "class labels")
         _checks.index_range(perm, b, "perm", "partner indices")
     y_soft, iou = y_soft.detach(), iou.detach()
-    chosen = resolve_backend(logits_real.device, backend)
     if chosen == "reference":
         return facemix_loss_ref(logits_real, logits_mixed, y, y_soft, iou, perm)
     compute_grad = torch.is_grad_enabled() and (logits_real.requires_grad or logits_mixed.requires_grad)

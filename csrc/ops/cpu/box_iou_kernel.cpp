@@ -34,6 +34,8 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1_in, const at::Tensor& boxes2_in)
     const scalar_t* a = boxes1.const_data_ptr<scalar_t>();
     const scalar_t* b = boxes2.const_data_ptr<scalar_t>();
     acc_t* o = out.mutable_data_ptr<acc_t>();
+    cpu::check_box_values(a, N, "boxes1");
+    cpu::check_box_values(b, M, "boxes2");
     at::parallel_for(0, N, std::max<int64_t>(1, 4096 / std::max<int64_t>(M, 1)), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
         for (int64_t j = 0; j < M; ++j) o[i * M + j] = iou_of<acc_t>(a + 4 * i, b + 4 * j);
@@ -48,12 +50,12 @@ at::Tensor paired_box_iou_cpu(const at::Tensor& boxes_in, const at::Tensor& perm
   const int64_t B = boxes.size(0);
   at::Tensor out = at::empty({B}, boxes.options().dtype(box_acc_type(boxes)));
   const int64_t* p = perm.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < B; ++i)
-    TORCH_CHECK(p[i] >= 0 && p[i] < B, "perm must hold indices in [0, ", B, "), got perm[", i, "] = ", p[i]);
+  cpu::check_index_values(p, B, B, "perm", "partner indices");
   FERFAST_DISPATCH_FLOATING(boxes.scalar_type(), "paired_box_iou_cpu", [&] {
     using acc_t = cpu::acc_type_t<scalar_t>;
     const scalar_t* b = boxes.const_data_ptr<scalar_t>();
     acc_t* o = out.mutable_data_ptr<acc_t>();
+    cpu::check_box_values(b, B, "boxes");
     for (int64_t i = 0; i < B; ++i) o[i] = iou_of<acc_t>(b + 4 * i, b + 4 * p[i]);
   });
   return out;

@@ -40,10 +40,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> facemix_loss_cpu(const at::Tensor
   const int64_t B = real.size(0), K = real.size(1);
   const int64_t* yp = y.const_data_ptr<int64_t>();
   const int64_t* pp = perm.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < B; ++i) {
-    TORCH_CHECK(yp[i] >= 0 && yp[i] < K, "y must hold class labels in [0, ", K, "), got y[", i, "] = ", yp[i]);
-    TORCH_CHECK(pp[i] >= 0 && pp[i] < B, "perm must hold indices in [0, ", B, "), got perm[", i, "] = ", pp[i]);
-  }
+  cpu::check_index_values(yp, B, K, "y", "class labels");
+  cpu::check_index_values(pp, B, B, "perm", "partner indices");
   at::Tensor grad_real = compute_grad ? at::empty_like(real) : real.new_empty({0});
   at::Tensor grad_mixed = compute_grad ? at::empty_like(mixed) : mixed.new_empty({0});
   std::vector<double> partial(B);

@@ -30,10 +30,12 @@ at::Tensor mixup_soft_targets_cpu(const at::Tensor& y_in, int64_t num_classes, c
   const int64_t B = y.size(0), K = num_classes;
   const int64_t* yp = y.const_data_ptr<int64_t>();
   const int64_t* pp = perm.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < B; ++i) {
-    TORCH_CHECK(yp[i] >= 0 && yp[i] < K, "y must hold class labels in [0, ", K, "), got y[", i, "] = ", yp[i]);
-    TORCH_CHECK(pp[i] >= 0 && pp[i] < B, "perm must hold indices in [0, ", B, "), got perm[", i, "] = ", pp[i]);
-  }
+  cpu::check_index_values(yp, B, K, "y", "class labels");
+  cpu::check_index_values(pp, B, B, "perm", "partner indices");
+  if (acc == at::kDouble)
+    cpu::check_unit_values(lam.const_data_ptr<double>(), lam.numel(), "lam");
+  else
+    cpu::check_unit_values(lam.const_data_ptr<float>(), lam.numel(), "lam");
   at::Tensor out = at::empty({B, K}, y.options().dtype(acc));
   const int64_t stride = lam.dim() == 0 ? 0 : 1;
   if (acc == at::kDouble)
