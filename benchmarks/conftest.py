@@ -6,7 +6,11 @@ Every ``bench_<op>.py`` test takes three parametrized fixtures from here:
   spec from :mod:`ferfast.reference`) and ``torch-compile(ref)`` (``torch.compile`` of that spec). CUDA, on a
   GPU: ``ferfast-cuda``, ``ferfast-triton``, ``torch-ref`` and ``torch-compile(ref)``. A provider that cannot
   run here is skipped with the reason.
-- ``shape``: an entry of :mod:`shapes` (``--quick``: the small ones only).
+  A bench adds providers of its own with ``@pytest.mark.extra_providers("name", ...)`` (one ``target`` per
+  selected device each; the bench builds their callables itself, since :meth:`Bench.impl` knows only the
+  standard ones).
+- ``shape``: an entry of :mod:`shapes` (``--quick``: the small ones only); ``mixup_shape`` and ``fixmatch_shape``
+  take theirs from the classification registries (:data:`shapes.CLS_REGISTRIES`) the same way.
 - ``bench``: :class:`Bench`, which builds the provider's callable (:meth:`Bench.impl`) and times it
   (:meth:`Bench.run`) with ``benchmark.pedantic``; results land in ``benchmark.extra_info``.
 
@@ -91,6 +95,9 @@ ALLOCATOR = {"tuned": False}
 def pytest_configure(config: pytest.Config) -> None:
     # Freed large buffers stay in the process (see ferfast.runtime): every provider allocates its outputs and
     # gradients each round, and glibc's default would page-fault them all back in. Applied once, to all alike.
+    config.addinivalue_line(
+        "markers", "extra_providers(*names): providers a bench adds to the standard ones of every selected device"
+    )
     if not config.getoption("default_malloc"):
         ALLOCATOR["tuned"] = tune_cpu_allocator()
     for out in (config.getoption("benchmark_json", None), config.getoption("bench_jsonl", None)):
@@ -126,12 +133,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "shape" in metafunc.fixturenames:
         names = [s.name for s in shapes.selected_shapes(bool(config.getoption("quick")))]
         metafunc.parametrize("shape", names, ids=names, indirect=True)  # the JSON keeps the name
+    for fixture in shapes.CLS_REGISTRIES:
+        if fixture in metafunc.fixturenames:
+            names = [s.name for s in shapes.selected_cls_shapes(fixture, bool(config.getoption("quick")))]
+            metafunc.parametrize(fixture, names, ids=names, indirect=True)
     if "target" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("extra_providers")
+        extra = tuple(marker.args) if marker else ()
         combos: list[tuple[str, str]] = []
         if not config.getoption("gpu_only"):
-            combos += [("cpu", p) for p in CPU_PROVIDERS]
+            combos += [("cpu", p) for p in (*CPU_PROVIDERS, *extra)]
         if not config.getoption("cpu_only"):
-            combos += [("cuda", p) for p in CUDA_PROVIDERS]
+            combos += [("cuda", p) for p in (*CUDA_PROVIDERS, *extra)]
         metafunc.parametrize("target", combos, ids=[f"{p}@{d}" for d, p in combos], indirect=True)
 
 
@@ -180,6 +193,16 @@ def bench_settings(pytestconfig: pytest.Config) -> Settings:
 @pytest.fixture
 def shape(request: pytest.FixtureRequest) -> shapes.MAEShape:
     return shapes.by_name(request.param)
+
+
+@pytest.fixture
+def mixup_shape(request: pytest.FixtureRequest) -> shapes.ClsShape:
+    return shapes.cls_by_name("mixup_shape", request.param)
+
+
+@pytest.fixture
+def fixmatch_shape(request: pytest.FixtureRequest) -> shapes.ClsShape:
+    return shapes.cls_by_name("fixmatch_shape", request.param)
 
 
 @pytest.fixture
@@ -337,21 +360,44 @@ class Bench:
             return torch.compile(ref, dynamic=False)
         raise ValueError(f"unknown provider {provider!r}")
 
+    def require_kernels(self, *ops: str) -> None:
+        """Skips a ``ferfast-*`` provider whose backend has no kernel for one of ``ops`` on its device (an op
+        not ported to that backend yet) instead of failing in the middle of the timing."""
+        backend = self.target.backend
+        if backend is None:
+            return
+        namespace = "ferfast_triton" if backend == "triton" else "ferfast"
+        key = "CUDA" if self.target.is_gpu else "CPU"
+        registered = set(torch._C._dispatch_get_all_op_names())
+        missing = []
+        for op in ops:
+            name = f"{namespace}::{op}"
+            if name not in registered:
+                missing.append(op)
+            elif namespace == "ferfast" and not torch._C._dispatch_has_kernel_for_dispatch_key(name, key):
+                missing.append(op)
+        if missing:
+            pytest.skip(f"{self.target.provider}: no {key} kernel for {', '.join(missing)} ({namespace})")
+
     def run(
         self,
         *,
         op: str,
         mode: str,
-        shape: shapes.MAEShape,
+        shape: shapes.MAEShape | shapes.ClsShape,
         fn: Callable,
         args: tuple,
         nbytes: int,
         variant: str = "",
         shape_desc: str = "",
+        fresh_args: Callable[[], tuple] | None = None,
     ) -> None:
         """Times ``fn(*args)`` (synchronized on a GPU) and records what :mod:`report` prints.
 
         ``nbytes``: the minimum bytes the op must move (each input read once, each output written once).
+        ``fresh_args``: for a ``fn`` that overwrites its inputs, builds new ``args`` before every warm-up and
+        timed round, in the untimed setup (before the cache eviction); the CUDA-event measurements reuse
+        ``args``.
         """
         b, t, s = self.benchmark, self.target, self.settings
         device = t.device
@@ -365,14 +411,15 @@ class Bench:
             return out
 
         def setup() -> tuple[tuple, dict]:
+            round_args = args if fresh_args is None else fresh_args()
             if s.cold_cache:
                 self.flusher(device)
             _sync(device)
-            return args, {}
+            return round_args, {}
 
         copy_gbs = self.copy_bandwidth(device)  # measured before the first timed op of the session
         for _ in range(2):  # warm-up: compiles torch.compile providers, fills allocator caches
-            timed(*args)
+            timed(*(args if fresh_args is None else fresh_args()))
         b.pedantic(timed, setup=setup, rounds=s.rounds, warmup_rounds=s.warmup_rounds)
 
         info: dict[str, Any] = {

@@ -6,11 +6,14 @@
 #
 # Steps: versions -> build + editable install of the extension from source -> python -m ferfast.info ->
 # GPU tests (-m "cuda or triton") -> the rest of the tests -> the CUDA benchmarks (masked_patch_mse first, then
-# the other ops, then the torch.compile baselines; JSON in benchmarks/results/gpu_*.json, merged into
-# benchmarks/results/gpu.json) -> benchmarks/report.py of them, ending with
-# masked_patch_mse fwd+bwd bandwidth as a fraction of the GPU's measured copy bandwidth (target >= 0.8).
+# the other MAE ops, then face-IoU Mixup (SSFER stage 1: the step, with the ssfer-eager baseline, and the mixing
+# alone) and fixmatch_loss, then the torch.compile baselines; JSON in benchmarks/results/gpu_*.json, merged into
+# benchmarks/results/gpu.json) -> benchmarks/report.py of them, ending with the targets: masked_patch_mse
+# fwd+bwd bandwidth as a fraction of the GPU's measured copy bandwidth (target >= 0.8), the mixing's
+# (face_mixup) fraction of copy bandwidth (>= 0.5), the stage-1 step's speedups over ssfer-eager (>= 4x) and
+# torch.compile (>= 1.5x), and fixmatch_loss against torch.compile (faster).
 #
-# The whole run stays under GPU_CHECK_BUDGET_S (default 450 s): every step has its own `timeout`, and each
+# The whole run stays under GPU_CHECK_BUDGET_S (default 480 s): every step has its own `timeout`, and each
 # keeps back the time the later steps need. A failing step is reported and the script goes on; it exits 1
 # at the end when any step failed (the bandwidth target is reported, not enforced; GPU_CHECK_STRICT=1
 # enforces it). With $OUT set, the log, the JSON files and the report are copied there.
@@ -22,7 +25,7 @@ set -u
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 PY=${PYTHON:-python3}
-BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-480}
 BENCH_K=${BENCH_K-B64}
 BENCH_ARGS=${BENCH_ARGS:-}
 RESULTS=benchmarks/results
@@ -154,7 +157,7 @@ pytest_allow_empty() {
 
 report() {
   local files=() f
-  for f in gpu_masked_patch_mse gpu_ops gpu_compile; do  # the JSON, else the lines of a run that was cut short
+  for f in gpu_masked_patch_mse gpu_ops gpu_ssfer gpu_compile; do  # the JSON, else the lines of a run that was cut short
     if [ -f "$RESULTS/$f.json" ]; then
       files+=("$RESULTS/$f.json")
     elif [ -s "$RESULTS/$f.jsonl" ]; then
@@ -181,27 +184,33 @@ BENCH_COMMON=(-q -p no:cacheprovider --gpu-only --benchmark-columns=min,median,i
 BENCH_EXTRA=($BENCH_ARGS)
 OTHER_BENCHES=(benchmarks/bench_random_masking.py benchmarks/bench_patchify_gather.py
   benchmarks/bench_unshuffle_tokens.py benchmarks/bench_fused_head_masked_mse.py)
+# SSFER's ops: the stage-1 step (IoU + mix + targets + loss fwd+bwd; ssfer-eager = the released code's path) and
+# the mixing alone (face_mixup: its fraction of copy bandwidth is a target), then fixmatch_loss.
+SSFER_BENCHES=(benchmarks/bench_face_mixup.py benchmarks/bench_fixmatch_loss.py)
 if [ -n "$BENCH_K" ]; then K_ALL=(-k "$BENCH_K"); K_COMPILE=(-k "($BENCH_K) and compile"); else K_ALL=(); K_COMPILE=(-k compile); fi
 
 #    name                                 cap  keep-back  command
-step "versions"                             45  400  versions
-step "build+install"                       240  190  build
-step "ferfast.info"                         30  180  "$PY" -m ferfast.info
-step "tests (cuda or triton)"              120  170  pytest_allow_empty tests -q --maxfail=25 -p no:cacheprovider \
+step "versions"                             45  430  versions
+step "build+install"                       240  220  build
+step "ferfast.info"                         30  210  "$PY" -m ferfast.info
+step "tests (cuda or triton)"              120  200  pytest_allow_empty tests -q --maxfail=25 -p no:cacheprovider \
   -m "cuda or triton" --durations=5
-step "tests (the rest)"                     45  160  pytest_allow_empty tests -q --maxfail=5 -p no:cacheprovider \
+step "tests (the rest)"                     45  190  pytest_allow_empty tests -q --maxfail=5 -p no:cacheprovider \
   -m "not cuda and not triton and not slow" --durations=5
 rm -f "$RESULTS"/gpu*.json "$RESULTS"/gpu*.jsonl
 # The ferfast and eager numbers first; the torch.compile baselines (slow to compile) last, in their own JSON,
 # so that a timeout there loses nothing else (pytest-benchmark writes its JSON only at the end of a run).
-step "bench masked_patch_mse"               90  100  "$PY" -m pytest benchmarks/bench_masked_patch_mse.py --no-compile \
+step "bench masked_patch_mse"               90  130  "$PY" -m pytest benchmarks/bench_masked_patch_mse.py --no-compile \
   "${BENCH_COMMON[@]}" ${K_ALL[@]+"${K_ALL[@]}"} ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
   --benchmark-json="$RESULTS/gpu_masked_patch_mse.json" --bench-jsonl="$RESULTS/gpu_masked_patch_mse.jsonl"
-step "bench other ops"                      90   60  "$PY" -m pytest "${OTHER_BENCHES[@]}" --no-compile \
+step "bench other ops"                      90   90  "$PY" -m pytest "${OTHER_BENCHES[@]}" --no-compile \
   "${BENCH_COMMON[@]}" ${K_ALL[@]+"${K_ALL[@]}"} ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
   --benchmark-json="$RESULTS/gpu_ops.json" --bench-jsonl="$RESULTS/gpu_ops.jsonl"
+step "bench face-IoU Mixup + FixMatch"      60   60  "$PY" -m pytest "${SSFER_BENCHES[@]}" --no-compile \
+  "${BENCH_COMMON[@]}" ${K_ALL[@]+"${K_ALL[@]}"} ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
+  --benchmark-json="$RESULTS/gpu_ssfer.json" --bench-jsonl="$RESULTS/gpu_ssfer.jsonl"
 step "bench torch.compile(ref) baselines"  200   15  "$PY" -m pytest benchmarks/bench_masked_patch_mse.py \
-  "${OTHER_BENCHES[@]}" "${BENCH_COMMON[@]}" "${K_COMPILE[@]}" ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
+  "${OTHER_BENCHES[@]}" "${SSFER_BENCHES[@]}" "${BENCH_COMMON[@]}" "${K_COMPILE[@]}" ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
   --benchmark-json="$RESULTS/gpu_compile.json" --bench-jsonl="$RESULTS/gpu_compile.jsonl"
 step "report"                               30    0  report
 

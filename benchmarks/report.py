@@ -2,13 +2,26 @@
 
     python benchmarks/report.py [FILE ...]            # default: benchmarks/results/latest.json
     python benchmarks/report.py a.json b.jsonl --merge-out all.json   # .jsonl: written by --bench-jsonl
-    python benchmarks/report.py gpu.json --check-target   # masked_patch_mse full >= 0.8 x copy bandwidth
+    python benchmarks/report.py gpu.json --check-target   # the targets below
 
 One table per benchmark group (op | device | shape | mode | variant): provider, median time, bandwidth
 (minimum bytes / median), that bandwidth as a fraction of the machine's copy bandwidth measured in the
-same run, and the speedup over ``torch-ref`` and ``torch-compile(ref)`` (their time / this time). On a GPU
-the CUDA-event timings (device time only, caches flushed, no Python or sync overhead) are shown too and
-the speedups use them.
+same run, and the speedup over ``torch-ref`` and ``torch-compile(ref)`` (their time / this time; over
+``ssfer-eager`` too where a group has it). On a GPU the CUDA-event timings (device time only, caches
+flushed, no Python or sync overhead) are shown too and the speedups use them.
+
+``--check-target`` checks, for every ferfast provider of the device (``--target-device``):
+
+- ``masked_patch_mse`` full >= 0.8 x copy bandwidth at B64-224-p16 (``--target-op/-mode/-fraction/-shape``);
+- ``face_mixup`` fwd (the mixing of face-IoU Mixup, both variants) >= 0.5 x copy bandwidth at B64-224-K7
+  (``--mix-fraction``, ``--mixup-shape``);
+- ``face_iou_mixup_step`` full (IoU + mix + targets + loss fwd+bwd, both variants) >= 4x faster than
+  ``ssfer-eager`` (SSFER's released path) and >= 1.5x faster than ``torch-compile(ref)`` at B64-224-K7
+  (``--stage1-vs-ssfer``, ``--stage1-vs-compile``);
+- ``fixmatch_loss`` full faster than ``torch-compile(ref)`` at B64-K7 (``--fixmatch-shape``).
+
+A target whose benchmarks are not in the data is reported as not checked and does not count; the check
+fails (``--strict``: exit 1) when a checked target is missed, or when no target could be checked at all.
 """
 
 from __future__ import annotations
@@ -21,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
-PROVIDER_ORDER = ("ferfast-triton", "ferfast-cuda", "ferfast-cpu", "torch-ref", "torch-compile(ref)")
-REF, COMPILE = "torch-ref", "torch-compile(ref)"
+PROVIDER_ORDER = ("ferfast-triton", "ferfast-cuda", "ferfast-cpu", "torch-ref", "torch-compile(ref)", "ssfer-eager")
+REF, COMPILE, SSFER = "torch-ref", "torch-compile(ref)", "ssfer-eager"
+STAGE1_OP = "face_iou_mixup_step"
 
 
 def load(paths: list[Path]) -> dict[str, Any]:
@@ -80,7 +94,7 @@ def _speedup(base: dict[str, Any] | None, row: dict[str, Any]) -> str:
 
 def group_table(name: str, rows: list[dict[str, Any]]) -> list[str]:
     by_provider = {r["provider"]: r for r in rows}
-    ref, comp = by_provider.get(REF), by_provider.get(COMPILE)
+    ref, comp, ssfer = by_provider.get(REF), by_provider.get(COMPILE), by_provider.get(SSFER)
     gpu = any(r.get("gpu_event_ms") is not None for r in rows)
     first = rows[0]
     lines = [f"### {name}", ""]
@@ -92,6 +106,8 @@ def group_table(name: str, rows: list[dict[str, Any]]) -> list[str]:
     if gpu:
         head += ["event ms", "event GB/s", "x copy (event)", "peak MiB"]
     head += ["vs torch-ref", "vs torch-compile(ref)"]
+    if ssfer:
+        head.append(f"vs {SSFER}")
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         median = r.get("median_s")
@@ -109,6 +125,8 @@ def group_table(name: str, rows: list[dict[str, Any]]) -> list[str]:
                 _fmt(r.get("peak_mem_extra_MiB"), ".1f"),
             ]
         cells += [_speedup(ref, r), _speedup(comp, r)]
+        if ssfer:
+            cells.append(_speedup(ssfer, r))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return lines
@@ -132,25 +150,40 @@ def header(data: dict[str, Any], paths: list[Path]) -> list[str]:
     return lines
 
 
-def check_target(
-    data: dict[str, Any], op: str, mode: str, fraction: float, device: str | None, shape: str | None
-) -> tuple[list[str], bool]:
-    """The best ferfast provider's bandwidth in ``op``/``mode`` groups as a fraction of the copy bandwidth."""
+def _device_rows(data: dict[str, Any], device: str | None) -> tuple[list[dict[str, Any]], str]:
     rows = [r for rs in groups(data).values() for r in rs]
     if device is None:
         device = "cuda" if any(r.get("device") == "cuda" for r in rows) else "cpu"
+    return [r for r in rows if r.get("device") == device], device
+
+
+def _is_ferfast(row: dict[str, Any]) -> bool:
+    return str(row.get("provider", "")).startswith("ferfast-")
+
+
+def check_target(
+    data: dict[str, Any], op: str, mode: str, fraction: float, device: str | None, shape: str | None
+) -> tuple[list[str], bool]:
+    """The ferfast providers' bandwidth in ``op``/``mode`` groups as a fraction of the copy bandwidth.
+
+    Returns the report lines and whether the target is met (False when the data has no such benchmark)."""
+    lines, ok, _checked = check_bandwidth(data, op, mode, fraction, device, shape)
+    return lines, ok
+
+
+def check_bandwidth(
+    data: dict[str, Any], op: str, mode: str, fraction: float, device: str | None, shape: str | None
+) -> tuple[list[str], bool, bool]:
+    """:func:`check_target`, plus whether the data had a benchmark to check."""
+    rows, device = _device_rows(data, device)
     picked = [
         r
         for r in rows
-        if r.get("op") == op
-        and r.get("mode") == mode
-        and r.get("device") == device
-        and (shape is None or r.get("shape") == shape)
-        and str(r.get("provider", "")).startswith("ferfast-")
+        if r.get("op") == op and r.get("mode") == mode and (shape is None or r.get("shape") == shape) and _is_ferfast(r)
     ]
     lines = [f"## Target: {op} {mode} on {device} >= {fraction:.2f} x copy bandwidth", ""]
     if not picked:
-        return [*lines, "no matching ferfast benchmark in the data: TARGET NOT CHECKED", ""], False
+        return [*lines, "no matching ferfast benchmark in the data: TARGET NOT CHECKED", ""], False, False
     ok = True
     keyed: dict[tuple, list[dict[str, Any]]] = {}
     for r in picked:
@@ -169,7 +202,82 @@ def check_target(
             text += f" of {_fmt(r.get('copy_GB/s'), '.1f')} GB/s -> {'TARGET MET' if met else 'TARGET MISSED'}"
             lines.append(text)
     lines.append("")
-    return lines, ok
+    return lines, ok, True
+
+
+def check_speedup(
+    data: dict[str, Any],
+    op: str,
+    mode: str,
+    baseline: str,
+    factor: float,
+    device: str | None,
+    shape: str | None,
+    strict: bool = False,
+) -> tuple[list[str], bool, bool]:
+    """Every ferfast provider of each ``op``/``mode`` group at least ``factor`` x faster than ``baseline``
+    (``strict``: more than ``factor`` x, i.e. "beats" for 1.0) in the time the tables' speedups use.
+
+    Returns the report lines, whether the target is met and whether the data had a benchmark to check."""
+    rows, device = _device_rows(data, device)
+    picked = [
+        r for r in rows if r.get("op") == op and r.get("mode") == mode and (shape is None or r.get("shape") == shape)
+    ]
+    relation = f"> {factor:g}x" if strict else f">= {factor:g}x"
+    lines = [f"## Target: {op} {mode} on {device}: ferfast {relation} faster than {baseline}", ""]
+    keyed: dict[tuple, list[dict[str, Any]]] = {}
+    for r in picked:
+        keyed.setdefault((r.get("shape"), r.get("variant")), []).append(r)
+    ok, checked = True, False
+    for (shp, variant), rs in sorted(keyed.items(), key=lambda kv: str(kv[0])):
+        base = next((r for r in rs if r.get("provider") == baseline), None)
+        mine = [r for r in rs if _is_ferfast(r)]
+        if not mine:
+            continue
+        if base is None or not base.get("time_s"):
+            lines.append(f"- {shp} {variant}: no {baseline} row in the data: NOT CHECKED")
+            continue
+        for r in mine:
+            if not r.get("time_s"):
+                continue
+            checked = True
+            speedup = base["time_s"] / r["time_s"]
+            met = speedup > factor if strict else speedup >= factor
+            ok &= met
+            clock = "CUDA-event" if r.get("gpu_event_ms") is not None else "median wall"
+            verdict = "TARGET MET" if met else "TARGET MISSED"
+            lines.append(
+                f"- {shp} {variant} {r['provider']}: {r['time_s'] * 1e3:.3f} ms vs {baseline} "
+                f"{base['time_s'] * 1e3:.3f} ms ({clock}) = {speedup:.2f}x -> {verdict}"
+            )
+    if not checked:
+        lines.append("no matching ferfast benchmark with its baseline in the data: TARGET NOT CHECKED")
+    lines.append("")
+    return lines, ok, checked
+
+
+def check_all_targets(args: argparse.Namespace, data: dict[str, Any]) -> tuple[list[str], bool]:
+    """The targets of ``--check-target`` (see the module docstring): report lines and the verdict."""
+    device = args.target_device
+    results = [
+        check_bandwidth(
+            data, args.target_op, args.target_mode, args.target_fraction, device, args.target_shape or None
+        ),
+        check_bandwidth(data, "face_mixup", "fwd", args.mix_fraction, device, args.mixup_shape or None),
+        check_speedup(data, STAGE1_OP, "full", SSFER, args.stage1_vs_ssfer, device, args.mixup_shape or None),
+        check_speedup(data, STAGE1_OP, "full", COMPILE, args.stage1_vs_compile, device, args.mixup_shape or None),
+        check_speedup(data, "fixmatch_loss", "full", COMPILE, 1.0, device, args.fixmatch_shape or None, strict=True),
+    ]
+    lines: list[str] = []
+    ok, any_checked = True, False
+    for target_lines, met, checked in results:
+        lines += target_lines
+        if checked:
+            any_checked = True
+            ok &= met
+    if not any_checked:
+        lines += ["No target could be checked: the data has none of their benchmarks.", ""]
+    return lines, ok and any_checked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,13 +286,18 @@ def main(argv: list[str] | None = None) -> int:
         "json", nargs="*", type=Path, help=f"pytest-benchmark JSON or --bench-jsonl files (default {DEFAULT_JSON})"
     )
     parser.add_argument("--merge-out", type=Path, help="also write the merged JSON here")
-    parser.add_argument("--check-target", action="store_true", help="check the bandwidth target (below)")
+    parser.add_argument("--check-target", action="store_true", help="check the targets (see the module docstring)")
     parser.add_argument("--target-op", default="masked_patch_mse")
     parser.add_argument("--target-mode", default="full")
     parser.add_argument("--target-fraction", type=float, default=0.8)
     parser.add_argument("--target-device", default=None, help="cuda when the data has CUDA rows, else cpu")
-    parser.add_argument("--target-shape", default="B64-224-p16")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
+    parser.add_argument("--target-shape", default="B64-224-p16", help="'' = every shape")
+    parser.add_argument("--mix-fraction", type=float, default=0.5, help="face_mixup fwd: fraction of copy bandwidth")
+    parser.add_argument("--stage1-vs-ssfer", type=float, default=4.0, help="face_iou_mixup_step: x ssfer-eager")
+    parser.add_argument("--stage1-vs-compile", type=float, default=1.5, help="face_iou_mixup_step: x compile")
+    parser.add_argument("--mixup-shape", default="B64-224-K7", help="shape of the face-IoU Mixup targets")
+    parser.add_argument("--fixmatch-shape", default="B64-K7", help="shape of the fixmatch_loss target")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a checked target is missed")
     args = parser.parse_args(argv)
 
     paths = list(args.json or [DEFAULT_JSON])
@@ -206,9 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += group_table(name, rows)
     ok = True
     if args.check_target:
-        target_lines, ok = check_target(
-            data, args.target_op, args.target_mode, args.target_fraction, args.target_device, args.target_shape
-        )
+        target_lines, ok = check_all_targets(args, data)
         lines += target_lines
     print("\n".join(lines))
     return 1 if args.strict and not ok else 0

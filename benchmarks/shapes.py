@@ -8,6 +8,9 @@ Each entry is one MAE pretraining configuration; every op takes the tensors it n
 - ``unshuffle_tokens``: ``x [B, 1 + K, D]`` (cls + visible tokens of the decoder width D),
   ``ids_restore [B, L]`` -> ``[B, 1 + L, D]``;
 - ``fused_head_masked_mse``: ``h [B, L, D]``, ``weight [p*p*C, D]``, ``bias [p*p*C]``.
+
+A second, small registry (:class:`ClsShape`, at the end) holds the classification batches of SSFER's face-IoU
+Mixup (stage 1) and FixMatch (stage 2).
 """
 
 from __future__ import annotations
@@ -20,15 +23,27 @@ import torch
 from ferfast.reference import num_kept, random_masking_ref
 
 __all__ = [
+    "CLS_REGISTRIES",
+    "FIXMATCH_SHAPES",
+    "MIXUP_SHAPES",
     "SHAPES",
+    "ClsShape",
     "MAEShape",
     "Masking",
     "by_name",
+    "cls_by_name",
+    "cls_images",
+    "cls_labels",
+    "cls_logits",
     "decoder_tokens",
+    "detections",
+    "face_boxes",
     "head",
     "images",
     "masking",
+    "mixup_lam",
     "predictions",
+    "selected_cls_shapes",
     "selected_shapes",
 ]
 
@@ -163,3 +178,122 @@ def head(shape: MAEShape, device: torch.device, requires_grad: bool = False) -> 
     weight = torch.randn(pd, d, generator=g) * d**-0.5
     bias = torch.randn(pd, generator=g) * 0.02
     return tuple(t.to(device, shape.dtype).requires_grad_(requires_grad) for t in (h, weight, bias))
+
+
+# ---- classification batches: SSFER's stage 1 (face-IoU Mixup) and stage 2 (FixMatch) ---------------------------
+#
+# A separate registry: these ops see images, labels, face boxes and K-way logits, not MAE's patches. A bench
+# takes them through the ``mixup_shape`` / ``fixmatch_shape`` fixtures (conftest.py), ``--quick`` included.
+#
+# - stage 1 (``bench_face_mixup.py``): ``x [B, C, S, S]`` normalised images, ``y [B]`` labels in [0, K),
+#   ``boxes [B, 4]`` relative xyxy face boxes (``detections``: the same as SSFER's per-image ``[1, 4]`` pixel
+#   boxes), ``lam`` a fixed Beta(1, 1) draw, ``logits_real`` / ``logits_mixed [B, K]`` (the network's outputs);
+# - FixMatch (``bench_fixmatch_loss.py``): ``logits_weak [B, K]`` (teacher, weak view) and ``logits_strong``.
+
+
+@dataclass(frozen=True)
+class ClsShape:
+    name: str
+    batch: int
+    num_classes: int
+    channels: int = 3
+    img_size: int = 224
+    dtype: torch.dtype = torch.float32
+    quick: bool = False  # part of the ``--quick`` smoke run
+
+    @property
+    def element_size(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def image_numel(self) -> int:  # one image
+        return self.channels * self.img_size * self.img_size
+
+    @property
+    def images_numel(self) -> int:  # the batch
+        return self.batch * self.image_numel
+
+    @property
+    def logits_numel(self) -> int:
+        return self.batch * self.num_classes
+
+    def describe_images(self) -> str:
+        b, c, s, k = self.batch, self.channels, self.img_size, self.num_classes
+        return f"x {b}x{c}x{s}x{s}, K={k}"
+
+    def describe_logits(self) -> str:
+        return f"logits {self.batch}x{self.num_classes}"
+
+
+MIXUP_SHAPES: tuple[ClsShape, ...] = (
+    # SSFER's stage-1 batches on RAF-DB (7 expressions), 224 x 224 crops.
+    ClsShape("B32-224-K7", batch=32, num_classes=7),
+    ClsShape("B64-224-K7", batch=64, num_classes=7),
+    # The --quick smoke shape (even, as SSFER's in-place Mixup needs).
+    ClsShape("B8-64-K7", batch=8, num_classes=7, img_size=64, quick=True),
+)
+
+FIXMATCH_SHAPES: tuple[ClsShape, ...] = (
+    ClsShape("B64-K7", batch=64, num_classes=7),
+    # FixMatch's unlabeled batch: mu = 7 times the labeled batch of 64.
+    ClsShape("B448-K7-mu7", batch=448, num_classes=7),
+    ClsShape("B16-K7", batch=16, num_classes=7, quick=True),
+)
+
+#: fixture name -> its registry (conftest.py parametrizes each fixture a bench asks for).
+CLS_REGISTRIES: dict[str, tuple[ClsShape, ...]] = {"mixup_shape": MIXUP_SHAPES, "fixmatch_shape": FIXMATCH_SHAPES}
+
+
+def cls_by_name(fixture: str, name: str) -> ClsShape:
+    registry = CLS_REGISTRIES[fixture]
+    for s in registry:
+        if s.name == name:
+            return s
+    raise KeyError(f"no {fixture} {name!r}; known: {[s.name for s in registry]}")
+
+
+def selected_cls_shapes(fixture: str, quick: bool) -> list[ClsShape]:
+    """The ``fixture``'s shapes a run covers: all of them, or the small ones under ``--quick``."""
+    return [s for s in CLS_REGISTRIES[fixture] if s.quick or not quick]
+
+
+def cls_images(shape: ClsShape, device: torch.device) -> torch.Tensor:
+    """``x [B, C, S, S]``, normalised-image-like values."""
+    b, c, s = shape.batch, shape.channels, shape.img_size
+    return torch.randn(b, c, s, s, generator=_gen(11)).to(device, shape.dtype)
+
+
+def cls_labels(shape: ClsShape, device: torch.device) -> torch.Tensor:
+    """``y [B]`` int64 class labels in ``[0, K)``."""
+    return torch.randint(0, shape.num_classes, (shape.batch,), generator=_gen(12)).to(device)
+
+
+def face_boxes(shape: ClsShape, device: torch.device) -> torch.Tensor:
+    """``[B, 4]`` relative xyxy face boxes: valid (``x1 < x2``, ``y1 < y2``, inside ``[0, 1]``), face-crop-like
+    (centre in ``[0.35, 0.65]``, side in ``[0.4, 0.9]``), so that partners overlap by varying amounts."""
+    g = _gen(13)
+    centre = 0.35 + 0.3 * torch.rand(shape.batch, 2, generator=g)
+    half = (0.4 + 0.5 * torch.rand(shape.batch, 2, generator=g)) / 2
+    boxes = torch.cat([centre - half, centre + half], dim=1).clamp(0.0, 1.0)
+    return boxes.to(device, torch.float32)
+
+
+def detections(shape: ClsShape, boxes: torch.Tensor) -> list[torch.Tensor]:
+    """SSFER's detector output for ``boxes``: one ``[1, 4]`` xyxy pixel box per image (CPU, float32)."""
+    pixels = boxes.detach().cpu().float() * shape.img_size
+    return [pixels[i : i + 1].clone() for i in range(shape.batch)]
+
+
+def mixup_lam(seed: int = 14) -> float:
+    """A fixed ``lam ~ Beta(1, 1)`` (SSFER's ``mixup_alpha = 1``; Beta(1, 1) is uniform on [0, 1])."""
+    return float(torch.rand((), generator=_gen(seed)))
+
+
+def cls_logits(shape: ClsShape, device: torch.device, seed: int, scale: float = 1.0, requires_grad: bool = False):
+    """``[B, K]`` logits (``scale * N(0, 1)``)."""
+    logits = torch.randn(shape.batch, shape.num_classes, generator=_gen(seed)) * scale
+    return logits.to(device, shape.dtype).requires_grad_(requires_grad)
