@@ -307,3 +307,27 @@ def non_contiguous(t: Tensor) -> Tensor:
     out = wide[..., 0]
     assert not out.is_contiguous() or t.numel() <= 1
     return out
+
+
+# ---- op registration ---------------------------------------------------------------------------
+
+
+def op_namespace(backend: str) -> str:
+    """The ``torch.ops`` namespace of a backend's ops."""
+    return "ferfast_triton" if backend == "triton" else "ferfast"
+
+
+def ops_missing(backend: str, ops) -> str | None:
+    """Why ``backend`` cannot serve ``ops`` (the first one not registered), or ``None``."""
+    ns = op_namespace(backend)
+    missing = [op for op in ops if not hasattr(getattr(torch.ops, ns), op)]
+    return f"{ns}::{missing[0]} is not registered (the backend runs here)" if missing else None
+
+
+def device_with_ops(backend: str, ops) -> torch.device:
+    """:func:`backend_device` (skips where the backend cannot run), failing if the backend runs here but lacks
+    one of ``ops``."""
+    dev = backend_device(backend)
+    if backend != "reference" and (reason := ops_missing(backend, ops)):
+        pytest.fail(reason)
+    return dev

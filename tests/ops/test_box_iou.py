@@ -17,29 +17,20 @@ from tests.utils import (
     DTYPES,
     assert_close_to_ref,
     backend_cases,
-    backend_device,
+    device_with_ops,
     is_interpreted,
     non_contiguous,
+    op_namespace,
 )
 
 OPS = ("box_iou", "paired_box_iou")
 IMAGE = 224.0
 
 
-def op_namespace(backend: str) -> str:
-    return "ferfast_triton" if backend == "triton" else "ferfast"
-
-
 @pytest.fixture
 def device(backend):
     """The backend's device (conftest's fixture), failing if the backend runs here but lacks these ops."""
-    dev = backend_device(backend)
-    if backend == "reference":
-        return dev
-    missing = [op for op in OPS if not hasattr(getattr(torch.ops, op_namespace(backend)), op)]
-    if missing:
-        pytest.fail(f"{op_namespace(backend)}::{missing[0]} is not registered (the backend runs here)")
-    return dev
+    return device_with_ops(backend, OPS)
 
 
 # ---- data --------------------------------------------------------------------------------------

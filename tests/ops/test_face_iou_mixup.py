@@ -19,7 +19,7 @@ from tests.utils import (
     BACKENDS,
     assert_close_to_ref,
     assert_identical,
-    backend_device,
+    device_with_ops,
     is_interpreted,
     leaf,
 )
@@ -28,21 +28,10 @@ OPS = ("paired_box_iou", "face_mixup", "mixup_soft_targets", "facemix_loss")
 MODULE_BACKENDS = [None, "reference", *BACKENDS]
 
 
-def op_namespace(backend: str) -> str:
-    return "ferfast_triton" if backend == "triton" else "ferfast"
-
-
 @pytest.fixture
 def device(backend):
-    """The backend's device; ``None`` (auto) and ``reference`` run on the CPU. Skips while ops are missing."""
-    if backend is None:
-        return torch.device("cpu")
-    dev = backend_device(backend)
-    if backend != "reference":
-        missing = [op for op in OPS if not hasattr(getattr(torch.ops, op_namespace(backend)), op)]
-        if missing:
-            pytest.fail(f"{op_namespace(backend)}::{missing[0]} is not registered (the backend runs here)")
-    return dev
+    """The backend's device; ``None`` (auto) and ``reference`` run on the CPU."""
+    return torch.device("cpu") if backend is None else device_with_ops(backend, OPS)
 
 
 def make_batch(b: int, device, k: int = 7, with_boxes: bool = True, size: int = 8):

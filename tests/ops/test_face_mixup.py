@@ -15,25 +15,19 @@ from tests.utils import (
     assert_identical,
     backend_cases,
     backend_device,
+    device_with_ops,
     leaf,
     non_contiguous,
+    op_namespace,
 )
 
 OPS = ("face_mixup", "face_mixup_out")
 
 
-def op_namespace(backend: str) -> str:
-    return "ferfast_triton" if backend == "triton" else "ferfast"
-
-
 @pytest.fixture
 def device(backend):
     """The backend's device (conftest's fixture), failing if the backend runs here but lacks these ops."""
-    dev = backend_device(backend)
-    missing = [op for op in OPS if not hasattr(getattr(torch.ops, op_namespace(backend)), op)]
-    if missing:
-        pytest.fail(f"{op_namespace(backend)}::{missing[0]} is not registered (the backend runs here)")
-    return dev
+    return device_with_ops(backend, OPS)
 
 
 # ---- data --------------------------------------------------------------------------------------

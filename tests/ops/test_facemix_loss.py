@@ -22,30 +22,20 @@ from tests.utils import (
     assert_close_to_ref,
     backend_cases,
     backend_device,
+    device_with_ops,
     leaf,
     non_contiguous,
+    op_namespace,
+    ops_missing,
 )
 
 OPS = ("facemix_loss",)
 
 
-def op_namespace(backend: str) -> str:
-    return "ferfast_triton" if backend == "triton" else "ferfast"
-
-
-def op_missing(backend: str, ops=OPS) -> str | None:
-    ns = op_namespace(backend)
-    missing = [op for op in ops if not hasattr(getattr(torch.ops, ns), op)]
-    return f"{ns}::{missing[0]} is not registered (the backend runs here)" if missing else None
-
-
 @pytest.fixture
 def device(backend):
     """The backend's device (conftest's fixture), failing if the backend runs here but lacks these ops."""
-    dev = backend_device(backend)
-    if backend != "reference" and (reason := op_missing(backend)):
-        pytest.fail(reason)
-    return dev
+    return device_with_ops(backend, OPS)
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -324,7 +314,7 @@ def test_ssfer_stage1_literal_path(backend, batch):
     face_mixup (out of place), mixup_soft_targets, paired_box_iou on the rounded boxes, facemix_loss."""
     dev = backend_device(backend)
     if backend != "reference" and (
-        reason := op_missing(backend, ("facemix_loss", "face_mixup", "mixup_soft_targets", "paired_box_iou"))
+        reason := ops_missing(backend, ("facemix_loss", "face_mixup", "mixup_soft_targets", "paired_box_iou"))
     ):
         pytest.fail(reason)
     k, lam = 7, 0.62
@@ -356,7 +346,7 @@ def test_ssfer_stage1_literal_path(backend, batch):
 @pytest.mark.parametrize("backend", [None, *BACKENDS])
 def test_facemix_loss_module(backend):
     dev = backend_device(backend) if backend is not None else torch.device("cpu")  # skips where it cannot run
-    if backend is not None and (reason := op_missing(backend)):
+    if backend is not None and (reason := ops_missing(backend, OPS)):
         pytest.fail(reason)
     criterion = ferfast.FaceMixLoss(backend=backend)
     assert isinstance(criterion, torch.nn.Module) and list(criterion.parameters()) == []

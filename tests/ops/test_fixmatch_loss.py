@@ -16,8 +16,11 @@ from tests.utils import (
     assert_identical,
     backend_cases,
     backend_device,
+    device_with_ops,
     leaf,
     non_contiguous,
+    op_namespace,
+    ops_missing,
 )
 
 OPS = ("fixmatch_loss",)
@@ -25,23 +28,10 @@ OPS = ("fixmatch_loss",)
 MARGIN = 1e-4
 
 
-def op_namespace(backend: str) -> str:
-    return "ferfast_triton" if backend == "triton" else "ferfast"
-
-
-def op_missing(backend: str) -> str | None:
-    ns = op_namespace(backend)
-    missing = [op for op in OPS if not hasattr(getattr(torch.ops, ns), op)]
-    return f"{ns}::{missing[0]} is not registered (the backend runs here)" if missing else None
-
-
 @pytest.fixture
 def device(backend):
     """The backend's device (conftest's fixture), failing if the backend runs here but lacks these ops."""
-    dev = backend_device(backend)
-    if backend != "reference" and (reason := op_missing(backend)):
-        pytest.fail(reason)
-    return dev
+    return device_with_ops(backend, OPS)
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -278,7 +268,7 @@ def test_fixmatch_loss_without_grad_and_strided(backend, device):
 @pytest.mark.parametrize("backend", [None, *BACKENDS])
 def test_fixmatch_loss_module(backend):
     dev = backend_device(backend) if backend is not None else torch.device("cpu")  # skips where it cannot run
-    if backend is not None and (reason := op_missing(backend)):
+    if backend is not None and (reason := ops_missing(backend, OPS)):
         pytest.fail(reason)
     criterion = ferfast.FixMatchLoss(backend=backend)
     assert criterion.threshold == 0.7 and "threshold=0.7" in repr(criterion)

@@ -20,38 +20,7 @@ using namespace ferfast::cuda;
 constexpr int kThreads = 256;
 constexpr int64_t kBlocksPerSm = 32;  // grid cap: 4 waves of 8 resident 256-thread blocks
 
-template <typename T>
-__device__ __forceinline__ T mul_rn(T a, T b) {
-  if constexpr (std::is_same_v<T, double>) {
-    return __dmul_rn(a, b);
-  } else {
-    return __fmul_rn(a, b);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ T add_rn(T a, T b) {
-  if constexpr (std::is_same_v<T, double>) {
-    return __dadd_rn(a, b);
-  } else {
-    return __fadd_rn(a, b);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ T sub_rn(T a, T b) {
-  if constexpr (std::is_same_v<T, double>) {
-    return __dsub_rn(a, b);
-  } else {
-    return __fsub_rn(a, b);
-  }
-}
-
-// torch.maximum / torch.minimum: NaN if either operand is NaN.
-template <typename T>
-__device__ __forceinline__ T max_nan(T a, T b) {
-  return (a > b || a != a) ? a : b;
-}
+// torch.minimum: NaN if either operand is NaN (max_nan, in cuda_helpers.cuh, is torch.maximum).
 template <typename T>
 __device__ __forceinline__ T min_nan(T a, T b) {
   return (a < b || a != a) ? a : b;

@@ -109,4 +109,65 @@ __device__ __forceinline__ index_t patch_elem_offset(int e, int C, int p, int64_
   return static_cast<index_t>(c * HW + i * W + j);
 }
 
+// fp32/fp64 arithmetic with explicit rounding: never contracted into an FMA, so results round step by
+// step like the eager reference's separate torch ops.
+template <typename T>
+__device__ __forceinline__ T mul_rn(T a, T b) {
+  if constexpr (std::is_same_v<T, double>) {
+    return __dmul_rn(a, b);
+  } else {
+    return __fmul_rn(a, b);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T add_rn(T a, T b) {
+  if constexpr (std::is_same_v<T, double>) {
+    return __dadd_rn(a, b);
+  } else {
+    return __fadd_rn(a, b);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T sub_rn(T a, T b) {
+  if constexpr (std::is_same_v<T, double>) {
+    return __dsub_rn(a, b);
+  } else {
+    return __fsub_rn(a, b);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T device_exp(T v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return ::exp(v);
+  } else {
+    return ::expf(v);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T device_log(T v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return ::log(v);
+  } else {
+    return ::logf(v);
+  }
+}
+
+// max that propagates NaN (torch.maximum and torch's max reductions); symmetric, so a butterfly
+// gives every lane the same value.
+template <typename T>
+__device__ __forceinline__ T max_nan(T a, T b) {
+  return (a != a || a > b) ? a : b;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
 }  // namespace ferfast::cuda

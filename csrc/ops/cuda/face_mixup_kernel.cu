@@ -37,15 +37,6 @@ struct alignas(sizeof(T) * N) Vec {
   T v[N];
 };
 
-template <typename T>
-__device__ __forceinline__ T mul_rn(T a, T b) {
-  if constexpr (std::is_same_v<T, double>) {
-    return __dmul_rn(a, b);
-  } else {
-    return __fmul_rn(a, b);
-  }
-}
-
 // Element <-> accumulation-dtype conversions. bfloat16 goes through its bits (a shift up; RNE
 // __float2bfloat16_rn down), which keeps the whole 16-byte unit in registers: c10's operator float
 // reinterprets the element's address, which made ptxas spill the unrolled bf16 loop.

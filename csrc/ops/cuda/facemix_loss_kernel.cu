@@ -34,38 +34,6 @@ constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kTile = 2048;  // perm entries staged in shared memory at a time
 constexpr int kFinalThreads = 1024;
 
-template <typename T>
-__device__ __forceinline__ T device_exp(T v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return ::exp(v);
-  } else {
-    return ::expf(v);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ T device_log(T v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return ::log(v);
-  } else {
-    return ::logf(v);
-  }
-}
-
-// max that propagates NaN (as torch's max reductions); symmetric, so a butterfly gives every lane
-// the same value.
-template <typename T>
-__device__ __forceinline__ T max_nan(T a, T b) {
-  return (a != a || a > b) ? a : b;
-}
-
-template <typename T>
-__device__ __forceinline__ T warp_max(T v) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-
 template <typename logit_t, typename acc_t>
 __device__ __forceinline__ acc_t row_max(const logit_t* __restrict__ z, int64_t K, int lane) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();

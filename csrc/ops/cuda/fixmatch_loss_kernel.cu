@@ -32,36 +32,6 @@ constexpr int kThreads = kWarps * kWarpSize;
 constexpr int64_t kBlocksPerSm = 16;
 constexpr int kFinalThreads = 1024;
 
-template <typename T>
-__device__ __forceinline__ T device_exp(T v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return ::exp(v);
-  } else {
-    return ::expf(v);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ T device_log(T v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return ::log(v);
-  } else {
-    return ::logf(v);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ T max_nan(T a, T b) {
-  return (a != a || a > b) ? a : b;
-}
-
-template <typename T>
-__device__ __forceinline__ T warp_max(T v) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-
 // (value, index) candidate of argmax; index -1: none. Returns the better of two candidates: NaN
 // first, then the larger value, then the smaller index. Symmetric in its operands.
 template <typename T>

@@ -18,15 +18,6 @@ using namespace ferfast::cuda;
 constexpr int kThreads = 256;
 constexpr int64_t kBlocksPerSm = 32;
 
-template <typename T>
-__device__ __forceinline__ T mul_rn(T a, T b) {
-  if constexpr (std::is_same_v<T, double>) {
-    return __dmul_rn(a, b);
-  } else {
-    return __fmul_rn(a, b);
-  }
-}
-
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     mixup_soft_targets_kernel(const int64_t* __restrict__ y, const acc_t* __restrict__ lam, int64_t lam_stride,
