@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
+from ferfast.reference.dtypes import acc_dtype
 from ferfast.reference.masking import num_kept
 
 # ---- fake kernels ------------------------------------------------------------------------------
@@ -61,16 +62,12 @@ def masked_patch_mse_fake(
     return pred.new_empty((), dtype=torch.float64 if wide else torch.float32), grad
 
 
-def _acc_dtype(*tensors: Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def box_iou_fake(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]), dtype=_acc_dtype(boxes1))
+    return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]), dtype=acc_dtype(boxes1))
 
 
 def paired_box_iou_fake(boxes: Tensor, perm: Tensor) -> Tensor:
-    return boxes.new_empty((boxes.shape[0],), dtype=_acc_dtype(boxes))
+    return boxes.new_empty((boxes.shape[0],), dtype=acc_dtype(boxes))
 
 
 def face_mixup_fake(x: Tensor, lam: Tensor, perm: Tensor, with_originals: bool) -> Tensor:
@@ -82,13 +79,13 @@ def face_mixup_out_fake(x: Tensor, lam: Tensor, perm: Tensor, out: Tensor) -> No
 
 
 def mixup_soft_targets_fake(y: Tensor, num_classes: int, lam: Tensor, perm: Tensor, label_smoothing: float) -> Tensor:
-    return y.new_empty((y.shape[0], num_classes), dtype=_acc_dtype(lam))
+    return y.new_empty((y.shape[0], num_classes), dtype=acc_dtype(lam))
 
 
 def facemix_loss_fake(
     logits_real: Tensor, logits_mixed: Tensor, y: Tensor, y_soft: Tensor, iou: Tensor, perm: Tensor, compute_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    loss = logits_real.new_empty((), dtype=_acc_dtype(logits_real, logits_mixed))
+    loss = logits_real.new_empty((), dtype=acc_dtype(logits_real, logits_mixed))
     if compute_grad:  # the kernels write contiguous gradients
         return loss, logits_real.new_empty(logits_real.shape), logits_mixed.new_empty(logits_mixed.shape)
     return loss, logits_real.new_empty((0,)), logits_mixed.new_empty((0,))
@@ -97,7 +94,7 @@ def facemix_loss_fake(
 def fixmatch_loss_fake(
     logits_weak: Tensor, logits_strong: Tensor, threshold: float, compute_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    acc = _acc_dtype(logits_weak, logits_strong)
+    acc = acc_dtype(logits_weak, logits_strong)
     b = logits_weak.shape[0]
     grad = logits_strong.new_empty(logits_strong.shape) if compute_grad else logits_strong.new_empty((0,))
     return (

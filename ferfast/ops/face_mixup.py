@@ -16,13 +16,10 @@ from torch import Tensor
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
 from ferfast.ops._dispatch import op_namespace
+from ferfast.reference.dtypes import acc_dtype
 from ferfast.reference.mixup import face_mixup_ref, flip_perm, mixup_soft_targets_ref
 
 __all__ = ["face_mixup", "mixup_soft_targets"]
-
-
-def _acc_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _check_lam(lam: object, batch: int, ref: Tensor, dtype: torch.dtype) -> Tensor:
@@ -81,7 +78,7 @@ def face_mixup(
         raise ValueError("x must have shape [B, ...], got a 0-d tensor")
     b = x.shape[0]
     perm = _check_perm(perm, b, x, "x")
-    lam = _check_lam(lam, b, x, _acc_dtype(x))
+    lam = _check_lam(lam, b, x, acc_dtype(x))
     chosen = resolve_backend(x.device, backend)
     if _checks.values_checked(validate, perm, lam, backend=chosen):
         _checks.index_range(perm, b, "perm", "partner indices")
@@ -144,7 +141,7 @@ def mixup_soft_targets(
         raise ValueError(f"y must have shape [B] (labels) or [B, {num_classes}] (soft labels), got {tuple(y.shape)}")
     b = y.shape[0]
     perm = _check_perm(perm, b, y, "y")
-    acc = torch.float64 if isinstance(lam, Tensor) and lam.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(lam) if isinstance(lam, Tensor) else torch.float32
     lam = _check_lam(lam, b, y, acc)
     chosen = resolve_backend(y.device, backend)
     checked = _checks.values_checked(validate, y, perm, lam, backend=chosen if y.dim() == 1 else "reference")

@@ -7,6 +7,7 @@ from ferfast.reference.boxes import (
     paired_box_iou_ref,
     ssfer_paired_iou_loop_ref,
 )
+from ferfast.reference.dtypes import acc_dtype
 from ferfast.reference.masking import (
     num_kept,
     patchify_gather_ref,
@@ -34,6 +35,7 @@ from ferfast.reference.ssl import fixmatch_loss_ref
 __all__ = [
     "NORM_PIX_EPS",
     "SSFER_FALLBACK_BOX",
+    "acc_dtype",
     "box_area_ref",
     "box_iou_ref",
     "face_mixup_ref",

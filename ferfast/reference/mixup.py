@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ferfast.reference.boxes import ssfer_paired_iou_loop_ref
+from ferfast.reference.dtypes import acc_dtype
 
 __all__ = [
     "face_mixup_ref",
@@ -29,11 +30,6 @@ __all__ = [
 def flip_perm(batch: int, device: torch.device | str | None = None) -> Tensor:
     """SSFER's and timm's pairing: image ``i`` is mixed with image ``B-1-i`` (``x.flip(0)``)."""
     return torch.arange(batch - 1, -1, -1, device=device)
-
-
-def _acc_dtype(*tensors: Tensor) -> torch.dtype:
-    """Math runs in float32, or float64 when an input is float64."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _lam_column(lam: Tensor | float, batch: int, ndim: int, dtype: torch.dtype, device) -> Tensor:
@@ -51,7 +47,7 @@ def face_mixup_ref(x: Tensor, lam: Tensor | float, perm: Tensor, with_originals:
     sample. With ``with_originals`` the result is ``[2B, ...]``: ``x`` then the mixed images,
     so that one forward pass serves the real and the virtual images.
     """
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     lam_c = _lam_column(lam, x.shape[0], x.dim(), acc, x.device)
     mixed = (x.to(acc) * lam_c + x[perm].to(acc) * (1 - lam_c)).to(x.dtype)
     return torch.cat([x, mixed]) if with_originals else mixed
@@ -86,7 +82,7 @@ def facemix_loss_ref(
     (SSFER's ``nn.CrossEntropyLoss(reduction='none')``). Computed in float32 (float64 for
     float64 logits); gradients flow to the logits only.
     """
-    acc = _acc_dtype(logits_real, logits_mixed)
+    acc = acc_dtype(logits_real, logits_mixed)
     ce_real = F.cross_entropy(logits_real.to(acc), y, reduction="none")
     ce_mixed = F.cross_entropy(logits_mixed.to(acc), y_soft.to(acc), reduction="none")
     weight = 1 - iou.to(acc)

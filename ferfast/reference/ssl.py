@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ferfast.reference.dtypes import acc_dtype
+
 __all__ = ["fixmatch_loss_ref"]
 
 
@@ -25,7 +27,7 @@ def fixmatch_loss_ref(
     ``(loss, mask_rate, pseudo_labels [B] int64, mask [B])``; loss, mask and mask rate are float32
     (float64 for float64 logits).
     """
-    acc = torch.float64 if torch.float64 in (logits_weak.dtype, logits_strong.dtype) else torch.float32
+    acc = acc_dtype(logits_weak, logits_strong)
     probs = torch.softmax(logits_weak.detach().to(acc), dim=-1)
     pseudo_labels = torch.argmax(logits_weak.detach().to(acc), dim=-1)
     max_probs = probs.gather(1, pseudo_labels[:, None]).squeeze(1)

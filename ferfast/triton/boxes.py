@@ -19,6 +19,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
+from ferfast.reference.dtypes import acc_dtype
 from ferfast.triton.utils import (
     cast_rn,
     cdiv,
@@ -112,10 +113,6 @@ def _check_boxes(boxes: Tensor, name: str) -> None:
     )
 
 
-def _acc_dtype(boxes: Tensor) -> torch.dtype:
-    return torch.float64 if boxes.dtype == torch.float64 else torch.float32
-
-
 @define_op("ferfast_triton::box_iou", "(Tensor boxes1, Tensor boxes2) -> Tensor")
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     _check_boxes(boxes1, "boxes1")
@@ -126,7 +123,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     boxes1 = boxes1.contiguous()
     boxes2 = boxes2.contiguous()
     n, m = boxes1.shape[0], boxes2.shape[0]
-    out = boxes1.new_empty((n, m), dtype=_acc_dtype(boxes1))
+    out = boxes1.new_empty((n, m), dtype=acc_dtype(boxes1))
     if out.numel() > 0:
         block_n = min(next_power_of_2(n), 32)
         block_m = min(next_power_of_2(m), 64)
@@ -145,7 +142,7 @@ def paired_box_iou(boxes: Tensor, perm: Tensor) -> Tensor:
     check_perm(perm, b, boxes, "boxes")
     boxes = boxes.contiguous()
     perm = perm.contiguous()
-    out = boxes.new_empty((b,), dtype=_acc_dtype(boxes))
+    out = boxes.new_empty((b,), dtype=acc_dtype(boxes))
     if b > 0:
         block = min(next_power_of_2(b), 1024)
         wrap_triton(_paired_box_iou_kernel)[(cdiv(b, block),)](

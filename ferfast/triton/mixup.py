@@ -34,6 +34,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
+from ferfast.reference.dtypes import acc_dtype
 from ferfast.triton.utils import (
     calculate_settings,
     cast_rn,
@@ -58,10 +59,6 @@ __all__ = ["face_mixup", "face_mixup_out", "facemix_loss", "mixup_soft_targets"]
 MIXUP_BLOCK = 4096
 #: Grid axis 1 limit of a CUDA launch.
 _MAX_GRID_Y = 65535
-
-
-def _acc_dtype(*tensors: Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 # ---- face_mixup --------------------------------------------------------------------------------
@@ -224,7 +221,7 @@ def mixup_soft_targets(y: Tensor, num_classes: int, lam: Tensor, perm: Tensor, l
     b = y.shape[0]
     check_lam(lam, b, y, "y")
     check_perm(perm, b, y, "y")
-    acc = _acc_dtype(lam)
+    acc = acc_dtype(lam)
     out = y.new_empty((b, num_classes), dtype=acc)
     if out.numel() > 0:
         off = label_smoothing / num_classes  # in double precision, as timm and the C++ op
@@ -349,7 +346,7 @@ def facemix_loss(
     check_same_device(iou, "iou", logits_real, "logits_real")
     check_same_device(perm, "perm", logits_real, "logits_real")
     block_k, num_warps = calculate_settings(k, "the number of classes K")
-    acc = _acc_dtype(logits_real, logits_mixed)
+    acc = acc_dtype(logits_real, logits_mixed)
     logits_real = logits_real.contiguous()
     logits_mixed = logits_mixed.contiguous()
     if compute_grad:
