@@ -1,8 +1,115 @@
-"""ferfast's data layer: FER datasets, labeled/unlabeled splits, face boxes and loaders (DESIGN.md section 3).
+"""ferfast's data layer: FER datasets in their official layouts, label splits, face boxes, loaders, synthetic faces.
 
-Only the label-fraction splits are here so far (:mod:`ferfast.data.splits`).
+DESIGN.md section 3. Every format builds a :class:`FaceDataset` (encoded images, labels in the
+canonical class order :data:`CANONICAL_CLASSES`, face boxes); :func:`build_loader` turns datasets
+into batches ``{images, labels, boxes, index, ...}`` for the four uses (pretrain, stage 1,
+stage 2, eval) with DALI or torch; :func:`split_labeled` draws SSFER's label fractions;
+:mod:`ferfast.data.synthetic` draws faces so that everything runs without the licensed datasets.
 """
 
+from ferfast.data.augment import FACE_MEAN, FACE_STD, AugmentConfig, RandAugmentConfig
+from ferfast.data.base import (
+    BOX_SIDECAR,
+    CANONICAL_CLASSES,
+    FER7_CLASSES,
+    FER8_CLASSES,
+    UNREADABLE_FILE,
+    FaceDataset,
+    canonical_class_name,
+    load_box_sidecar,
+    load_unreadable,
+    save_box_sidecar,
+)
+from ferfast.data.check import (
+    CheckReport,
+    SkipCounter,
+    UnreadableImageError,
+    check_image,
+    check_images,
+    decode_rgb,
+    list_image_files,
+    write_unreadable,
+)
+from ferfast.data.dali_loader import DaliFaceLoader, dali_available
+from ferfast.data.faces import FaceDetector, detect_faces
+from ferfast.data.formats import (
+    RAFDB,
+    AffectNet,
+    FaceFolder,
+    FERImageFolder,
+    FERPlus,
+    FileList,
+    MXNetRecord,
+    detect_format,
+    open_dataset,
+)
+from ferfast.data.loaders import build_loader, make_plan
+from ferfast.data.plan import STAGES, LoaderPlan
+from ferfast.data.sampling import ShardedBatches
 from ferfast.data.splits import LabelSplit, labeled_per_class, load_split, save_split, split_labeled
+from ferfast.data.synthetic import (
+    EXPRESSION_PARAMS,
+    EXPRESSION_PROTOTYPES,
+    FaceIdentities,
+    SyntheticFaceConfig,
+    make_identities,
+    render_faces,
+    write_synthetic_dataset,
+)
+from ferfast.data.torch_loader import TorchFaceLoader
 
-__all__ = ["LabelSplit", "labeled_per_class", "load_split", "save_split", "split_labeled"]
+__all__ = [
+    "BOX_SIDECAR",
+    "CANONICAL_CLASSES",
+    "EXPRESSION_PARAMS",
+    "EXPRESSION_PROTOTYPES",
+    "FACE_MEAN",
+    "FACE_STD",
+    "FER7_CLASSES",
+    "FER8_CLASSES",
+    "RAFDB",
+    "STAGES",
+    "UNREADABLE_FILE",
+    "AffectNet",
+    "AugmentConfig",
+    "CheckReport",
+    "DaliFaceLoader",
+    "FERImageFolder",
+    "FERPlus",
+    "FaceDataset",
+    "FaceDetector",
+    "FaceFolder",
+    "FaceIdentities",
+    "FileList",
+    "LabelSplit",
+    "LoaderPlan",
+    "MXNetRecord",
+    "RandAugmentConfig",
+    "ShardedBatches",
+    "SkipCounter",
+    "SyntheticFaceConfig",
+    "TorchFaceLoader",
+    "UnreadableImageError",
+    "build_loader",
+    "canonical_class_name",
+    "check_image",
+    "check_images",
+    "dali_available",
+    "decode_rgb",
+    "detect_faces",
+    "detect_format",
+    "labeled_per_class",
+    "list_image_files",
+    "load_box_sidecar",
+    "load_split",
+    "load_unreadable",
+    "make_identities",
+    "make_plan",
+    "open_dataset",
+    "render_faces",
+    "save_box_sidecar",
+    "save_split",
+    "split_labeled",
+    "write_synthetic_dataset",
+    "write_unreadable",
+]

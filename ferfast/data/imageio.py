@@ -1,0 +1,68 @@
+"""Reading encoded images for the loaders: a cheap probe before decoding, and skipping what is unreadable.
+
+DALI's decoders abort the whole pipeline on a broken file, so the DALI loader probes every image
+in Python first (header parse for the size, and the end marker that a truncated JPEG or PNG
+lacks) and only hands it complete files. Both loaders skip an unreadable image by taking the
+next readable one in the dataset, count it, and warn (rate-limited): a bad file never kills an
+epoch and the batch keeps its size.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from ferfast.data.base import FaceDataset
+from ferfast.data.check import SkipCounter, UnreadableImageError
+
+__all__ = ["probe_image", "read_probed"]
+
+#: How far from a JPEG's end its EOI marker may sit (some writers pad after it).
+_EOI_WINDOW = 1024
+#: An unreadable image is replaced by the next readable one within this many dataset positions.
+MAX_SUBSTITUTE_TRIES = 64
+
+def probe_image(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
+    """``(width, height)`` of an encoded image from its header, after checking it looks complete.
+
+    Raises :class:`UnreadableImageError` for empty files, non-images, and JPEG/PNG files whose
+    end marker is missing (truncated). A corrupt body with intact markers is caught at decode.
+    """
+    if not data:
+        raise UnreadableImageError(name, "empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            fmt = im.format
+    except Exception as e:
+        raise UnreadableImageError(name, f"not an image ({type(e).__name__}: {e})") from None
+    if width <= 0 or height <= 0:
+        raise UnreadableImageError(name, f"zero-size image ({width}x{height})")
+    if fmt == "JPEG" and b"\xff\xd9" not in data[-_EOI_WINDOW:]:
+        raise UnreadableImageError(name, "truncated (no JPEG end-of-image marker)")
+    if fmt == "PNG" and b"IEND" not in data[-64:]:
+        raise UnreadableImageError(name, "truncated (no PNG IEND chunk)")
+    return int(width), int(height)
+
+
+def read_probed(dataset: FaceDataset, i: int, skipped: SkipCounter) -> tuple[int, bytes, tuple[int, int]]:
+    """Image ``i``'s bytes and size, or the next readable image's (the skip is counted): ``(index, bytes, (w, h))``."""
+    n = len(dataset)
+    for k in range(MAX_SUBSTITUTE_TRIES):
+        j = (i + k) % n
+        try:
+            data = dataset.read_bytes(j)
+            return j, data, probe_image(data, str(dataset.files[j]))
+        except OSError as e:  # UnreadableImageError is an OSError, as is a missing file
+            skipped.skip(str(dataset.files[j]), str(e))
+    raise UnreadableImageError(
+        f"{dataset.name}: {MAX_SUBSTITUTE_TRIES} images in a row from {dataset.files[i]} are unreadable; "
+        "is the dataset root right? Run `python -m ferfast.train data check ROOT`."
+    )
+
+
+def as_uint8_array(data: bytes) -> np.ndarray:
+    """The encoded bytes as a 1-D uint8 array (what DALI's decoders take), without a copy."""
+    return np.frombuffer(data, dtype=np.uint8)

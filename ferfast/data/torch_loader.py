@@ -1,0 +1,200 @@
+"""The torch/torchvision loader: executes a :class:`~ferfast.data.plan.LoaderPlan` with ``transforms.v2``.
+
+Used where DALI is not installed (DALI is an optional extra). Each worker builds whole batches:
+decode (PIL), crop and resize
+(bicubic, antialiased) and flip with ``transforms.v2.functional`` on the image and its
+``tv_tensors.BoundingBoxes`` together, RandAugment for the strong view, then normalises the
+batch at once. Same batches, crops, flips and boxes as the DALI loader for the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from ferfast.data.augment import AugmentConfig
+from ferfast.data.check import SkipCounter, UnreadableImageError, decode_rgb
+from ferfast.data.imageio import read_probed
+from ferfast.data.plan import VIEWS, LoaderPlan
+
+__all__ = ["TorchFaceLoader", "decode_rgb_tensor", "load_step"]
+
+#: torchvision's RandAugment magnitude bins; timm's 0-10 magnitude maps onto them linearly.
+_RA_BINS = 31
+
+
+def decode_rgb_tensor(data: bytes, name: str) -> torch.Tensor:
+    """Decode (PIL, via :func:`ferfast.data.check.decode_rgb`) to a ``[3, H, W]`` uint8 RGB tensor.
+
+    PIL, not ``torchvision.io`` (whose decoders torchvision 0.29 deprecates); grey, CMYK, palette
+    and alpha are converted, and a truncated file raises instead of being padded with grey.
+    """
+    return torch.from_numpy(decode_rgb(data, name)).permute(2, 0, 1)
+
+
+def _rand_augment(img: torch.Tensor, magnitude: float, num_ops: int, seed: int) -> torch.Tensor:
+    """torchvision's RandAugment at timm magnitude ``magnitude`` (0-10), seeded per image."""
+    bin_ = round(magnitude / 10.0 * (_RA_BINS - 1))
+    op = v2.RandAugment(num_ops=num_ops, magnitude=bin_, num_magnitude_bins=_RA_BINS)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return op(img)
+
+
+def _make_view(
+    img: torch.Tensor, box_rel: np.ndarray, window: np.ndarray, flip: bool, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop + resize (bicubic, antialias) + flip of the image and its face box, with transforms.v2."""
+    h_img, w_img = img.shape[-2:]
+    left, top, width, height = (int(v) for v in window)
+    box = tv_tensors.BoundingBoxes(
+        torch.as_tensor(box_rel * np.array([w_img, h_img, w_img, h_img]), dtype=torch.float32)[None],
+        format="XYXY",
+        canvas_size=(h_img, w_img),
+    )
+    out = F.resized_crop(img, top, left, height, width, [size, size], F.InterpolationMode.BICUBIC, antialias=True)
+    box = F.resized_crop(box, top, left, height, width, [size, size])
+    if flip:
+        out = F.horizontal_flip(out)
+        box = F.horizontal_flip(box)
+    return out, (box.as_subclass(torch.Tensor)[0] / size).clamp_(0.0, 1.0)
+
+
+def _normalize(batch: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
+    """uint8 ``[B, 3, S, S]`` -> float32 ``(x / 255 - mean) / std``."""
+    mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    inv_std = 1.0 / (torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+    return batch.float().sub_(mean).mul_(inv_std)
+
+
+def load_step(plan: LoaderPlan, epoch: int, step: int, skipped: SkipCounter, cache: dict | None = None) -> dict:
+    """Build the batch of ``step`` of ``epoch``: every stream's images, views, labels, boxes and indices."""
+    cfg = plan.config
+    out: dict[str, torch.Tensor] = {}
+    for k, (stream, idx) in enumerate(zip(plan.streams, plan.step_indices(epoch, step, cache))):
+        ds = stream.dataset
+        images, sizes, used = [], [], []
+        for i in idx:
+            for _ in range(8):  # a file that probes fine can still fail to decode: skip it too
+                j, data, _size = read_probed(ds, int(i), skipped)
+                try:
+                    img = decode_rgb_tensor(data, str(ds.files[j]))
+                    break
+                except UnreadableImageError as e:
+                    skipped.skip(str(ds.files[j]), str(e))
+                    i = (j + 1) % len(ds)
+            else:
+                raise UnreadableImageError(f"{ds.name}: too many unreadable images near {ds.files[int(idx[0])]}")
+            images.append(img)
+            sizes.append((img.shape[-1], img.shape[-2]))
+            used.append(j)
+        sizes_arr = np.asarray(sizes, dtype=np.int64)
+        used_arr = np.asarray(used, dtype=np.int64)
+        rel = np.stack([ds.relative_boxes(j, w, h) for j, (w, h) in zip(used_arr, sizes_arr)])
+        for view in stream.views:
+            draws = plan.view_draws(epoch, step, k, view, len(idx))
+            windows = draws.windows(sizes_arr, cfg)
+            flips = draws.flip if draws.flip is not None else np.zeros(len(idx), bool)
+            views, boxes = [], []
+            for n, img in enumerate(images):
+                v, b = _make_view(img, rel[n], windows[n], bool(flips[n]), cfg.image_size)
+                if draws.magnitudes is not None:
+                    seed = hash((plan.seed, epoch, plan.rank, step, k, n)) & 0x7FFFFFFF
+                    v = _rand_augment(v, float(draws.magnitudes[n]), cfg.rand_augment.num_ops, seed)
+                views.append(v)
+                boxes.append(b)
+            img_key, box_key = VIEWS[view]
+            out[img_key] = _normalize(torch.stack(views), cfg)
+            if box_key is not None:
+                out[box_key] = torch.stack(boxes)
+        out[stream.index_key] = torch.from_numpy(used_arr)
+        if stream.with_labels:
+            out["labels"] = torch.from_numpy(ds.labels[used_arr])
+            if ds.soft_labels is not None:
+                out["soft_labels"] = torch.from_numpy(ds.soft_labels[used_arr])
+    return out
+
+
+class _Steps(Dataset):
+    """Map-style dataset whose items are whole batches, keyed by ``(epoch, step)`` (built in the worker)."""
+
+    def __init__(self, plan: LoaderPlan) -> None:
+        self.plan = plan
+        self.skipped = SkipCounter(f"images in the torch loader ({plan.stage})")
+        self._cache: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, step = key
+        return load_step(self.plan, epoch, step, self.skipped, self._cache)
+
+
+class _StepSampler(Sampler):
+    def __init__(self, loader: TorchFaceLoader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader.plan)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.loader.epoch
+        return iter([(epoch, s) for s in range(self.loader.start_step, len(self.loader.plan))])
+
+
+class TorchFaceLoader:
+    """Iterates the batches of a :class:`LoaderPlan` with ``torch.utils.data.DataLoader`` workers.
+
+    Call :meth:`set_epoch` before each epoch (as with ``DistributedSampler``); ``start_step``
+    resumes an epoch in the middle (a resumed run sees the remaining batches unchanged).
+    """
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        plan: LoaderPlan,
+        *,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        prefetch_factor: int = 2,
+    ) -> None:
+        if not (isinstance(num_workers, int) and num_workers >= 0):
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        self.plan = plan
+        self.epoch = 0
+        self.start_step = 0
+        self._steps = _Steps(plan)
+        self._loader = DataLoader(
+            self._steps,
+            batch_size=None,
+            sampler=_StepSampler(self),
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        )
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Select the epoch (its permutation and draws) and the step to start from."""
+        self.epoch = int(epoch)
+        self.start_step = int(start_step)
+
+    @property
+    def skipped(self) -> int:
+        """Images skipped as unreadable in this process (workers warn themselves)."""
+        return self._steps.skipped.count
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self._loader)
