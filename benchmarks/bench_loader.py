@@ -13,6 +13,8 @@ float32 normalised batches of 64, as the engine consumes them.
   with Pillow 13); ``ssfer-stage2-w2``: that plus SSFER's labeled loader (2 workers each), zipped as in
   SSFER's training loop; ``ferfast-torch-stage2-w2`` and ``ferfast-dali-stage2``: ferfast's stage-2 loader.
 
+- ``loader_to_gpu`` (GPU machines): ferfast's torch loader with pinned memory, each batch copied to the GPU.
+
 Every provider of a group delivers the same number of samples per round, so time ratios are throughput
 ratios; ``extra_info`` has ``images_per_s`` / ``samples_per_s``. ``report.py --check-target`` checks
 the loader targets.
@@ -113,7 +115,8 @@ def _time(benchmark, request, run, group: str, provider: str, views: int) -> Non
     median = benchmark.stats.stats.median
     samples = counts[-1]
     benchmark.extra_info.update(
-        op=group, mode="epoch", shape=f"B{BATCH}-{IMAGE}-from{SOURCE}px", variant="", device="cpu",
+        op=group, mode="epoch", shape=f"B{BATCH}-{IMAGE}-from{SOURCE}px", variant="",
+        device="cuda" if group.endswith("gpu") else "cpu",
         provider=provider, samples=samples, samples_per_s=samples / median, images_per_s=samples * views / median,
     )
 
@@ -170,6 +173,45 @@ def test_loader_stage2(benchmark, request, face_jpegs, provider):
         run = _epoch_runner(loader, "images_weak")
         views = 3
     _time(benchmark, request, run, "loader_stage2", provider, views=views)
+
+
+GPU_WORKERS = 8
+
+
+@pytest.mark.benchmark(group="loader_to_gpu")
+@pytest.mark.parametrize("stage", ["pretrain", "stage1"])
+def test_torch_loader_to_gpu(benchmark, request, face_jpegs, stage):
+    """The torch loader (the one the GPU machine has: no DALI there) feeding a GPU: pinned batches, copied with
+    ``non_blocking=True``, one epoch per round; ``images_per_s`` is what a training loop could consume."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    ds = FaceFolder(face_jpegs)
+    if stage == "stage1":  # stage 1 needs labels: the identity folders serve as classes here
+        ds.labels = (ds.identities % len(ds.class_names)).astype("int64")
+    workers = min(GPU_WORKERS, len(__import__("os").sched_getaffinity(0)))
+    loader = build_loader(stage, ds, backend="torch", batch_size=BATCH, num_workers=workers, pin_memory=True,
+                          config=AugmentConfig(image_size=IMAGE))
+
+    def run() -> int:
+        n = 0
+        for batch in loader:
+            images = batch["images"].to("cuda", non_blocking=True)
+            n += len(images)
+        torch.cuda.synchronize()
+        return n
+
+    _time(benchmark, request, _epoch_runner_fn(loader, run), "loader_to_gpu", f"ferfast-torch-w{workers}-{stage}", 1)
+
+
+def _epoch_runner_fn(loader, run):
+    state = {"epoch": 0}
+
+    def wrapped() -> int:
+        loader.set_epoch(state["epoch"])
+        state["epoch"] += 1
+        return run()
+
+    return wrapped
 
 
 def test_providers_deliver_equal_samples(face_jpegs):

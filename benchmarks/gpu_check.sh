@@ -11,9 +11,11 @@
 # benchmarks/results/gpu.json) -> benchmarks/report.py of them, ending with the targets: masked_patch_mse
 # fwd+bwd bandwidth as a fraction of the GPU's measured copy bandwidth (target >= 0.8), the mixing's
 # (face_mixup) fraction of copy bandwidth (>= 0.5), the stage-1 step's speedups over ssfer-eager (>= 4x) and
-# torch.compile (>= 1.5x), and fixmatch_loss against torch.compile (faster).
+# torch.compile (>= 1.5x), and fixmatch_loss against torch.compile (faster). The data tests run in "the rest"
+# (the torch loader; the GPU machine has no DALI), and benchmarks/bench_loader.py's loader_to_gpu measures the
+# torch loader feeding the GPU (pinned batches, non_blocking copies; JSON in gpu_loader.json).
 #
-# The whole run stays under GPU_CHECK_BUDGET_S (default 480 s): every step has its own `timeout`, and each
+# The whole run stays under GPU_CHECK_BUDGET_S (default 540 s): every step has its own `timeout`, and each
 # keeps back the time the later steps need. A failing step is reported and the script goes on; it exits 1
 # at the end when any step failed (the bandwidth target is reported, not enforced; GPU_CHECK_STRICT=1
 # enforces it). With $OUT set, the log, the JSON files and the report are copied there.
@@ -25,7 +27,7 @@ set -u
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 PY=${PYTHON:-python3}
-BUDGET_S=${GPU_CHECK_BUDGET_S:-480}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-540}
 BENCH_K=${BENCH_K-B64}
 BENCH_ARGS=${BENCH_ARGS:-}
 RESULTS=benchmarks/results
@@ -157,7 +159,7 @@ pytest_allow_empty() {
 
 report() {
   local files=() f
-  for f in gpu_masked_patch_mse gpu_ops gpu_ssfer gpu_compile; do  # the JSON, else the lines of a run that was cut short
+  for f in gpu_masked_patch_mse gpu_ops gpu_ssfer gpu_loader gpu_compile; do  # the JSON, else the lines of a run that was cut short
     if [ -f "$RESULTS/$f.json" ]; then
       files+=("$RESULTS/$f.json")
     elif [ -s "$RESULTS/$f.jsonl" ]; then
@@ -190,25 +192,28 @@ SSFER_BENCHES=(benchmarks/bench_face_mixup.py benchmarks/bench_fixmatch_loss.py)
 if [ -n "$BENCH_K" ]; then K_ALL=(-k "$BENCH_K"); K_COMPILE=(-k "($BENCH_K) and compile"); else K_ALL=(); K_COMPILE=(-k compile); fi
 
 #    name                                 cap  keep-back  command
-step "versions"                             45  430  versions
-step "build+install"                       240  220  build
-step "ferfast.info"                         30  210  "$PY" -m ferfast.info
-step "tests (cuda or triton)"              120  200  pytest_allow_empty tests -q --maxfail=25 -p no:cacheprovider \
+step "versions"                             45  490  versions
+step "build+install"                       240  280  build
+step "ferfast.info"                         30  270  "$PY" -m ferfast.info
+step "tests (cuda or triton)"              120  260  pytest_allow_empty tests -q --maxfail=25 -p no:cacheprovider \
   -m "cuda or triton" --durations=5
-step "tests (the rest)"                     45  190  pytest_allow_empty tests -q --maxfail=5 -p no:cacheprovider \
+step "tests (the rest)"                     75  215  pytest_allow_empty tests -q --maxfail=5 -p no:cacheprovider \
   -m "not cuda and not triton and not slow" --durations=5
 rm -f "$RESULTS"/gpu*.json "$RESULTS"/gpu*.jsonl
 # The ferfast and eager numbers first; the torch.compile baselines (slow to compile) last, in their own JSON,
 # so that a timeout there loses nothing else (pytest-benchmark writes its JSON only at the end of a run).
-step "bench masked_patch_mse"               90  130  "$PY" -m pytest benchmarks/bench_masked_patch_mse.py --no-compile \
+step "bench masked_patch_mse"               90  175  "$PY" -m pytest benchmarks/bench_masked_patch_mse.py --no-compile \
   "${BENCH_COMMON[@]}" ${K_ALL[@]+"${K_ALL[@]}"} ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
   --benchmark-json="$RESULTS/gpu_masked_patch_mse.json" --bench-jsonl="$RESULTS/gpu_masked_patch_mse.jsonl"
-step "bench other ops"                      90   90  "$PY" -m pytest "${OTHER_BENCHES[@]}" --no-compile \
+step "bench other ops"                      90  135  "$PY" -m pytest "${OTHER_BENCHES[@]}" --no-compile \
   "${BENCH_COMMON[@]}" ${K_ALL[@]+"${K_ALL[@]}"} ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
   --benchmark-json="$RESULTS/gpu_ops.json" --bench-jsonl="$RESULTS/gpu_ops.jsonl"
-step "bench face-IoU Mixup + FixMatch"      60   60  "$PY" -m pytest "${SSFER_BENCHES[@]}" --no-compile \
+step "bench face-IoU Mixup + FixMatch"      60  105  "$PY" -m pytest "${SSFER_BENCHES[@]}" --no-compile \
   "${BENCH_COMMON[@]}" ${K_ALL[@]+"${K_ALL[@]}"} ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
   --benchmark-json="$RESULTS/gpu_ssfer.json" --bench-jsonl="$RESULTS/gpu_ssfer.jsonl"
+step "bench torch loader -> GPU"             45   60  "$PY" -m pytest benchmarks/bench_loader.py -k to_gpu \
+  -q -p no:cacheprovider --benchmark-columns=min,median,iqr,rounds \
+  --benchmark-json="$RESULTS/gpu_loader.json"
 step "bench torch.compile(ref) baselines"  200   15  "$PY" -m pytest benchmarks/bench_masked_patch_mse.py \
   "${OTHER_BENCHES[@]}" "${SSFER_BENCHES[@]}" "${BENCH_COMMON[@]}" "${K_COMPILE[@]}" ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
   --benchmark-json="$RESULTS/gpu_compile.json" --bench-jsonl="$RESULTS/gpu_compile.jsonl"

@@ -13,6 +13,8 @@ from ferfast.backends import available_backends, default_backend, resolve_backen
 
 def info_dict() -> dict:
     """The build and runtime configuration as a plain dict."""
+    from ferfast.data.dali_loader import plugin_path  # here: `import ferfast` stays free of the data layer
+
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     try:
         import triton
@@ -36,7 +38,21 @@ def info_dict() -> dict:
         "backends": {
             d: {"available": available_backends(d), "in_use": resolve_backend(torch.device(d))} for d in devices
         },
+        "dali": _dali_version(),
+        "dali_plugin": str(plugin_path()) if plugin_path() else None,
     }
+
+
+def _dali_version() -> str | None:
+    """The installed NVIDIA DALI wheel's version (without importing DALI), or None."""
+    from importlib import metadata
+
+    for dist in ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali"):
+        try:
+            return f"{metadata.version(dist)} ({dist})"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def info() -> str:
@@ -56,6 +72,8 @@ def info() -> str:
     lines.append(f"  Triton runs on: {', '.join(data['triton_runs_on']) or 'nothing here'}")
     for device, entry in data["backends"].items():
         lines.append(f"  {device}: in use {entry['in_use']!r}, available {entry['available']}")
+    lines.append(f"  DALI: {data['dali'] or 'not installed (loaders use torch)'}; "
+                 f"ferfast DALI plugin: {data['dali_plugin'] or 'not built'}")
     return "\n".join(lines)
 
 

@@ -27,9 +27,11 @@ static inline double cubic(double x) {
   return 0.0;
 }
 
-// Filter taps of one axis: output o reads in[first[o] .. first[o] + count[o]) with weights w[o * taps + k].
+// Filter taps of one axis: output o reads in[first[o] .. first[o] + taps) with weights w[o * taps + k]; rows
+// are zero-padded to a common tap count (so the inner loops have a fixed trip count) and kept inside
+// [lo, hi), the crop window, as a crop followed by a resize sees only the crop.
 struct AxisTaps {
-  std::vector<int> first, count;
+  std::vector<int> first;
   std::vector<float> w;
   int taps = 0;
 };
@@ -38,27 +40,104 @@ static void compute_taps(AxisTaps &t, double start, double extent, int out_size,
   const double scale = extent / out_size;
   const double fscale = std::max(scale, 1.0);
   const double support = 2.0 * fscale;
-  t.taps = static_cast<int>(std::ceil(support)) * 2 + 1;
-  t.first.assign(out_size, 0);
-  t.count.assign(out_size, 0);
-  t.w.assign(static_cast<size_t>(out_size) * t.taps, 0.f);
-  // Taps are clamped to the crop window, as a crop followed by a resize sees only the crop.
-  const int lo = static_cast<int>(std::floor(start)), hi = std::min(in_size, static_cast<int>(std::ceil(start + extent)));
+  const int lo = std::max(0, static_cast<int>(std::floor(start)));
+  const int hi = std::min(in_size, static_cast<int>(std::ceil(start + extent)));
+  // The common tap count: the widest window any output needs (4 when upscaling with the cubic's support 2).
+  t.taps = 1;
   for (int o = 0; o < out_size; o++) {
     const double center = start + (o + 0.5) * scale;
-    int xmin = std::max(lo, static_cast<int>(center - support + 0.5));
-    int xmax = std::min(hi, static_cast<int>(center + support + 0.5));
-    if (xmax <= xmin) xmax = std::min(hi, xmin + 1);
-    int n = std::min(xmax - xmin, t.taps);
+    const int xmin = std::max(lo, static_cast<int>(center - support + 0.5));
+    const int xmax = std::max(xmin + 1, std::min(hi, static_cast<int>(center + support + 0.5)));
+    t.taps = std::max(t.taps, xmax - xmin);
+  }
+  t.first.assign(out_size, lo);
+  t.w.assign(static_cast<size_t>(out_size) * t.taps, 0.f);
+  double ww[64];
+  std::vector<double> big;
+  double *wk = ww;
+  if (t.taps > 64) {
+    big.resize(t.taps);
+    wk = big.data();
+  }
+  for (int o = 0; o < out_size; o++) {
+    const double center = start + (o + 0.5) * scale;
+    const int xmin = std::max(lo, static_cast<int>(center - support + 0.5));
+    const int xmax = std::max(xmin + 1, std::min(hi, static_cast<int>(center + support + 0.5)));
+    const int n = std::min(xmax - xmin, t.taps);
+    const int first = std::min(xmin, hi - t.taps);  // shift left at the right edge, keeping `taps` in range
     double sum = 0;
-    std::vector<double> ww(n);
-    for (int k = 0; k < n; k++) {
-      ww[k] = cubic((xmin + k - center + 0.5) / fscale);
-      sum += ww[k];
+    for (int k = 0; k < t.taps; k++) {
+      const int x = first + k;
+      wk[k] = (x >= xmin && x < xmin + n) ? cubic((x - center + 0.5) / fscale) : 0.0;
+      sum += wk[k];
     }
-    for (int k = 0; k < n; k++) t.w[static_cast<size_t>(o) * t.taps + k] = static_cast<float>(sum != 0 ? ww[k] / sum : 0);
-    t.first[o] = xmin;
-    t.count[o] = n;
+    float *dst = t.w.data() + static_cast<size_t>(o) * t.taps;
+    for (int k = 0; k < t.taps; k++) dst[k] = static_cast<float>(sum != 0 ? wk[k] / sum : 0);
+    t.first[o] = first;
+  }
+}
+
+// One image: crop window wv = (left, top, width, height) of src [H, W, 3] -> dst (float CHW normalised with
+// v * scale[c] + bias[c], or uint8 HWC). Compiled for AVX2 and for baseline x86-64; the loader picks at run time.
+__attribute__((target_clones("avx2", "default"))) static void resized_crop_sample(
+  const uint8_t *src, int H, int W, const float *wv, bool flip, int S, bool normalize, const float *scale_c,
+  const float *bias_c, void *dst) {
+  const double left = std::clamp<double>(wv[0], 0, W - 1), top = std::clamp<double>(wv[1], 0, H - 1);
+  const double ww = std::clamp<double>(wv[2], 1, W - left), hh = std::clamp<double>(wv[3], 1, H - top);
+
+  AxisTaps tx, ty;
+  compute_taps(tx, left, ww, S, W);
+  compute_taps(ty, top, hh, S, H);
+  const int row0 = ty.first[0];
+  const int rows = ty.first[S - 1] + ty.taps - row0;
+  const int TX = tx.taps, TY = ty.taps;
+
+  // Horizontal pass over the rows the vertical filter reads, into planar tmp[c][r][x]; the flip is applied
+  // here, by writing column x of the output at S - 1 - x.
+  std::vector<float> tmp(static_cast<size_t>(3) * rows * S);
+  const size_t plane = static_cast<size_t>(rows) * S;
+  for (int r = 0; r < rows; r++) {
+    const uint8_t *srow = src + static_cast<size_t>(r + row0) * W * 3;
+    float *t0 = tmp.data() + static_cast<size_t>(r) * S;
+    for (int x = 0; x < S; x++) {
+      const float *k = tx.w.data() + static_cast<size_t>(x) * TX;
+      const uint8_t *p = srow + static_cast<size_t>(tx.first[x]) * 3;
+      float a0 = 0, a1 = 0, a2 = 0;
+      for (int j = 0; j < TX; j++) {
+        a0 += k[j] * p[3 * j];
+        a1 += k[j] * p[3 * j + 1];
+        a2 += k[j] * p[3 * j + 2];
+      }
+      const int xo = flip ? S - 1 - x : x;
+      t0[xo] = a0;
+      t0[plane + xo] = a1;
+      t0[2 * plane + xo] = a2;
+    }
+  }
+  // Vertical pass per channel plane, contiguous over x (vectorised); normalisation folded into the weights.
+  std::vector<float> acc_buf(S);
+  float *__restrict acc = acc_buf.data();
+  for (int c = 0; c < 3; c++) {
+    const float scale = normalize ? scale_c[c] : 1.f;
+    const float bias = normalize ? bias_c[c] : 0.f;
+    const float *tc = tmp.data() + c * plane;
+    for (int y = 0; y < S; y++) {
+      const float *k = ty.w.data() + static_cast<size_t>(y) * TY;
+      const float *t = tc + static_cast<size_t>(ty.first[y] - row0) * S;
+      for (int x = 0; x < S; x++) acc[x] = bias;
+      for (int j = 0; j < TY; j++) {
+        const float kj = k[j] * scale;
+        const float *__restrict tj = t + static_cast<size_t>(j) * S;
+        for (int x = 0; x < S; x++) acc[x] += kj * tj[x];
+      }
+      if (normalize) {
+        float *__restrict o = static_cast<float *>(dst) + (static_cast<size_t>(c) * S + y) * S;
+        for (int x = 0; x < S; x++) o[x] = acc[x];
+      } else {
+        uint8_t *u = static_cast<uint8_t *>(dst) + static_cast<size_t>(y) * S * 3 + c;
+        for (int x = 0; x < S; x++) u[3 * x] = static_cast<uint8_t>(std::clamp(std::nearbyint(acc[x]), 0.f, 255.f));
+      }
+    }
   }
 }
 
@@ -111,71 +190,11 @@ class ResizedCropNormalize : public ::dali::Operator<::dali::CPUBackend> {
                  const ::dali::TensorList<::dali::CPUBackend> &mir, ::dali::TensorList<::dali::CPUBackend> &out,
                  int i) const {
     auto sh = in.tensor_shape(i);
-    const int H = static_cast<int>(sh[0]), W = static_cast<int>(sh[1]);
-    const uint8_t *src = in.tensor<uint8_t>(i);
-    const float *wv = win.tensor<float>(i);
-    const bool flip = mir.tensor<int32_t>(i)[0] != 0;
-    const int S = size_;
-    double left = std::clamp<double>(wv[0], 0, W - 1), top = std::clamp<double>(wv[1], 0, H - 1);
-    double ww = std::clamp<double>(wv[2], 1, W - left), hh = std::clamp<double>(wv[3], 1, H - top);
-
-    AxisTaps tx, ty;
-    compute_taps(tx, left, ww, S, W);
-    compute_taps(ty, top, hh, S, H);
-    const int row0 = ty.first[0];
-    int row1 = row0;
-    for (int o = 0; o < S; o++) row1 = std::max(row1, ty.first[o] + ty.count[o]);
-
-    // Horizontal pass over the rows the vertical filter reads: tmp[r][x][c].
-    std::vector<float> tmp(static_cast<size_t>(row1 - row0) * S * 3);
-    for (int r = row0; r < row1; r++) {
-      const uint8_t *srow = src + static_cast<size_t>(r) * W * 3;
-      float *trow = tmp.data() + static_cast<size_t>(r - row0) * S * 3;
-      for (int x = 0; x < S; x++) {
-        const float *k = tx.w.data() + static_cast<size_t>(x) * tx.taps;
-        const uint8_t *p = srow + static_cast<size_t>(tx.first[x]) * 3;
-        float a0 = 0, a1 = 0, a2 = 0;
-        for (int j = 0; j < tx.count[x]; j++) {
-          a0 += k[j] * p[3 * j];
-          a1 += k[j] * p[3 * j + 1];
-          a2 += k[j] * p[3 * j + 2];
-        }
-        trow[3 * x] = a0;
-        trow[3 * x + 1] = a1;
-        trow[3 * x + 2] = a2;
-      }
-    }
-    // Vertical pass, one output row at a time (vectorised over the contiguous x*c run), then flip + write.
-    std::vector<float> row(static_cast<size_t>(S) * 3);
-    const float m[3] = {mean_[0], mean_[1], mean_[2]};
-    const float is[3] = {1.f / std_[0], 1.f / std_[1], 1.f / std_[2]};
-    for (int y = 0; y < S; y++) {
-      std::fill(row.begin(), row.end(), 0.f);
-      const float *k = ty.w.data() + static_cast<size_t>(y) * ty.taps;
-      for (int j = 0; j < ty.count[y]; j++) {
-        const float kj = k[j];
-        const float *t = tmp.data() + static_cast<size_t>(ty.first[y] + j - row0) * S * 3;
-        for (int q = 0; q < S * 3; q++) row[q] += kj * t[q];
-      }
-      if (normalize_) {
-        float *o = out.mutable_tensor<float>(i);
-        for (int c = 0; c < 3; c++) {
-          float *plane = o + (static_cast<size_t>(c) * S + y) * S;
-          for (int x = 0; x < S; x++) {
-            const int sx = flip ? S - 1 - x : x;
-            plane[x] = (row[3 * sx + c] - m[c]) * is[c];
-          }
-        }
-      } else {
-        uint8_t *o = out.mutable_tensor<uint8_t>(i) + static_cast<size_t>(y) * S * 3;
-        for (int x = 0; x < S; x++) {
-          const int sx = flip ? S - 1 - x : x;
-          for (int c = 0; c < 3; c++) {
-            o[3 * x + c] = static_cast<uint8_t>(std::clamp(std::nearbyint(row[3 * sx + c]), 0.f, 255.f));
-          }
-        }
-      }
-    }
+    const float scale[3] = {1.f / std_[0], 1.f / std_[1], 1.f / std_[2]};
+    const float bias[3] = {-mean_[0] / std_[0], -mean_[1] / std_[1], -mean_[2] / std_[2]};
+    void *dst = normalize_ ? static_cast<void *>(out.mutable_tensor<float>(i)) : out.mutable_tensor<uint8_t>(i);
+    resized_crop_sample(in.tensor<uint8_t>(i), static_cast<int>(sh[0]), static_cast<int>(sh[1]), win.tensor<float>(i),
+                        mir.tensor<int32_t>(i)[0] != 0, size_, normalize_, scale, bias, dst);
   }
 
   int size_;

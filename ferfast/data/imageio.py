@@ -24,6 +24,37 @@ _EOI_WINDOW = 1024
 #: An unreadable image is replaced by the next readable one within this many dataset positions.
 MAX_SUBSTITUTE_TRIES = 64
 
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame segment, walking the marker segments; None if not found."""
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF_MARKERS:
+            return (data[i + 7] << 8) | data[i + 8], (data[i + 5] << 8) | data[i + 6]
+        if marker == 0xD8 or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # standalone markers
+            i += 2
+            continue
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return None
+
+
+def _fast_size(data: bytes) -> tuple[int, int] | None:
+    """The size of a JPEG or PNG from its header bytes, without PIL (the DALI source probes every image)."""
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
 def probe_image(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
     """``(width, height)`` of an encoded image from its header, after checking it looks complete.
 
@@ -32,6 +63,13 @@ def probe_image(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
     """
     if not data:
         raise UnreadableImageError(name, "empty file")
+    size = _fast_size(data)
+    if size is not None and size[0] > 0 and size[1] > 0:
+        if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-_EOI_WINDOW:]:
+            raise UnreadableImageError(name, "truncated (no JPEG end-of-image marker)")
+        if data[:2] != b"\xff\xd8" and b"IEND" not in data[-64:]:
+            raise UnreadableImageError(name, "truncated (no PNG IEND chunk)")
+        return size
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size

@@ -86,17 +86,20 @@ def build_loader(
     *,
     unlabeled: FaceDataset | None = None,
     backend: str = "auto",
-    device: str = "cpu",
+    device: str = "auto",
     num_workers: int = 2,
+    pin_memory: bool = False,
     **plan_kwargs: Any,
 ) -> DaliFaceLoader | TorchFaceLoader:
     """A loader for ``stage`` (``pretrain``, ``stage1``, ``stage2``, ``eval``) over ``dataset``.
 
     Args:
         backend: ``"dali"``, ``"torch"`` or ``"auto"`` (DALI when installed, else torch).
-        device: where DALI decodes and augments (``"cpu"`` or ``"gpu"``); the torch loader
-            always works on the CPU (move the batch with ``.to(device, non_blocking=True)``).
+        device: where DALI decodes and augments: ``"gpu"`` (``mixed`` decoding), ``"cpu"``, or ``"auto"``
+            (the GPU when torch sees one). The torch loader always works on the CPU (move the batch with
+            ``.to(device, non_blocking=True)``; ``pin_memory=True`` makes that copy asynchronous).
         num_workers: the torch loader's worker processes (DALI uses threads).
+        pin_memory: the torch loader returns page-locked batches, for ``.to("cuda", non_blocking=True)``.
         plan_kwargs: ``batch_size``, ``unlabeled_batch_size``, ``config`` (:class:`AugmentConfig`),
             ``seed``, ``rank``, ``world_size``, ``shuffle``, ``drop_last`` (see :func:`make_plan`).
 
@@ -107,11 +110,17 @@ def build_loader(
     plan = make_plan(stage, dataset, unlabeled=unlabeled, **plan_kwargs)
     if backend == "auto":
         backend = "dali" if dali_available() else "torch"
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
     if backend == "dali":
+        if device == "auto":
+            import torch
+
+            device = "gpu" if torch.cuda.is_available() else "cpu"
         sizes = {s.batches.batch_size for s in plan.streams}
         if len(sizes) > 1:
             raise ValueError(f"the DALI loader needs equal labeled and unlabeled batch sizes, got {sorted(sizes)}")
         return DaliFaceLoader(plan, device=device)
-    if device != "cpu":
-        raise ValueError(f"the torch loader decodes on the CPU; device must be 'cpu', got {device!r}")
-    return TorchFaceLoader(plan, num_workers=num_workers)
+    if device == "gpu":
+        raise ValueError("the torch loader decodes on the CPU; use device='cpu' or 'auto' (or backend='dali')")
+    return TorchFaceLoader(plan, num_workers=num_workers, pin_memory=pin_memory)

@@ -111,6 +111,18 @@ def test_grey_and_png_images_load_as_rgb(tmp_path, backend):
     assert np.abs(colour[:, 0] - colour[:, 2]).max() > 100
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cmyk_and_odd_sized_jpegs_load_as_rgb(tmp_path, backend):
+    Image.new("RGB", (37, 23), RED).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    Image.new("RGB", (3, 101), BLUE).save(tmp_path / "thin.jpg", quality=95, subsampling=0)
+    ds = FaceDataset(name="odd", root=tmp_path, split="test", class_names=FER7_CLASSES, files=["cmyk.jpg", "thin.jpg"])
+    (batch,) = list(build_loader("eval", ds, backend=backend, batch_size=2, config=AugmentConfig(image_size=16),
+                                 num_workers=0))
+    px = denormalize(batch["images"]).reshape(2, 3, -1).mean(-1)
+    np.testing.assert_allclose(px[0], RED, atol=4)
+    np.testing.assert_allclose(px[1], BLUE, atol=4)
+
+
 @pytest.mark.skipif(not dali_available(), reason="DALI not installed")
 def test_torch_and_dali_deliver_the_same_batches(tmp_path):
     ds = rect_dataset(tmp_path, n=20)
