@@ -45,6 +45,12 @@ from ferfast.data.formats import (
 )
 from ferfast.data.loaders import build_loader, make_plan
 from ferfast.data.plan import STAGES, LoaderPlan
+from ferfast.data.rand_augment import (
+    RAND_AUGMENT_OPS,
+    RandAugmentDraws,
+    apply_rand_augment_torch,
+    draw_rand_augment,
+)
 from ferfast.data.sampling import ShardedBatches
 from ferfast.data.splits import LabelSplit, labeled_per_class, load_split, save_split, split_labeled
 from ferfast.data.synthetic import (
@@ -68,6 +74,7 @@ __all__ = [
     "FER7_CLASSES",
     "FER8_CLASSES",
     "RAFDB",
+    "RAND_AUGMENT_OPS",
     "STAGES",
     "UNREADABLE_FILE",
     "AffectNet",
@@ -85,11 +92,13 @@ __all__ = [
     "LoaderPlan",
     "MXNetRecord",
     "RandAugmentConfig",
+    "RandAugmentDraws",
     "ShardedBatches",
     "SkipCounter",
     "SyntheticFaceConfig",
     "TorchFaceLoader",
     "UnreadableImageError",
+    "apply_rand_augment_torch",
     "build_loader",
     "canonical_class_name",
     "check_image",
@@ -98,6 +107,7 @@ __all__ = [
     "decode_rgb",
     "detect_faces",
     "detect_format",
+    "draw_rand_augment",
     "labeled_per_class",
     "list_image_files",
     "load_box_sidecar",

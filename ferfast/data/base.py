@@ -244,6 +244,16 @@ class FaceDataset:
             box = box / np.array([width, height, width, height], np.float64)
         return np.clip(box, 0.0, 1.0)
 
+    def relative_boxes_many(self, indices: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """:meth:`relative_boxes` of many images: ``[N, 4]`` for ``indices`` and their ``sizes`` ``[N, 2]`` (W, H)."""
+        box = self.boxes[np.asarray(indices, dtype=np.int64)].astype(np.float64)
+        if self.box_units == "pixel":
+            wh = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+            box = box / np.concatenate([wh, wh], axis=1)
+        unknown = ~np.isfinite(box).all(axis=1)
+        box[unknown] = (0.0, 0.0, 1.0, 1.0)
+        return np.clip(box, 0.0, 1.0)
+
     # -- views ---------------------------------------------------------------------------------
     def subset(self, indices: Iterable[int]) -> FaceDataset:
         """A view of the images at ``indices`` (e.g. a labeled split); reads the same files."""

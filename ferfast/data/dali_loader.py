@@ -157,9 +157,12 @@ class _Source:
                 draws = self.plan.view_draws(epoch, step, k, view, len(used))
                 windows = draws.windows(sizes, cfg)
                 flip = draws.flip if draws.flip is not None else np.zeros(len(used), bool)
-                rel = np.stack([ds.relative_boxes(j, w, h) for j, (w, h) in zip(used, sizes)])
-                view_cache[(k, view)] = (windows, flip, transform_boxes(rel, sizes, windows, flip))
-            windows, flip, boxes = view_cache[(k, view)]
+                if (k, "rel") not in view_cache:
+                    view_cache[(k, "rel")] = ds.relative_boxes_many(used, sizes)
+                rel = view_cache[(k, "rel")]
+                ra = draws.rand_augment(windows, cfg)
+                view_cache[(k, view)] = (windows, flip, transform_boxes(rel, sizes, windows, flip), ra)
+            windows, flip, boxes, ra = view_cache[(k, view)]
             if kind == "roi_start":  # DALI's ROI follows the layout's spatial order: (y, x)
                 out.append(list(np.stack([windows[:, 1], windows[:, 0]], 1).astype(np.float32)))
             elif kind == "roi_end":
@@ -171,6 +174,10 @@ class _Source:
                 w0 = windows.astype(np.float32).copy()
                 w0[:, :2] = 0
                 out.append(list(w0))
+            elif kind == "ra_ops":  # RandAugment's draws, made by the plan (the torch loader applies the same)
+                out.append(list(ra.ops))
+            elif kind == "ra_mags":
+                out.append(list(ra.magnitudes))
             elif kind == "mirror":
                 out.append(list(flip.astype(np.int32)[:, None]))
             elif kind == "boxes":
@@ -189,7 +196,8 @@ def _pipeline_outputs(plan: LoaderPlan, fused: bool) -> tuple[list[tuple], list[
         inputs.append(("encoded", k, None))
         for v in s.views:
             inputs += [("window", k, v), ("mirror", k, v)]
-            inputs += [("window0", k, v)] if fused and v == "strong" else []
+            if fused and v == "strong" and plan.config.rand_augment.num_ops > 0:
+                inputs += [("window0", k, v), ("ra_ops", k, v), ("ra_mags", k, v)]
             inputs += [] if fused else [("roi_start", k, v), ("roi_end", k, v)]
             if VIEWS[v][1] is not None:
                 inputs.append(("boxes", k, v))
@@ -261,7 +269,8 @@ class DaliFaceLoader:
             num_threads=self.num_threads,
             device_id=torch.cuda.current_device() if gpu else None,
             prefetch_queue_depth=self.prefetch_queue_depth,
-            enable_conditionals=any("strong" in s.views for s in plan.streams),
+            exec_dynamic=True,  # outputs stay valid while referenced: batches are handed over without a copy
+            enable_conditionals=not self.fused and any("strong" in s.views for s in plan.streams),
             seed=int(plan.seed) & 0x7FFFFFFF,
         )
         def pipe():
@@ -289,10 +298,11 @@ class DaliFaceLoader:
     def _view(self, fn, types, rand_augment, img, by_key, k, view, mean, std):
         """One view of decoded images: crop + resize + [RandAugment] + flip + normalise.
 
-        CPU: ferfast's fused operator (``fn.ferfast_resized_crop_normalize``) when its plugin is
-        built, else DALI's ``fn.resize`` (ROI, bicubic) + ``fn.crop_mirror_normalize``; the strong
-        view's RandAugment runs on the crop before it is upscaled (as in the torch loader). GPU:
-        ``fn.resize`` + RandAugment on the resized view (SSFER's order) + ``fn.crop_mirror_normalize``.
+        CPU: ferfast's operators when the plugin is built (``fn.ferfast_resized_crop_normalize``; for the
+        strong view ``fn.ferfast_rand_augment`` with the plan's ops and magnitudes, on the crop before it
+        is upscaled, as in the torch loader), else DALI's ``fn.resize`` (ROI, bicubic) +
+        ``auto_aug.rand_augment`` + ``fn.crop_mirror_normalize``. GPU: ``fn.resize`` + DALI's RandAugment
+        on the resized view (SSFER's order; its own draws) + ``fn.crop_mirror_normalize``.
         """
         cfg = self.plan.config
         size = cfg.image_size
@@ -305,10 +315,11 @@ class DaliFaceLoader:
         if strong and self.device == "cpu":  # cut the crop out, RandAugment it at its own resolution
             img = fn.slice(img, window[0:2], window[2:4], axis_names="WH", normalized_anchor=False,
                            normalized_shape=False)
-            img = rand_augment.rand_augment(img, shape=img.shape(dtype=types.INT32)[0:2], **ra_kw)
-            if self.fused:
+            if self.fused:  # ferfast's RandAugment operator, with the plan's ops and magnitudes
+                img = fn.ferfast_rand_augment(img, by_key[("ra_ops", k, view)], by_key[("ra_mags", k, view)])
                 return fn.ferfast_resized_crop_normalize(img, by_key[("window0", k, view)], mirror, size=size,
                                                          mean=mean, std=std)
+            img = rand_augment.rand_augment(img, shape=img.shape(dtype=types.INT32)[0:2], **ra_kw)
             return fn.crop_mirror_normalize(fn.resize(img, **resize), **cmn)
         if self.fused:
             return fn.ferfast_resized_crop_normalize(img, window, mirror, size=size, mean=mean, std=std)
@@ -333,6 +344,13 @@ class DaliFaceLoader:
         return len(self.plan)
 
     def _to_torch(self, outputs) -> dict:
+        """The pipeline's outputs as torch tensors.
+
+        CPU outputs are handed over without a copy: DALI's dynamic executor never reuses an output
+        buffer while something references it, and the tensor keeps it referenced (through numpy's
+        array interface), so a batch stays valid however long it is kept. GPU outputs are copied into
+        torch's memory on the current stream (DALI's ``feed_ndarray``).
+        """
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         batch = {}
@@ -340,10 +358,14 @@ class DaliFaceLoader:
         for name, tl in zip(self._names, outputs):
             on_gpu = type(tl).__name__.endswith("GPU")
             tl = tl.as_tensor()  # one dense tensor (all views have the same shape)
-            shape = tl.shape()
             dtype = torch.float32 if name.startswith(("images", "boxes", "soft_labels")) else torch.int64
-            t = torch.empty(shape, dtype=dtype, device=dev if on_gpu else "cpu")
-            feed_ndarray(tl, t, cuda_stream=torch.cuda.current_stream() if on_gpu else None)
+            if on_gpu:
+                t = torch.empty(tl.shape(), dtype=dtype, device=dev)
+                feed_ndarray(tl, t, cuda_stream=torch.cuda.current_stream())
+            else:
+                t = torch.from_numpy(np.asarray(tl))
+                if t.dtype != dtype:
+                    t = t.to(dtype)
             if name in ("index", "labels") or name.startswith("index_"):
                 t = t.view(-1)
             batch[name] = t

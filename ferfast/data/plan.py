@@ -29,6 +29,7 @@ import numpy as np
 
 from ferfast.data.augment import AugmentConfig, CropNoise, draw_crop_noise, full_windows, resolve_crop_windows
 from ferfast.data.base import FaceDataset
+from ferfast.data.rand_augment import RandAugmentDraws, draw_rand_augment
 from ferfast.data.sampling import ShardedBatches, batch_rng
 
 __all__ = ["STAGES", "VIEWS", "LoaderPlan", "Stream", "ViewDraws"]
@@ -57,10 +58,19 @@ class Stream:
 
 @dataclass
 class ViewDraws:
-    """One view's random draws for a batch: crop/flip uniforms, and RandAugment magnitudes (strong view)."""
+    """One view's random draws for a batch: crop/flip uniforms, and (strong view) RandAugment's generator."""
 
     noise: CropNoise | None  # None for the evaluation view (whole image, no flip)
-    magnitudes: np.ndarray | None = None  # timm scale [0, 10], per image
+    ra_rng: np.random.Generator | None = None  # the strong view's RandAugment draws come from it
+
+    def rand_augment(self, windows: np.ndarray, config: AugmentConfig) -> RandAugmentDraws | None:
+        """RandAugment's ops and magnitudes for crops of ``windows`` (translations in pixels of the crop).
+
+        Both loaders apply them to the crop before it is resized (call once per batch: it draws).
+        """
+        if self.ra_rng is None or config.rand_augment.num_ops == 0:
+            return None
+        return draw_rand_augment(self.ra_rng, len(windows), config.rand_augment, np.asarray(windows)[:, 2:4])
 
     def windows(self, sizes: np.ndarray, config: AugmentConfig) -> np.ndarray:
         """Crop windows (left, top, width, height) for images of ``sizes`` [N, 2] (W, H)."""
@@ -122,9 +132,5 @@ class LoaderPlan:
             return ViewDraws(noise=None)
         rng = batch_rng(self.seed, epoch, self.rank, step, stream, view)
         noise = draw_crop_noise(rng, n, self.config.flip_prob)
-        mags = None
-        if view == "strong":
-            ra = self.config.rand_augment
-            mag_rng = batch_rng(self.seed, epoch, self.rank, step, stream, "rand_augment")
-            mags = np.clip(ra.magnitude + ra.magnitude_std * mag_rng.standard_normal(n), 0.0, 10.0)
-        return ViewDraws(noise=noise, magnitudes=mags)
+        ra_rng = batch_rng(self.seed, epoch, self.rank, step, stream, "rand_augment") if view == "strong" else None
+        return ViewDraws(noise=noise, ra_rng=ra_rng)

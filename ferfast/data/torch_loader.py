@@ -1,10 +1,10 @@
 """The torch/torchvision loader: executes a :class:`~ferfast.data.plan.LoaderPlan` with ``transforms.v2``.
 
 Used where DALI is not installed (DALI is an optional extra). Each worker builds whole batches:
-decode (PIL), crop and resize
-(bicubic, antialiased) and flip with ``transforms.v2.functional`` on the image and its
-``tv_tensors.BoundingBoxes`` together, RandAugment for the strong view, then normalises the
-batch at once. Same batches, crops, flips and boxes as the DALI loader for the same seed.
+decode (PIL), crop and resize (bicubic, antialiased) and flip with ``transforms.v2.functional`` on
+the image and its ``tv_tensors.BoundingBoxes`` together, RandAugment for the strong view
+(torchvision's ops with the plan's draws, on the crop before the resize), then normalises the batch
+at once. Same batches, crops, flips, RandAugment ops and boxes as the DALI loader for the same seed.
 """
 
 from __future__ import annotations
@@ -15,19 +15,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ferfast.data.augment import AugmentConfig
 from ferfast.data.check import SkipCounter, UnreadableImageError, decode_rgb
 from ferfast.data.imageio import read_probed
 from ferfast.data.plan import VIEWS, LoaderPlan
+from ferfast.data.rand_augment import apply_rand_augment_torch
 
 __all__ = ["TorchFaceLoader", "decode_rgb_tensor", "load_step"]
-
-#: torchvision's RandAugment magnitude bins; timm's 0-10 magnitude maps onto them linearly.
-_RA_BINS = 31
-
 
 def decode_rgb_tensor(data: bytes, name: str) -> torch.Tensor:
     """Decode (PIL, via :func:`ferfast.data.check.decode_rgb`) to a ``[3, H, W]`` uint8 RGB tensor.
@@ -38,13 +34,16 @@ def decode_rgb_tensor(data: bytes, name: str) -> torch.Tensor:
     return torch.from_numpy(decode_rgb(data, name)).permute(2, 0, 1)
 
 
-def _rand_augment(img: torch.Tensor, magnitude: float, num_ops: int, seed: int) -> torch.Tensor:
-    """torchvision's RandAugment at timm magnitude ``magnitude`` (0-10), seeded per image."""
-    bin_ = round(magnitude / 10.0 * (_RA_BINS - 1))
-    op = v2.RandAugment(num_ops=num_ops, magnitude=bin_, num_magnitude_bins=_RA_BINS)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return op(img)
+def _make_strong_view(img: torch.Tensor, window: np.ndarray, flip: bool, size: int, ops, mags) -> torch.Tensor:
+    """The strong view: crop, RandAugment at the crop's resolution, resize (bicubic, antialias), flip.
+
+    RandAugment runs before the upscale, as in the DALI pipeline on the CPU (fewer pixels; SSFER
+    applies it after the resize); the ops and magnitudes come from the plan, so both loaders agree.
+    """
+    left, top, width, height = (int(v) for v in window)
+    out = apply_rand_augment_torch(F.crop(img, top, left, height, width), ops, mags)
+    out = F.resize(out, [size, size], F.InterpolationMode.BICUBIC, antialias=True)
+    return F.horizontal_flip(out) if flip else out
 
 
 def _make_view(
@@ -96,22 +95,24 @@ def load_step(plan: LoaderPlan, epoch: int, step: int, skipped: SkipCounter, cac
             used.append(j)
         sizes_arr = np.asarray(sizes, dtype=np.int64)
         used_arr = np.asarray(used, dtype=np.int64)
-        rel = np.stack([ds.relative_boxes(j, w, h) for j, (w, h) in zip(used_arr, sizes_arr)])
+        rel = ds.relative_boxes_many(used_arr, sizes_arr)
         for view in stream.views:
             draws = plan.view_draws(epoch, step, k, view, len(idx))
             windows = draws.windows(sizes_arr, cfg)
             flips = draws.flip if draws.flip is not None else np.zeros(len(idx), bool)
+            ra = draws.rand_augment(windows, cfg)
             views, boxes = [], []
             for n, img in enumerate(images):
+                if ra is not None:  # the strong view (no box: RandAugment's affine ops move the face)
+                    views.append(_make_strong_view(img, windows[n], bool(flips[n]), cfg.image_size,
+                                                   ra.ops[n], ra.magnitudes[n]))
+                    continue
                 v, b = _make_view(img, rel[n], windows[n], bool(flips[n]), cfg.image_size)
-                if draws.magnitudes is not None:
-                    seed = hash((plan.seed, epoch, plan.rank, step, k, n)) & 0x7FFFFFFF
-                    v = _rand_augment(v, float(draws.magnitudes[n]), cfg.rand_augment.num_ops, seed)
                 views.append(v)
                 boxes.append(b)
             img_key, box_key = VIEWS[view]
             out[img_key] = _normalize(torch.stack(views), cfg)
-            if box_key is not None:
+            if box_key is not None and boxes:
                 out[box_key] = torch.stack(boxes)
         out[stream.index_key] = torch.from_numpy(used_arr)
         if stream.with_labels:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ferfast.data.augment import FACE_MEAN, FACE_STD, AugmentConfig
 from ferfast.data.base import FER7_CLASSES, FaceDataset
-from ferfast.data.dali_loader import dali_available
+from ferfast.data.dali_loader import dali_available, plugin_path
 from ferfast.data.loaders import build_loader, make_plan
 
 BACKENDS = ["torch", pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="DALI not installed"))]
@@ -140,6 +140,21 @@ def test_torch_and_dali_deliver_the_same_batches(tmp_path):
             torch.testing.assert_close(x["boxes"], y["boxes"], atol=1e-5, rtol=0)
             # Same crop and flip, two bicubic resamplers: the pictures agree up to edge ringing.
             assert (x["images"] - y["images"]).abs().mean() < 0.05
+
+
+@pytest.mark.skipif(not dali_available() or plugin_path() is None, reason="DALI or ferfast's DALI plugin missing")
+def test_torch_and_dali_strong_views_agree(tmp_path):
+    """Stage 2's strong view: same crops, flips and RandAugment ops on both loaders (the plan draws them)."""
+    ds = rect_dataset(tmp_path, n=24)
+    kw = dict(unlabeled=ds.subset(range(8, 24)), batch_size=8, config=AugmentConfig(image_size=48), seed=9)
+    a = list(build_loader("stage2", ds.subset(range(8)), backend="torch", num_workers=0, **kw))
+    b = list(build_loader("stage2", ds.subset(range(8)), backend="dali", **kw))
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        assert torch.equal(x["index_unlabeled"], y["index_unlabeled"]) and torch.equal(x["index"], y["index"])
+        for key in ("images", "images_weak", "images_strong"):
+            assert (x[key] - y[key]).abs().mean() < 0.05, key
+        assert (x["images_strong"] - x["images_weak"]).abs().mean() > 0.1  # RandAugment did something
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
