@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ferfast.data._atomic import write_text_atomic
 
 __all__ = [
     "BOX_SIDECAR",
@@ -111,18 +112,7 @@ def save_box_sidecar(path: str | os.PathLike, files: Sequence[str], boxes: np.nd
             raise ValueError(f"save_box_sidecar: file name {f!r} contains a comma or newline")
         coords = ",".join(f"{v:.6f}" for v in b) if np.isfinite(b).all() else ",,,"
         lines.append(f"{f},{coords}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def load_box_sidecar(path: str | os.PathLike) -> dict[str, np.ndarray]:

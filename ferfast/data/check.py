@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from ferfast.data._atomic import write_text_atomic
 from ferfast.data.base import FaceDataset
 
 __all__ = [
@@ -312,15 +312,4 @@ def write_unreadable(report: CheckReport, path: str | os.PathLike) -> Path:
         if file not in seen:
             seen.add(file)
             lines.append(f"{file}\t{_short(reason)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")

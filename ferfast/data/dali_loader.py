@@ -28,7 +28,7 @@ import torch
 from ferfast.data.augment import transform_boxes
 from ferfast.data.check import SkipCounter, UnreadableImageError
 from ferfast.data.imageio import MAX_SUBSTITUTE_TRIES, probe_image
-from ferfast.data.plan import VIEWS, LoaderPlan
+from ferfast.data.plan import VIEWS, LoaderPlan, PlanLoader
 
 __all__ = ["DaliFaceLoader", "dali_available", "load_plugin", "plugin_path"]
 
@@ -219,7 +219,7 @@ def _pipeline_outputs(plan: LoaderPlan, fused: bool) -> tuple[list[tuple], list[
     return inputs, names
 
 
-class DaliFaceLoader:
+class DaliFaceLoader(PlanLoader):
     """Iterates the batches of a :class:`LoaderPlan` with a DALI pipeline (CPU, or GPU with ``device="gpu"``).
 
     Args:
@@ -241,12 +241,10 @@ class DaliFaceLoader:
             raise ValueError("device='gpu' needs a CUDA GPU; use device='cpu'")
         if not dali_available():
             raise ImportError("the DALI loader needs NVIDIA DALI: pip install 'ferfast[dali-cu13]' (or dali-cu12)")
-        self.plan = plan
+        super().__init__(plan)
         self.device = device
-        self.num_threads = num_threads or max(1, len(__import__("os").sched_getaffinity(0)))
+        self.num_threads = num_threads or max(1, len(os.sched_getaffinity(0)))
         self.prefetch_queue_depth = prefetch_queue_depth
-        self.epoch = 0
-        self.start_step = 0
         self.fused = device == "cpu" and load_plugin()
         inputs, self._names = _pipeline_outputs(plan, self.fused)
         self._source = _Source(plan, inputs)
@@ -330,18 +328,10 @@ class DaliFaceLoader:
         return fn.crop_mirror_normalize(img, **cmn)
 
     # -- iteration ------------------------------------------------------------------------------
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Select the epoch (its permutation and draws) and the step to start from."""
-        self.epoch = int(epoch)
-        self.start_step = int(start_step)
-
     @property
     def skipped(self) -> int:
         """Images skipped as unreadable so far."""
         return self._source.skipped.count
-
-    def __len__(self) -> int:
-        return len(self.plan)
 
     def _to_torch(self, outputs) -> dict:
         """The pipeline's outputs as torch tensors.

@@ -32,7 +32,7 @@ from ferfast.data.base import FaceDataset
 from ferfast.data.rand_augment import RandAugmentDraws, draw_rand_augment
 from ferfast.data.sampling import ShardedBatches, batch_rng
 
-__all__ = ["STAGES", "VIEWS", "LoaderPlan", "Stream", "ViewDraws"]
+__all__ = ["STAGES", "VIEWS", "LoaderPlan", "PlanLoader", "Stream", "ViewDraws"]
 
 #: The four uses of a loader.
 STAGES = ("pretrain", "stage1", "stage2", "eval")
@@ -134,3 +134,23 @@ class LoaderPlan:
         noise = draw_crop_noise(rng, n, self.config.flip_prob)
         ra_rng = batch_rng(self.seed, epoch, self.rank, step, stream, "rand_augment") if view == "strong" else None
         return ViewDraws(noise=noise, ra_rng=ra_rng)
+
+
+class PlanLoader:
+    """What both loaders share: the plan, the epoch and the step to start from (``set_epoch``), the length."""
+
+    backend = "?"
+
+    def __init__(self, plan: LoaderPlan) -> None:
+        self.plan = plan
+        self.epoch = 0
+        self.start_step = 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Select the epoch (its permutation and draws) and the step to start from (a resumed run)."""
+        self.epoch = int(epoch)
+        self.start_step = int(start_step)
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+        return len(self.plan)

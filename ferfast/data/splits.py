@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ferfast.data._atomic import write_text_atomic
 
 __all__ = ["LabelSplit", "labeled_per_class", "load_split", "save_split", "split_labeled"]
 
@@ -140,19 +141,7 @@ def split_labeled(labels: Any, fraction: float, seed: int = 0) -> LabelSplit:
 
 def save_split(split: LabelSplit, path: str | os.PathLike) -> Path:
     """Writes ``split`` as JSON, atomically (a temporary file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(split.to_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(split.to_dict()))
 
 
 def load_split(path: str | os.PathLike, labels: Any = None) -> LabelSplit:

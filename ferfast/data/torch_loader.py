@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as F
 from ferfast.data.augment import AugmentConfig
 from ferfast.data.check import SkipCounter, UnreadableImageError, decode_rgb
 from ferfast.data.imageio import read_probed
-from ferfast.data.plan import VIEWS, LoaderPlan
+from ferfast.data.plan import VIEWS, LoaderPlan, PlanLoader
 from ferfast.data.rand_augment import apply_rand_augment_torch
 
 __all__ = ["TorchFaceLoader", "decode_rgb_tensor", "load_step"]
@@ -150,7 +150,7 @@ class _StepSampler(Sampler):
         return iter([(epoch, s) for s in range(self.loader.start_step, len(self.loader.plan))])
 
 
-class TorchFaceLoader:
+class TorchFaceLoader(PlanLoader):
     """Iterates the batches of a :class:`LoaderPlan` with ``torch.utils.data.DataLoader`` workers.
 
     Call :meth:`set_epoch` before each epoch (as with ``DistributedSampler``); ``start_step``
@@ -170,9 +170,7 @@ class TorchFaceLoader:
     ) -> None:
         if not (isinstance(num_workers, int) and num_workers >= 0):
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-        self.plan = plan
-        self.epoch = 0
-        self.start_step = 0
+        super().__init__(plan)
         self._steps = _Steps(plan)
         self._loader = DataLoader(
             self._steps,
@@ -184,18 +182,10 @@ class TorchFaceLoader:
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
         )
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Select the epoch (its permutation and draws) and the step to start from."""
-        self.epoch = int(epoch)
-        self.start_step = int(start_step)
-
     @property
     def skipped(self) -> int:
         """Images skipped as unreadable in this process (workers warn themselves)."""
         return self._steps.skipped.count
-
-    def __len__(self) -> int:
-        return len(self.plan)
 
     def __iter__(self) -> Iterator[dict]:
         return iter(self._loader)

@@ -11,7 +11,6 @@ import json
 import numbers
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -21,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ferfast.data._atomic import write_text_atomic
 from ferfast.data.base import BOX_SIDECAR, FER7_CLASSES, UNREADABLE_FILE, save_box_sidecar
 from ferfast.data.formats.rafdb import RAFDB_CLASSES
 from ferfast.data.synthetic.faces import SyntheticFaceConfig, render_faces
@@ -121,21 +121,6 @@ def _split_files(plan: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
         "test": [f"{_IMAGE_DIR}/{s}_aligned.jpg" for s in plan["test"]["stems"]],
         "unlabeled": [f"{_UNLABELED_DIR}/{f}" for f in plan["unlabeled"]["files"]],
     }
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _is_complete(out: Path, request: dict[str, Any]) -> bool:
@@ -253,7 +238,7 @@ def write_synthetic_dataset(
             "refusing to write a synthetic dataset over other files"
         )
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / _PARTIAL_MARKER, json.dumps(request) + "\n")
+    write_text_atomic(out / _PARTIAL_MARKER, json.dumps(request) + "\n")
     (out / SYNTHETIC_JSON).unlink(missing_ok=True)
     for stale in (_IMAGE_DIR, _UNLABELED_DIR, "EmoLabel"):
         shutil.rmtree(out / stale, ignore_errors=True)
@@ -307,7 +292,7 @@ def write_synthetic_dataset(
         for split in ("train", "test")
         for stem, e in zip(plan[split]["stems"], plan[split]["expressions"])
     ]
-    _write_text(out / _LABEL_FILE, "\n".join(labels) + "\n")
+    write_text_atomic(out / _LABEL_FILE, "\n".join(labels) + "\n")
     comment = f"face outline boxes of ferfast synthetic faces ({SYNTHETIC_FORMAT}, seed {config.seed})"
     save_box_sidecar(
         out / BOX_SIDECAR, files["train"] + files["test"], np.concatenate([boxes["train"], boxes["test"]]), comment
@@ -318,7 +303,7 @@ def write_synthetic_dataset(
     for split in ("train", "test", "unlabeled"):
         for f, i, e in zip(files[split], plan[split]["identities"].tolist(), plan[split]["expressions"].tolist()):
             rows.append(f"{f},{split},{i},{FER7_CLASSES[e]}")
-    _write_text(out / SYNTHETIC_META, "\n".join(rows) + "\n")
+    write_text_atomic(out / SYNTHETIC_META, "\n".join(rows) + "\n")
     record = {
         "format": SYNTHETIC_FORMAT,
         "seed": config.seed,
@@ -326,6 +311,6 @@ def write_synthetic_dataset(
         "counts": {split: len(f) for split, f in files.items()},
         "request": request,
     }
-    _write_text(out / SYNTHETIC_JSON, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(out / SYNTHETIC_JSON, json.dumps(record, indent=2) + "\n")
     (out / _PARTIAL_MARKER).unlink(missing_ok=True)
     return out
