@@ -228,12 +228,20 @@ class DaliFaceLoader(PlanLoader):
             images are returned on the current CUDA device, labels/boxes/indices on the CPU).
         num_threads: DALI CPU threads (default: all cores of this process).
         prefetch_queue_depth: batches prepared ahead.
+        use_plugin: on the CPU, use ferfast's DALI operators when built (False: DALI's own ``fn.resize``,
+            ``auto_aug.rand_augment`` and ``fn.crop_mirror_normalize``, slower; as on a machine without them).
     """
 
     backend = "dali"
 
     def __init__(
-        self, plan: LoaderPlan, *, device: str = "cpu", num_threads: int | None = None, prefetch_queue_depth: int = 2
+        self,
+        plan: LoaderPlan,
+        *,
+        device: str = "cpu",
+        num_threads: int | None = None,
+        prefetch_queue_depth: int = 2,
+        use_plugin: bool = True,
     ) -> None:
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
@@ -245,7 +253,7 @@ class DaliFaceLoader(PlanLoader):
         self.device = device
         self.num_threads = num_threads or max(1, len(os.sched_getaffinity(0)))
         self.prefetch_queue_depth = prefetch_queue_depth
-        self.fused = device == "cpu" and load_plugin()
+        self.fused = device == "cpu" and use_plugin and load_plugin()
         inputs, self._names = _pipeline_outputs(plan, self.fused)
         self._source = _Source(plan, inputs)
         self._pipe = None

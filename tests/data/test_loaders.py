@@ -157,6 +157,30 @@ def test_torch_and_dali_strong_views_agree(tmp_path):
         assert (x["images_strong"] - x["images_weak"]).abs().mean() > 0.1  # RandAugment did something
 
 
+@pytest.mark.skipif(not dali_available(), reason="DALI not installed")
+def test_dali_without_ferfast_operators_tracks_boxes_and_makes_stage2_views(tmp_path):
+    """DALI's own operators (a machine where ferfast's DALI plugin is not built): same batches and boxes."""
+    from ferfast.data.dali_loader import DaliFaceLoader
+
+    ds = rect_dataset(tmp_path, n=24)
+    cfg = AugmentConfig(image_size=48)
+    plan = make_plan("stage2", ds.subset(range(8)), unlabeled=ds.subset(range(8, 24)), batch_size=8, config=cfg,
+                     seed=3)
+    plain = DaliFaceLoader(plan, use_plugin=False)
+    assert not plain.fused
+    ref = list(build_loader("stage2", ds.subset(range(8)), unlabeled=ds.subset(range(8, 24)), backend="torch",
+                            batch_size=8, config=cfg, seed=3, num_workers=0))
+    got = list(plain)
+    assert len(got) == len(ref) == 2
+    for x, y in zip(got, ref):
+        assert torch.equal(x["index_unlabeled"], y["index_unlabeled"])
+        torch.testing.assert_close(x["boxes"], y["boxes"], atol=1e-5, rtol=0)
+        assert check_tracking(x["images"], x["boxes"], 48) > 0
+        check_tracking(x["images_weak"], x["boxes_weak"], 48)
+        assert (x["images_weak"] - y["images_weak"]).abs().mean() < 0.05  # DALI's cubic vs torchvision's
+        assert x["images_strong"].shape == (8, 3, 48, 48) and torch.isfinite(x["images_strong"]).all()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_seed_same_batches_new_epoch_new_draws(tmp_path, backend):
     ds = rect_dataset(tmp_path, n=16)
