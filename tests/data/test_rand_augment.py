@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import warnings
 from pathlib import Path
 
@@ -314,41 +313,3 @@ def test_dali_op_rejects_bad_input(image, ops, mags, match):
         run_op([image], [ops], [mags])
 
 
-@needs_plugin
-def test_timing_against_dalis_rand_augment():
-    """Not asserted: ferfast_rand_augment vs nvidia.dali.auto_aug.rand_augment, 64 images of 70x70, one thread."""
-    from nvidia.dali import fn, pipeline_def
-    from nvidia.dali.auto_aug import rand_augment
-
-    assert load_plugin()
-    rng = np.random.default_rng(0)
-    n = 64
-    images = [make_image(70, 70, rng) for _ in range(n)]
-    cfg = RandAugmentConfig()
-
-    def draws():
-        d = draw_rand_augment(rng, n, cfg, np.full((n, 2), 70))
-        return images, list(d.ops), list(d.magnitudes)
-
-    @pipeline_def(batch_size=n, num_threads=1, device_id=None, prefetch_queue_depth=1)
-    def ours():
-        x, o, m = fn.external_source(source=draws, num_outputs=3, batch=True, layout=["HWC", "", ""])
-        return fn.ferfast_rand_augment(x, o, m)
-
-    @pipeline_def(batch_size=n, num_threads=1, device_id=None, prefetch_queue_depth=1, enable_conditionals=True)
-    def dalis():
-        x = fn.external_source(source=lambda: images, batch=True, layout="HWC")
-        return rand_augment.rand_augment(x, shape=[70, 70], n=2, m=27, num_magnitude_bins=NUM_MAGNITUDE_BINS)
-
-    for name, make in (("ferfast_rand_augment", ours), ("dali rand_augment", dalis)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            p = make()
-            p.build()
-            p.run()
-            t = time.perf_counter()
-            for _ in range(5):
-                (out,) = p.run()
-            dt = (time.perf_counter() - t) / 5
-        assert len(out) == n
-        print(f"{name}: {dt * 1e3:.2f} ms per batch of {n} 70x70 images ({dt / n * 1e6:.0f} us per image, 1 thread)")
