@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ferfast.data._atomic import write_text_atomic
+from ferfast._io import write_text_atomic
 
 __all__ = [
     "BOX_SIDECAR",

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ferfast.data._atomic import write_text_atomic
+from ferfast._io import write_text_atomic
 from ferfast.data.base import FaceDataset
 
 __all__ = [

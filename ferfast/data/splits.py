@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ferfast.data._atomic import write_text_atomic
+from ferfast._io import write_text_atomic
 
 __all__ = ["LabelSplit", "labeled_per_class", "load_split", "save_split", "split_labeled"]
 

@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ferfast.data._atomic import write_text_atomic
+from ferfast._io import write_text_atomic
 from ferfast.data.base import BOX_SIDECAR, FER7_CLASSES, UNREADABLE_FILE, save_box_sidecar
 from ferfast.data.formats.rafdb import RAFDB_CLASSES
 from ferfast.data.synthetic.faces import SyntheticFaceConfig, render_faces

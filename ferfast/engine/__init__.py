@@ -1,0 +1,98 @@
+"""ferfast's training engine: checkpoints, EMA, metrics, learning-rate schedules, logs and distributed helpers.
+
+The training loops (pretrain, stage 1, stage 2) are built from these parts and from the steps of
+:mod:`ferfast.engine.steps` (one training step of each stage).
+"""
+
+from __future__ import annotations
+
+from ferfast.engine.checkpoint import (
+    LAST_CHECKPOINT,
+    capture_rng,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng,
+    save_checkpoint,
+    save_epoch_checkpoint,
+    strip_wrapper_prefixes,
+    to_plain,
+    unwrap_model,
+    write_atomic,
+)
+from ferfast.engine.dist import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    cleanup,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_distributed,
+    is_main_process,
+)
+from ferfast.engine.ema import ModelEma
+from ferfast.engine.logging import (
+    LOG_FILE,
+    MetricLogger,
+    NonFiniteLossError,
+    check_finite,
+    epoch_summary,
+    progress,
+    tensorboard_available,
+)
+from ferfast.engine.metrics import classification_metrics, confusion_matrix, confusion_png_size, save_confusion_png
+from ferfast.engine.schedule import cosine_with_warmup, scaled_lr, set_lr, step_decay
+from ferfast.engine.steps import StepOutput, autocast, pretrain_step, stage1_step, stage2_step, to_device
+
+__all__ = [
+    "LAST_CHECKPOINT",
+    "LOG_FILE",
+    "DistInfo",
+    "MetricLogger",
+    "ModelEma",
+    "NonFiniteLossError",
+    "StepOutput",
+    "all_reduce_mean",
+    "autocast",
+    "barrier",
+    "broadcast_object",
+    "capture_rng",
+    "check_finite",
+    "checkpoint_path",
+    "classification_metrics",
+    "cleanup",
+    "confusion_matrix",
+    "confusion_png_size",
+    "cosine_with_warmup",
+    "epoch_summary",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_distributed",
+    "is_main_process",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "pretrain_step",
+    "progress",
+    "prune_checkpoints",
+    "restore_rng",
+    "save_checkpoint",
+    "save_confusion_png",
+    "save_epoch_checkpoint",
+    "scaled_lr",
+    "set_lr",
+    "stage1_step",
+    "stage2_step",
+    "step_decay",
+    "strip_wrapper_prefixes",
+    "tensorboard_available",
+    "to_device",
+    "to_plain",
+    "unwrap_model",
+    "write_atomic",
+]

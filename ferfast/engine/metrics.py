@@ -1,0 +1,184 @@
+"""Evaluation metrics of FER on a test split: accuracy, mean class accuracy, macro-F1 and the confusion matrix.
+
+Macro-F1 follows scikit-learn's ``f1_score(average="macro", zero_division=0)``: classes that occur in neither
+``y_true`` nor ``y_pred`` are left out of the average, a class that is only predicted scores 0. Mean class
+accuracy averages the recall of the classes present in ``y_true``. The confusion matrix can be drawn as a PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ferfast.engine.checkpoint import write_atomic
+
+__all__ = ["classification_metrics", "confusion_matrix", "confusion_png_size", "save_confusion_png"]
+
+
+def _labels(values: Any, name: str, num_classes: int) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one class index per sample (1-D), got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+        raise ValueError(f"{name} has class indices outside [0, {num_classes}): min {arr.min()}, max {arr.max()}")
+    return arr
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
+    """``C[i, j]`` = number of samples of true class ``i`` predicted as ``j`` (int64, ``num_classes`` square)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    t = _labels(y_true, "y_true", num_classes)
+    p = _labels(y_pred, "y_pred", num_classes)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred must have the same length, got {t.size} and {p.size}")
+    counts = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def classification_metrics(y_true: Any, y_pred: Any, num_classes: int) -> dict[str, Any]:
+    """Accuracy, mean class accuracy, macro-F1, per-class accuracy / F1 and the confusion matrix.
+
+    ``per_class_accuracy`` is NaN for a class absent from ``y_true``; ``support`` counts each class's samples.
+    """
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    total = int(cm.sum())
+    if total == 0:
+        raise ValueError("y_true is empty: no samples to evaluate")
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1)  # true samples per class
+    predicted = cm.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_class_acc = np.where(support > 0, tp / support, np.nan)
+        denom = 2 * tp + (predicted - tp) + (support - tp)  # 2tp + fp + fn
+        per_class_f1 = np.where(denom > 0, 2 * tp / denom, 0.0)
+    present = support > 0
+    in_average = present | (predicted > 0)  # sklearn's default labels: those in y_true or y_pred
+    return {
+        "accuracy": float(tp.sum() / total),
+        "mean_class_accuracy": float(per_class_acc[present].mean()),
+        "macro_f1": float(per_class_f1[in_average].mean()),
+        "per_class_accuracy": [float(v) for v in per_class_acc],
+        "per_class_f1": [float(v) for v in per_class_f1],
+        "support": [int(v) for v in support],
+        "confusion": cm,
+        "num_samples": total,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ the PNG
+
+
+def confusion_png_size(num_classes: int, cell_size: int = 64) -> tuple[int, int]:
+    """The (width, height) of :func:`save_confusion_png`'s image: label margins of 5/2 and 3/2 cells around the grid."""
+    left, top, pad = _margins(cell_size)
+    return left + num_classes * cell_size + pad, top + num_classes * cell_size + pad
+
+
+def _margins(cell_size: int) -> tuple[int, int, int]:
+    return (5 * cell_size) // 2, (3 * cell_size) // 2, cell_size // 4
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
+    """``text``, cut with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font: Any, fill: Any, align: str) -> None:
+    """Draw ``text`` with ``xy`` at its left/middle/right (``align[0]``) and top/middle/bottom (``align[1]``) edge;
+    placed from its bounding box, so that bitmap fonts (which have no ``anchor``) work too."""
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    x = xy[0] - {"l": x0, "m": (x0 + x1) / 2, "r": x1}[align[0]]
+    y = xy[1] - {"t": y0, "m": (y0 + y1) / 2, "b": y1}[align[1]]
+    draw.text((x, y), text, fill=fill, font=font)
+
+
+def _colour(v: float) -> tuple[int, int, int]:
+    """White (0) to dark blue (1), like matplotlib's ``Blues``."""
+    lo, hi = np.array([247, 251, 255]), np.array([8, 48, 107])
+    return tuple(int(c + 0.5) for c in lo + (hi - lo) * min(max(v, 0.0), 1.0))
+
+
+def save_confusion_png(
+    confusion: Any,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    cell_size: int = 64,
+    title: str | None = None,
+) -> Path:
+    """Draw the confusion matrix (rows: true class, columns: predicted) as a labelled PNG, atomically.
+
+    Cells are coloured by the row-normalised rate (recall per true class) and show the count and the rate.
+    """
+    cm = np.asarray(confusion.detach().cpu().numpy() if hasattr(confusion, "detach") else confusion)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion must be a square matrix, got shape {cm.shape}")
+    k = cm.shape[0]
+    if len(class_names) != k:
+        raise ValueError(f"class_names has {len(class_names)} names for a {k}x{k} confusion matrix")
+    if isinstance(cell_size, bool) or not isinstance(cell_size, int) or cell_size < 16:
+        raise ValueError(f"cell_size must be an int >= 16, got {cell_size!r}")
+    if str(path).lower().rsplit(".", 1)[-1] != "png":
+        raise ValueError(f"path must end in .png, got {path}")
+    rows = cm.sum(axis=1, keepdims=True).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rates = np.where(rows > 0, cm / np.maximum(rows, 1), 0.0)
+
+    width, height = confusion_png_size(k, cell_size)
+    left, top, _ = _margins(cell_size)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    label_font = _font(max(10, cell_size // 5))
+    cell_font = _font(max(9, cell_size // 5))
+    small_font = _font(max(8, cell_size // 6))
+
+    title = title if title is not None else f"Confusion matrix (n={int(cm.sum())}, acc={_acc(cm):.3f})"
+    draw.text((left, 4), _fit(draw, title, label_font, width - left - 4), fill="black", font=label_font)
+    draw.text((4, top - cell_size // 2), "true \\ predicted", fill="gray", font=small_font)
+    for i, name in enumerate(class_names):
+        y = top + i * cell_size + cell_size // 2
+        _text(draw, (left - 6, y), _fit(draw, str(name), label_font, left - 10), label_font, "black", "rm")
+        x = left + i * cell_size + cell_size // 2
+        _text(draw, (x, top - 6), _fit(draw, str(name), small_font, cell_size - 4), small_font, "black", "mb")
+    for i in range(k):
+        for j in range(k):
+            x0, y0 = left + j * cell_size, top + i * cell_size
+            fill = _colour(float(rates[i, j]))
+            draw.rectangle((x0, y0, x0 + cell_size - 1, y0 + cell_size - 1), fill=fill, outline=(200, 200, 200))
+            ink = "white" if rates[i, j] > 0.5 else "black"
+            cx, cy = x0 + cell_size // 2, y0 + cell_size // 2
+            _text(draw, (cx, cy - 1), str(int(cm[i, j])), cell_font, ink, "mb")
+            _text(draw, (cx, cy + 2), f"{rates[i, j]:.2f}", small_font, ink, "mt")
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return write_atomic(path, lambda fh: fh.write(buf.getvalue()))
+
+
+def _acc(cm: np.ndarray) -> float:
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total else math.nan

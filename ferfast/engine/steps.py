@@ -1,0 +1,87 @@
+"""One training step of each stage, as plain functions: batch in, loss (and statistics) out.
+
+The loops (pretrain, stage 1, stage 2) call these; so do the tests, which compare them with
+literal transcriptions of SSFER's steps. A batch is the loaders' dict (``ferfast.data``); models
+are ``nn.Module``s: a classifier ``model(images) -> logits``, and for pretraining an MAE whose
+``forward(images, mask_ratio) -> (loss, pred, mask)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ferfast.ops import FaceIoUMixup, fixmatch_loss
+
+__all__ = ["StepOutput", "autocast", "pretrain_step", "stage1_step", "stage2_step", "to_device"]
+
+
+@dataclass
+class StepOutput:
+    """A step's loss (to backpropagate) and its scalar statistics (for the logs)."""
+
+    loss: Tensor
+    stats: dict[str, float]
+
+
+def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """The batch's tensors on ``device`` (asynchronous copies from pinned memory)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast (``precision="bf16"``) on the batch's device, or nothing (``"fp32"``)."""
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def pretrain_step(mae: nn.Module, batch: dict[str, Tensor], mask_ratio: float = 0.75) -> StepOutput:
+    """MAE pretraining: reconstruct the masked patches of ``batch["images"]``."""
+    loss, _pred, mask = mae(batch["images"], mask_ratio=mask_ratio)
+    return StepOutput(loss, {"loss": float(loss.detach()), "mask_ratio": float(mask.float().mean())})
+
+
+def stage1_step(model: nn.Module, batch: dict[str, Tensor], mixup: FaceIoUMixup) -> StepOutput:
+    """Stage 1: face-IoU Mixup of the labeled batch, one forward pass over ``[originals; mixed]``, SSFER's loss."""
+    mixed = mixup({"images": batch["images"], "labels": batch["labels"], "boxes": batch.get("boxes")})
+    logits = model(mixed.images)
+    loss = mixed.loss(logits)
+    stats = {"loss": float(loss.detach()), "lam": float(mixed.lam.float().mean()), "face_iou": float(mixed.iou.mean())}
+    return StepOutput(loss, stats)
+
+
+def stage2_step(
+    student: nn.Module,
+    teacher: nn.Module,
+    batch: dict[str, Tensor],
+    *,
+    threshold: float = 0.7,
+    unlabeled_weight: float = 5.0,
+    label_smoothing: float = 0.1,
+) -> StepOutput:
+    """Stage 2 (FixMatch): supervised CE on the labeled view + ``unlabeled_weight`` x the EMA teacher's
+    confident pseudo-labels (weak view, ``p >= threshold``) on the student's strong view.
+
+    The student sees the labeled and strong views in one forward pass; the teacher only the weak view.
+    """
+    n = batch["images"].shape[0]
+    with torch.no_grad():
+        logits_weak = teacher(batch["images_weak"]).float()
+    logits = student(torch.cat([batch["images"], batch["images_strong"]]))
+    loss_x = F.cross_entropy(logits[:n].float(), batch["labels"], label_smoothing=label_smoothing)
+    loss_u, mask_rate = fixmatch_loss(logits_weak, logits[n:].float(), threshold)
+    loss = loss_x + unlabeled_weight * loss_u
+    stats = {
+        "loss": float(loss.detach()),
+        "loss_x": float(loss_x.detach()),
+        "loss_u": float(loss_u.detach()),
+        "mask_rate": float(mask_rate),
+    }
+    return StepOutput(loss, stats)
