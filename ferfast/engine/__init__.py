@@ -44,6 +44,7 @@ from ferfast.engine.logging import (
     progress,
     tensorboard_available,
 )
+from ferfast.engine.loop import FitConfig, fit
 from ferfast.engine.metrics import classification_metrics, confusion_matrix, confusion_png_size, save_confusion_png
 from ferfast.engine.schedule import cosine_with_warmup, scaled_lr, set_lr, step_decay
 from ferfast.engine.steps import StepOutput, autocast, pretrain_step, stage1_step, stage2_step, to_device
@@ -52,6 +53,7 @@ __all__ = [
     "LAST_CHECKPOINT",
     "LOG_FILE",
     "DistInfo",
+    "FitConfig",
     "MetricLogger",
     "ModelEma",
     "NonFiniteLossError",
@@ -69,6 +71,7 @@ __all__ = [
     "confusion_png_size",
     "cosine_with_warmup",
     "epoch_summary",
+    "fit",
     "get_rank",
     "get_world_size",
     "init_distributed",
