@@ -47,12 +47,14 @@ from ferfast.engine.logging import (
 from ferfast.engine.loop import FitConfig, fit
 from ferfast.engine.metrics import classification_metrics, confusion_matrix, confusion_png_size, save_confusion_png
 from ferfast.engine.schedule import cosine_with_warmup, scaled_lr, set_lr, step_decay
+from ferfast.engine.stages import FERData, evaluate, prepare_data, run_pretrain, run_stage1, run_stage2
 from ferfast.engine.steps import StepOutput, autocast, pretrain_step, stage1_step, stage2_step, to_device
 
 __all__ = [
     "LAST_CHECKPOINT",
     "LOG_FILE",
     "DistInfo",
+    "FERData",
     "FitConfig",
     "MetricLogger",
     "ModelEma",
@@ -71,6 +73,7 @@ __all__ = [
     "confusion_png_size",
     "cosine_with_warmup",
     "epoch_summary",
+    "evaluate",
     "fit",
     "get_rank",
     "get_world_size",
@@ -80,10 +83,14 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "prepare_data",
     "pretrain_step",
     "progress",
     "prune_checkpoints",
     "restore_rng",
+    "run_pretrain",
+    "run_stage1",
+    "run_stage2",
     "save_checkpoint",
     "save_confusion_png",
     "save_epoch_checkpoint",
