@@ -47,19 +47,35 @@ __all__ = [
     "available_backends",
     "box_iou",
     "default_backend",
+    "evaluate",
     "face_mixup",
     "facemix_loss",
+    "finetune",
     "fixmatch_loss",
     "fused_head_masked_mse",
     "info",
+    "load_model",
     "masked_patch_mse",
     "mixup_soft_targets",
     "ops",
     "paired_box_iou",
     "patchify_gather",
+    "pretrain",
     "random_masking",
     "resolve_backend",
     "set_default_backend",
     "tune_cpu_allocator",
     "unshuffle_tokens",
 ]
+
+#: The pipeline's entry points, imported on first use so that ``import ferfast`` stays light
+#: (the data layer pulls in torchvision, OpenCV and, when installed, DALI).
+_API = ("evaluate", "finetune", "load_model", "pretrain")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from ferfast import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ferfast' has no attribute {name!r}")

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ferfast.train", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
+    from ferfast.cli.stages import add_parsers
+
+    add_parsers(subparsers)  # pretrain, finetune, semisup, evaluate
     for name in COMMANDS:
         module = importlib.import_module(f"ferfast.cli.{name}")
         sub = module.add_parser(subparsers)

@@ -1,0 +1,108 @@
+"""``ferfast.pretrain / finetune / evaluate / load_model``: the pipeline in one call each.
+
+Each takes a :class:`~ferfast.config.TrainConfig` (or nothing) plus overrides as keyword arguments,
+``section__field=value`` (``data__root="/data/RAF-DB/basic"``, ``stage1__epochs=10``), or a
+mapping of dotted keys. Defaults are SSFER's recipes (DESIGN.md section 4)::
+
+    import ferfast
+    ckpt = ferfast.pretrain(data__unlabeled_root="/data/ms1m", run__output_dir="runs/mae")
+    result = ferfast.finetune(data__root="/data/RAF-DB/basic", data__labeled_fraction=0.25,
+                              model__pretrained=ckpt, run__output_dir="runs/raf25")
+    model, class_names = ferfast.load_model("runs/raf25/stage2/checkpoint-last.pth")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ferfast.config import TrainConfig, build_config, config_from_dict, save_config
+from ferfast.engine.checkpoint import load_checkpoint
+from ferfast.engine.stages import evaluate as _evaluate
+from ferfast.engine.stages import prepare_data, run_pretrain, run_stage1, run_stage2
+from ferfast.models import create_model
+
+__all__ = ["STAGES", "evaluate", "finetune", "load_model", "make_config", "pretrain"]
+
+#: What :func:`finetune` can run.
+STAGES = ("stage1", "stage2")
+
+
+def make_config(
+    config: TrainConfig | None = None, overrides: Mapping[str, Any] | None = None, **kwargs: Any
+) -> TrainConfig:
+    """A :class:`TrainConfig` from ``config`` (or the defaults), then ``section__field`` kwargs, then dotted
+    overrides."""
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a ferfast.config.TrainConfig, got {type(config).__name__}")
+    base = {} if config is None else {"data": config.data, "model": config.model, "run": config.run,
+                                      "pretrain": config.pretrain, "stage1": config.stage1, "stage2": config.stage2}
+    return build_config(TrainConfig, overrides=overrides, **{**base, **kwargs})
+
+
+def pretrain(config: TrainConfig | None = None, **kwargs: Any) -> Path:
+    """MAE pretraining on unlabeled faces; returns the checkpoint that :func:`finetune` starts from."""
+    cfg = make_config(config, **kwargs)
+    save_config(cfg, Path(cfg.run.output_dir) / "config.yaml")
+    return run_pretrain(cfg)
+
+
+def finetune(config: TrainConfig | None = None, stages: Sequence[str] = STAGES, **kwargs: Any) -> dict[str, Any]:
+    """Stage 1 (face-IoU Mixup) and/or stage 2 (FixMatch), then the evaluation on the test split.
+
+    Returns ``{"metrics": {...}, "checkpoint": Path, "class_names": [...]}`` of the last stage run.
+    Stage 2 alone starts from ``output_dir/stage1``'s checkpoint.
+    """
+    stages = tuple(stages)
+    if not stages or any(s not in STAGES for s in stages):
+        raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {stages}")
+    cfg = make_config(config, **kwargs)
+    out = Path(cfg.run.output_dir)
+    save_config(cfg, out / "config.yaml")
+    data = prepare_data(cfg)
+    if "stage1" in stages:
+        model = run_stage1(cfg, data).module
+    else:
+        model, _ = load_model(out / "stage1" / "checkpoint-last.pth")
+    if "stage2" in stages:
+        model = run_stage2(cfg, data, model).module
+    last = stages[-1]
+    metrics = _evaluate(model, data.test, cfg, out / last / "eval")
+    return {"metrics": metrics, "checkpoint": out / last / "checkpoint-last.pth", "class_names": list(data.class_names)}
+
+
+def load_model(checkpoint: str | os.PathLike, *, ema: bool = True) -> tuple[nn.Module, list[str]]:
+    """The classifier saved by stage 1 or 2 (its EMA weights by default) and its class names, on the CPU."""
+    ckpt = load_checkpoint(checkpoint)
+    args = {k: v for k, v in (ckpt.get("args") or {}).items() if k != "stage"}
+    cfg = config_from_dict(TrainConfig, args)
+    class_names = list(ckpt.get("class_names") or [])
+    if not class_names:
+        raise ValueError(f"{checkpoint} has no class names: is it a stage-1 or stage-2 checkpoint of ferfast?")
+    model = create_model(cfg.model.name, img_size=cfg.data.image_size, num_classes=len(class_names),
+                         global_pool=cfg.model.global_pool)  # fmt: skip
+    state = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
+    model.load_state_dict(state)
+    return model.eval(), class_names
+
+
+def evaluate(
+    model: nn.Module | str | os.PathLike, config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Accuracy, mean class accuracy, macro-F1 and the confusion matrix on the test split (``data.test_split``).
+
+    ``model`` is a classifier or a checkpoint path (then its own config is the base of ``config``).
+    """
+    if not isinstance(model, nn.Module):
+        path = model
+        model, _ = load_model(path)
+        if config is None:
+            args = {k: v for k, v in (load_checkpoint(path).get("args") or {}).items() if k != "stage"}
+            config = config_from_dict(TrainConfig, args)
+    cfg = make_config(config, **kwargs)
+    return _evaluate(model, prepare_data(cfg).test, cfg, None if out_dir is None else Path(out_dir))

@@ -1,0 +1,86 @@
+"""The pipeline from the command line and the Python API: pretrain -> finetune -> semisup -> evaluate (tiny, CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ferfast
+from ferfast.data import write_synthetic_dataset
+from ferfast.data.synthetic import SyntheticFaceConfig
+from ferfast.train import main
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(out, num_train=56, num_test=21, num_unlabeled=32, num_identities=8,
+                            num_unlabeled_identities=4, config=SyntheticFaceConfig(size=32), workers=1)
+    return out
+
+
+def tiny(synth, out) -> list[str]:
+    return [
+        "--data.root", str(synth), "--data.unlabeled_root", str(synth / "unlabeled"), "--data.image_size", "32",
+        "--data.loader", "torch", "--data.num_workers", "0", "--data.labeled_fraction", "0.5",
+        "--model.name", "vit_demo", "--model.drop_path", "0", "--run.output_dir", str(out), "--run.device", "cpu",
+        "--run.tensorboard", "false",
+    ]  # fmt: skip
+
+
+def test_cli_runs_every_stage(synth, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", *tiny(synth, out), "--pretrain.epochs", "1", "--pretrain.batch_size", "16"]) == 0
+    ckpt = out / "pretrain" / "checkpoint-last.pth"
+    assert ckpt.is_file()
+    assert main(["finetune", *tiny(synth, out), "--model.pretrained", str(ckpt), "--stage1.epochs", "1",
+                 "--stage1.batch_size", "8"]) == 0  # fmt: skip
+    assert "stage1: accuracy" in capsys.readouterr().out
+    assert main(["semisup", *tiny(synth, out), "--stage2.epochs", "1", "--stage2.batch_size", "8",
+                 "--stage2.unlabeled_batch_size", "8"]) == 0  # fmt: skip
+    assert (out / "stage2" / "eval" / "confusion.png").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "stage2" / "checkpoint-last.pth")]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(printed[: printed.rindex("}") + 1])
+    assert set(metrics) == {"accuracy", "mean_class_accuracy", "macro_f1"} and 0 <= metrics["accuracy"] <= 1
+
+
+def test_cli_bad_values_name_the_option(synth, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", *tiny(synth, tmp_path), "--stage1.epochs", "zero"])
+    assert e.value.code == 2 and "stage1.epochs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["finetune", "--stage2.threshold", "0.5"])  # a stage-2 option is not one of finetune's
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(tmp_path / "missing.pth")])
+    assert e.value.code == 2 and "missing.pth" in capsys.readouterr().err
+
+
+def test_help_lists_the_commands_in_a_real_process():
+    cmd = [sys.executable, "-m", "ferfast.train", "--help"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    for command in ("pretrain", "finetune", "semisup", "evaluate", "data"):
+        assert command in done.stdout
+
+
+def test_python_api_finetune_and_load_model(synth, tmp_path):
+    result = ferfast.finetune(
+        stages=("stage1",), data__root=str(synth), data__image_size=32, data__loader="torch", data__num_workers=0,
+        data__labeled_fraction=0.5, model__name="vit_demo", run__output_dir=str(tmp_path), run__device="cpu",
+        run__tensorboard=False, stage1__epochs=1, stage1__batch_size=8,
+    )  # fmt: skip
+    assert result["checkpoint"].is_file() and len(result["class_names"]) == 7
+    model, names = ferfast.load_model(result["checkpoint"])
+    assert names == result["class_names"]
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    again = ferfast.evaluate(result["checkpoint"])
+    assert again["accuracy"] == pytest.approx(result["metrics"]["accuracy"])  # the EMA weights, evaluated again
+    with pytest.raises(ValueError, match="stages"):
+        ferfast.finetune(stages=("stage3",))
