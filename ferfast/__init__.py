@@ -70,7 +70,7 @@ __all__ = [
 
 #: The pipeline's entry points, imported on first use so that ``import ferfast`` stays light
 #: (the data layer pulls in torchvision, OpenCV and, when installed, DALI).
-_API = ("evaluate", "finetune", "load_model", "pretrain")
+_API = ("evaluate", "finetune", "load_model", "predict", "pretrain")
 
 
 def __getattr__(name: str):

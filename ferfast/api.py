@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from ferfast.config import TrainConfig, build_config, config_from_dict, save_config
@@ -26,7 +27,7 @@ from ferfast.engine.stages import evaluate as _evaluate
 from ferfast.engine.stages import prepare_data, run_pretrain, run_stage1, run_stage2
 from ferfast.models import create_model
 
-__all__ = ["STAGES", "evaluate", "finetune", "load_model", "make_config", "pretrain"]
+__all__ = ["STAGES", "evaluate", "finetune", "load_model", "make_config", "predict", "pretrain"]
 
 #: What :func:`finetune` can run.
 STAGES = ("stage1", "stage2")
@@ -106,3 +107,75 @@ def evaluate(
             config = config_from_dict(TrainConfig, args)
     cfg = make_config(config, **kwargs)
     return _evaluate(model, prepare_data(cfg).test, cfg, None if out_dir is None else Path(out_dir))
+
+
+def _face_crop(image: np.ndarray, box: np.ndarray | None, margin: float) -> np.ndarray:
+    """The face box (relative xyxy) widened by ``margin`` of its size on each side, clamped; the image if no box."""
+    if box is None:
+        return image
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = max(0, int((x1 - dx) * w)), max(0, int((y1 - dy) * h))
+    right, bottom = min(w, int(np.ceil((x2 + dx) * w))), min(h, int(np.ceil((y2 + dy) * h)))
+    return image[top:bottom, left:right] if right > left and bottom > top else image
+
+
+def predict(
+    model: nn.Module | str | os.PathLike,
+    images: Sequence[str | os.PathLike],
+    *,
+    detect: bool = True,
+    margin: float = 0.2,
+    image_size: int | None = None,
+) -> list[dict[str, Any]]:
+    """Classify the expression of the face in each image file (or photo).
+
+    With ``detect``, the largest face is found with OpenCV's Haar cascade (:class:`ferfast.data.FaceDetector`)
+    and cropped with ``margin`` of its size on each side; when none is found, or without ``detect`` (aligned
+    crops), the whole image is used. Returns, per image: ``file``, ``label``, ``probabilities`` (class ->
+    p) and ``box`` (relative xyxy or None).
+    """
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    from ferfast.data import FACE_MEAN, FACE_STD, decode_rgb
+
+    if not 0.0 <= margin <= 1.0:
+        raise ValueError(f"margin must be in [0, 1], got {margin}")
+    if isinstance(model, nn.Module):
+        class_names = [str(i) for i in range(model.head.out_features)] if hasattr(model, "head") else None
+        size = image_size
+    else:
+        args = {k: v for k, v in (load_checkpoint(model).get("args") or {}).items() if k != "stage"}
+        size = image_size or config_from_dict(TrainConfig, args).data.image_size
+        model, class_names = load_model(model)
+    if size is None:
+        raise ValueError("image_size is needed when model is a module (a checkpoint records it)")
+    detector = None
+    if detect:
+        from ferfast.data import FaceDetector
+
+        detector = FaceDetector()
+    mean = torch.tensor(FACE_MEAN).view(3, 1, 1)
+    std = torch.tensor(FACE_STD).view(3, 1, 1)
+    model = model.eval()
+    results = []
+    for path in images:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise FileNotFoundError(f"cannot read image {path}: {e.strerror or e}") from None
+        image = decode_rgb(data, str(path))
+        box = detector.detect(image) if detector is not None else None
+        crop = torch.from_numpy(np.ascontiguousarray(_face_crop(image, box, margin))).permute(2, 0, 1)
+        x = F.resize(crop, [size, size], F.InterpolationMode.BICUBIC, antialias=True).float() / 255.0
+        with torch.no_grad():
+            probs = model(((x - mean) / std)[None]).float().softmax(-1)[0]
+        names = class_names or [str(i) for i in range(len(probs))]
+        results.append({
+            "file": str(path), "label": names[int(probs.argmax())], "box": None if box is None else box.tolist(),
+            "probabilities": {n: float(p) for n, p in zip(names, probs)},
+        })  # fmt: skip
+    return results

@@ -84,3 +84,33 @@ def test_python_api_finetune_and_load_model(synth, tmp_path):
     assert again["accuracy"] == pytest.approx(result["metrics"]["accuracy"])  # the EMA weights, evaluated again
     with pytest.raises(ValueError, match="stages"):
         ferfast.finetune(stages=("stage3",))
+
+
+def test_predict_matches_the_evaluation_view_and_finds_faces(synth, tmp_path, capsys):
+    from ferfast.data import build_loader, open_dataset
+    from ferfast.data.augment import AugmentConfig
+
+    result = ferfast.finetune(
+        stages=("stage1",), data__root=str(synth), data__image_size=32, data__loader="torch", data__num_workers=0,
+        data__labeled_fraction=0.5, model__name="vit_demo", run__output_dir=str(tmp_path), run__device="cpu",
+        run__tensorboard=False, stage1__epochs=1, stage1__batch_size=8,
+    )  # fmt: skip
+    test = open_dataset("synthetic", synth, "test")
+    files = [test.path(i) for i in range(6)]
+    plain = ferfast.predict(result["checkpoint"], files, detect=False)
+    model, names = ferfast.load_model(result["checkpoint"])
+    (batch,) = list(build_loader("eval", test.subset(range(6)), backend="torch", batch_size=6, num_workers=0,
+                                 config=AugmentConfig(image_size=32)))  # fmt: skip
+    with torch.no_grad():
+        expected = model(batch["images"]).softmax(-1)
+    for r, p in zip(plain, expected):
+        assert r["box"] is None and r["label"] == names[int(p.argmax())]
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        torch.testing.assert_close(torch.tensor([r["probabilities"][n] for n in names]), p, atol=1e-5, rtol=0)
+    detected = ferfast.predict(result["checkpoint"], files, detect=True)
+    assert all(r["label"] in names for r in detected)
+    assert main(["predict", str(result["checkpoint"]), str(files[0]), "--no-detect"]) == 0
+    assert f"{files[0]}: {plain[0]['label']}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(result["checkpoint"]), str(tmp_path / "nope.jpg")])
+    assert e.value.code == 2 and "nope.jpg" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``pretrain``, ``finetune``, ``semisup`` and ``evaluate``: the pipeline's stages from the command line.
+"""``pretrain``, ``finetune``, ``semisup``, ``evaluate`` and ``predict``: the pipeline from the command line.
 
 Every setting of :class:`ferfast.config.TrainConfig` is an option ``--section.field VALUE`` (the
 defaults are SSFER's recipes); ``--config FILE`` (YAML or TOML) sets many at once and the options
@@ -36,8 +36,45 @@ _EXAMPLES = {
 }
 
 
+def _add_predict(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="classify the expression of the face in image files or photos",
+        description="Classify the expression of the face in each image: the largest face is found with OpenCV's "
+        "face detector and cropped with a margin (the whole image when none is found, or with --no-detect for "
+        "aligned crops), then classified by a stage-1 or stage-2 checkpoint.\n\nexample:\n  python -m "
+        "ferfast.train predict runs/raf25/stage2/checkpoint-last.pth photo.jpg",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("checkpoint", help="a stage-1 or stage-2 checkpoint")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--no-detect", action="store_true", help="use the whole image (aligned face crops)")
+    parser.add_argument("--margin", type=float, default=0.2, help="face crop margin, a fraction of the box (0.2)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.set_defaults(command_run=_run_predict, stage_parser=parser)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from ferfast import api
+
+    parser = args.stage_parser
+    if not 0.0 <= args.margin <= 1.0:
+        parser.error(f"argument --margin: must be in [0, 1], got {args.margin}")
+    try:
+        results = api.predict(args.checkpoint, args.images, detect=not args.no_detect, margin=args.margin)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        parser.error(str(e))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+        face = "face found" if r["box"] is not None else "whole image"
+        print(f"{r['file']}: {r['label']} ({face}; " + ", ".join(f"{n} {p:.2f}" for n, p in top) + ")")
+    return 0
+
+
 def add_parsers(subparsers: Any) -> None:
-    """Add the four stage commands to the ``ferfast.train`` parser."""
+    """Add the stage commands and ``predict`` to the ``ferfast.train`` parser."""
     for name, (help_line, sections) in COMMAND_HELP.items():
         parser = subparsers.add_parser(
             name, help=help_line, description=f"{help_line}.\n\nexample:\n  {_EXAMPLES[name]}",
@@ -48,6 +85,7 @@ def add_parsers(subparsers: Any) -> None:
             parser.add_argument("--out", help="folder for metrics.json and confusion.png (default: next to it)")
         add_config_arguments(parser, TrainConfig, sections=sections)
         parser.set_defaults(command_run=_run, stage_command=name, stage_parser=parser)
+    _add_predict(subparsers)
 
 
 def _run(args: argparse.Namespace) -> int:
