@@ -27,7 +27,7 @@ from ferfast.engine.stages import evaluate as _evaluate
 from ferfast.engine.stages import prepare_data, run_pretrain, run_stage1, run_stage2
 from ferfast.models import create_model
 
-__all__ = ["STAGES", "evaluate", "finetune", "load_model", "make_config", "predict", "pretrain"]
+__all__ = ["STAGES", "evaluate", "finetune", "load_model", "load_trained", "make_config", "predict", "pretrain"]
 
 #: What :func:`finetune` can run.
 STAGES = ("stage1", "stage2")
@@ -78,6 +78,12 @@ def finetune(config: TrainConfig | None = None, stages: Sequence[str] = STAGES, 
 
 def load_model(checkpoint: str | os.PathLike, *, ema: bool = True) -> tuple[nn.Module, list[str]]:
     """The classifier saved by stage 1 or 2 (its EMA weights by default) and its class names, on the CPU."""
+    model, class_names, _ = load_trained(checkpoint, ema=ema)
+    return model, class_names
+
+
+def load_trained(checkpoint: str | os.PathLike, *, ema: bool = True) -> tuple[nn.Module, list[str], TrainConfig]:
+    """:func:`load_model` plus the run's config saved in the checkpoint (the file is read once)."""
     ckpt = load_checkpoint(checkpoint)
     args = {k: v for k, v in (ckpt.get("args") or {}).items() if k != "stage"}
     cfg = config_from_dict(TrainConfig, args)
@@ -88,7 +94,7 @@ def load_model(checkpoint: str | os.PathLike, *, ema: bool = True) -> tuple[nn.M
                          global_pool=cfg.model.global_pool)  # fmt: skip
     state = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     model.load_state_dict(state)
-    return model.eval(), class_names
+    return model.eval(), class_names, cfg
 
 
 def evaluate(
@@ -100,11 +106,8 @@ def evaluate(
     ``model`` is a classifier or a checkpoint path (then its own config is the base of ``config``).
     """
     if not isinstance(model, nn.Module):
-        path = model
-        model, _ = load_model(path)
-        if config is None:
-            args = {k: v for k, v in (load_checkpoint(path).get("args") or {}).items() if k != "stage"}
-            config = config_from_dict(TrainConfig, args)
+        model, _, saved = load_trained(model)
+        config = saved if config is None else config
     cfg = make_config(config, **kwargs)
     return _evaluate(model, prepare_data(cfg).test, cfg, None if out_dir is None else Path(out_dir))
 
@@ -147,9 +150,8 @@ def predict(
         class_names = [str(i) for i in range(model.head.out_features)] if hasattr(model, "head") else None
         size = image_size
     else:
-        args = {k: v for k, v in (load_checkpoint(model).get("args") or {}).items() if k != "stage"}
-        size = image_size or config_from_dict(TrainConfig, args).data.image_size
-        model, class_names = load_model(model)
+        model, class_names, saved = load_trained(model)
+        size = image_size or saved.data.image_size
     if size is None:
         raise ValueError("image_size is needed when model is a module (a checkpoint records it)")
     detector = None

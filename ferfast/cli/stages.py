@@ -95,17 +95,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage_command == "evaluate":
         from pathlib import Path
 
-        from ferfast.config import config_from_dict
-        from ferfast.engine.checkpoint import load_checkpoint
-
         try:
-            saved = {k: v for k, v in (load_checkpoint(args.checkpoint).get("args") or {}).items() if k != "stage"}
+            model, _, base = api.load_trained(args.checkpoint)
         except (FileNotFoundError, ValueError) as e:
             parser.error(f"argument checkpoint: {e}")
-        base = config_from_dict(TrainConfig, saved)
         cfg = config_from_args(TrainConfig, args, parser, data=base.data, model=base.model, run=base.run)
         out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
-        result = api.evaluate(args.checkpoint, cfg, out)
+        result = api.evaluate(model, cfg, out)
         print(json.dumps({k: result[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1")}, indent=2))
         print(f"metrics and confusion matrix written to {out}")
         return 0

@@ -227,15 +227,11 @@ class FaceDataset:
 
     def relative_boxes(self, i: int, width: int, height: int) -> np.ndarray:
         """Box ``i`` relative to the image size, ``[0, 0, 1, 1]`` (the whole crop) when unknown."""
-        box = self.boxes[i].astype(np.float64)
-        if not np.isfinite(box).all():
-            return np.array([0.0, 0.0, 1.0, 1.0])
-        if self.box_units == "pixel":
-            box = box / np.array([width, height, width, height], np.float64)
-        return np.clip(box, 0.0, 1.0)
+        return self.relative_boxes_many(np.array([i]), np.array([[width, height]]))[0]
 
     def relative_boxes_many(self, indices: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        """:meth:`relative_boxes` of many images: ``[N, 4]`` for ``indices`` and their ``sizes`` ``[N, 2]`` (W, H)."""
+        """Boxes of many images relative to their sizes: ``[N, 4]`` for ``indices`` and ``sizes`` ``[N, 2]`` (W, H);
+        ``[0, 0, 1, 1]`` (the whole crop) where a box is unknown."""
         box = self.boxes[np.asarray(indices, dtype=np.int64)].astype(np.float64)
         if self.box_units == "pixel":
             wh = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)

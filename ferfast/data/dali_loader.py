@@ -16,7 +16,6 @@ the pipeline and carries on from the same step: the epoch is not lost.
 from __future__ import annotations
 
 import importlib.util
-import io
 import os
 import warnings
 from collections.abc import Iterator
@@ -26,8 +25,8 @@ import numpy as np
 import torch
 
 from ferfast.data.augment import transform_boxes
-from ferfast.data.check import SkipCounter, UnreadableImageError
-from ferfast.data.imageio import MAX_SUBSTITUTE_TRIES, probe_image
+from ferfast.data.check import SkipCounter, check_image
+from ferfast.data.imageio import read_probed
 from ferfast.data.plan import VIEWS, LoaderPlan, PlanLoader
 
 __all__ = ["DaliFaceLoader", "dali_available", "load_plugin", "plugin_path"]
@@ -93,7 +92,7 @@ class _Source:
         self.plan = plan
         self.outputs = outputs  # (kind, stream, view) per pipeline input, in order
         self.skipped = SkipCounter(f"images in the DALI loader ({plan.stage})")
-        self.bad: set[tuple[int, int]] = set()  # (stream, index) found unreadable by DALI's decoder
+        self.bad: list[set[int]] = [set() for _ in plan.streams]  # per stream: indices found unreadable
         self.epoch = 0
         self.step = 0
         self._cache: dict = {}
@@ -104,22 +103,8 @@ class _Source:
         self.in_flight = []
 
     def _read(self, stream: int, i: int) -> tuple[int, np.ndarray, tuple[int, int]]:
-        ds = self.plan.streams[stream].dataset
-        n = len(ds)
-        for k in range(MAX_SUBSTITUTE_TRIES):
-            j = (i + k) % n
-            if (stream, j) in self.bad:
-                continue
-            try:
-                data = ds.read_bytes(j)
-                size = probe_image(data, str(ds.files[j]))
-                return j, np.frombuffer(data, dtype=np.uint8), size
-            except OSError as e:
-                self.bad.add((stream, j))
-                self.skipped.skip(str(ds.files[j]), str(e))
-        raise UnreadableImageError(
-            f"{ds.name}: {MAX_SUBSTITUTE_TRIES} images in a row from {ds.files[i]} are unreadable"
-        )
+        j, data, size = read_probed(self.plan.streams[stream].dataset, i, self.skipped, self.bad[stream])
+        return j, np.frombuffer(data, dtype=np.uint8), size
 
     def __call__(self) -> tuple:
         if self.step >= len(self.plan):
@@ -370,22 +355,20 @@ class DaliFaceLoader(PlanLoader):
         return batch
 
     def _find_undecodable(self) -> int:
-        """Decode the batches in flight with PIL; mark what fails as unreadable; return how many."""
-        from PIL import Image
-
+        """Fully decode the batches in flight (:func:`~ferfast.data.check.check_image`); mark what fails as
+        unreadable; return how many."""
         found = 0
         for _step, per_stream in self._source.in_flight:
             for k, used in enumerate(per_stream):
-                ds = self.plan.streams[k].dataset
-                for j in used:
-                    try:
-                        with Image.open(io.BytesIO(ds.read_bytes(int(j)))) as im:
-                            im.load()
-                    except Exception as e:
-                        if (k, int(j)) not in self._source.bad:
-                            self._source.bad.add((k, int(j)))
-                            self._source.skipped.skip(str(ds.files[int(j)]), f"DALI could not decode it ({e})")
-                            found += 1
+                ds, bad = self.plan.streams[k].dataset, self._source.bad[k]
+                for j in map(int, used):
+                    if j in bad:
+                        continue
+                    reason = check_image(ds.read_bytes(j))
+                    if reason is not None:
+                        bad.add(j)
+                        self._source.skipped.skip(str(ds.files[j]), f"DALI could not decode it ({reason})")
+                        found += 1
         return found
 
     def __iter__(self) -> Iterator[dict]:

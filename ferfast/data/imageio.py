@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 from PIL import Image
 
 from ferfast.data.base import FaceDataset
@@ -85,22 +84,26 @@ def probe_image(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
     return int(width), int(height)
 
 
-def read_probed(dataset: FaceDataset, i: int, skipped: SkipCounter) -> tuple[int, bytes, tuple[int, int]]:
-    """Image ``i``'s bytes and size, or the next readable image's (the skip is counted): ``(index, bytes, (w, h))``."""
+def read_probed(
+    dataset: FaceDataset, i: int, skipped: SkipCounter, bad: set[int] | None = None
+) -> tuple[int, bytes, tuple[int, int]]:
+    """Image ``i``'s bytes and size, or the next readable image's (the skip is counted): ``(index, bytes, (w, h))``.
+
+    ``bad``: indices known to be unreadable, passed over without reading; new failures are added to it.
+    """
     n = len(dataset)
     for k in range(MAX_SUBSTITUTE_TRIES):
         j = (i + k) % n
+        if bad is not None and j in bad:
+            continue
         try:
             data = dataset.read_bytes(j)
             return j, data, probe_image(data, str(dataset.files[j]))
         except OSError as e:  # UnreadableImageError is an OSError, as is a missing file
+            if bad is not None:
+                bad.add(j)
             skipped.skip(str(dataset.files[j]), str(e))
     raise UnreadableImageError(
         f"{dataset.name}: {MAX_SUBSTITUTE_TRIES} images in a row from {dataset.files[i]} are unreadable; "
         "is the dataset root right? Run `python -m ferfast.train data check ROOT`."
     )
-
-
-def as_uint8_array(data: bytes) -> np.ndarray:
-    """The encoded bytes as a 1-D uint8 array (what DALI's decoders take), without a copy."""
-    return np.frombuffer(data, dtype=np.uint8)

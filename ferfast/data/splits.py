@@ -25,23 +25,34 @@ __all__ = ["LabelSplit", "labeled_per_class", "load_split", "save_split", "split
 SPLIT_FORMAT = "ferfast.label_split/1"
 
 
+def class_indices(values: Any, name: str = "labels", num_classes: int | None = None) -> np.ndarray:
+    """Class indices (a sequence, array or tensor) as a 1-D int64 array, checked: integer, non-negative, and
+    below ``num_classes`` when given; errors name the argument ``name``."""
+    if hasattr(values, "detach"):  # a torch tensor
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one class index per sample (1-D), got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if num_classes is not None:
+        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+            raise ValueError(
+                f"{name} has class indices outside [0, {num_classes}): min {arr.min()}, max {arr.max()}"
+            )
+    elif arr.size and arr.min() < 0:
+        raise ValueError(f"{name} must be non-negative class indices, got {int(arr.min())}")
+    return arr
+
+
 def _labels_array(labels: Any) -> np.ndarray:
     """Class labels as a 1-D int64 array: a sequence, array or tensor, or a dataset with ``labels``/``targets``."""
     for attr in ("labels", "targets"):
         if not isinstance(labels, (Sequence, np.ndarray)) and hasattr(labels, attr):
             labels = getattr(labels, attr)
             break
-    if hasattr(labels, "detach"):  # a torch tensor
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"labels must be one class index per image (1-D), got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"labels must be integer class indices, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"labels must be non-negative class indices, got {int(arr.min())}")
-    return arr
+    return class_indices(labels, "labels")
 
 
 def _check_fraction(fraction: object) -> float:

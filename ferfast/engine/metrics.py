@@ -17,31 +17,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ferfast.data.splits import class_indices
 from ferfast.engine.checkpoint import write_atomic
 
 __all__ = ["classification_metrics", "confusion_matrix", "confusion_png_size", "save_confusion_png"]
-
-
-def _labels(values: Any, name: str, num_classes: int) -> np.ndarray:
-    if hasattr(values, "detach"):  # a torch tensor
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one class index per sample (1-D), got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-        raise ValueError(f"{name} has class indices outside [0, {num_classes}): min {arr.min()}, max {arr.max()}")
-    return arr
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
     """``C[i, j]`` = number of samples of true class ``i`` predicted as ``j`` (int64, ``num_classes`` square)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    t = _labels(y_true, "y_true", num_classes)
-    p = _labels(y_pred, "y_pred", num_classes)
+    t = class_indices(y_true, "y_true", num_classes)
+    p = class_indices(y_pred, "y_pred", num_classes)
     if t.shape != p.shape:
         raise ValueError(f"y_true and y_pred must have the same length, got {t.size} and {p.size}")
     counts = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
