@@ -9,10 +9,16 @@ mapping of dotted keys. Defaults are SSFER's recipes (DESIGN.md section 4)::
     result = ferfast.finetune(data__root="/data/RAF-DB/basic", data__labeled_fraction=0.25,
                               model__pretrained=ckpt, run__output_dir="runs/raf25")
     model, class_names = ferfast.load_model("runs/raf25/stage2/checkpoint-last.pth")
+
+Under ``torchrun`` (``torchrun --nproc_per_node N -m ferfast.train finetune ...``, or a script that calls these
+functions) :func:`pretrain`, :func:`finetune` and :func:`evaluate` join the process group for the length of the
+call (NCCL on GPU, gloo on CPU) and leave it at the end; a group the caller set up stays. Only rank 0 writes
+``config.yaml``, checkpoints, logs and the evaluation's files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +29,7 @@ from torch import nn
 
 from ferfast.config import TrainConfig, build_config, config_from_dict, save_config
 from ferfast.engine.checkpoint import load_checkpoint
+from ferfast.engine.dist import distributed, is_main_process
 from ferfast.engine.stages import evaluate as _evaluate
 from ferfast.engine.stages import prepare_data, run_pretrain, run_stage1, run_stage2
 from ferfast.models import create_model
@@ -45,34 +52,48 @@ def make_config(
     return build_config(TrainConfig, overrides=overrides, **{**base, **kwargs})
 
 
+def _save_run_config(cfg: TrainConfig) -> None:
+    """``config.yaml`` in the run's output folder, written by rank 0."""
+    if is_main_process():
+        save_config(cfg, Path(cfg.run.output_dir) / "config.yaml")
+
+
+def _without_resume(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` without ``run.resume``: it applies to the first stage a call runs only."""
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=None))
+
+
 def pretrain(config: TrainConfig | None = None, **kwargs: Any) -> Path:
     """MAE pretraining on unlabeled faces; returns the checkpoint that :func:`finetune` starts from."""
     cfg = make_config(config, **kwargs)
-    save_config(cfg, Path(cfg.run.output_dir) / "config.yaml")
-    return run_pretrain(cfg)
+    with distributed():
+        _save_run_config(cfg)
+        return run_pretrain(cfg)
 
 
 def finetune(config: TrainConfig | None = None, stages: Sequence[str] = STAGES, **kwargs: Any) -> dict[str, Any]:
     """Stage 1 (face-IoU Mixup) and/or stage 2 (FixMatch), then the evaluation on the test split.
 
     Returns ``{"metrics": {...}, "checkpoint": Path, "class_names": [...]}`` of the last stage run.
-    Stage 2 alone starts from ``output_dir/stage1``'s checkpoint.
+    Stage 2 alone starts from ``output_dir/stage1``'s checkpoint. ``run.resume`` applies to the first stage run
+    (a later stage continues from its own folder's checkpoint, if any).
     """
     stages = tuple(stages)
     if not stages or any(s not in STAGES for s in stages):
         raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {stages}")
     cfg = make_config(config, **kwargs)
     out = Path(cfg.run.output_dir)
-    save_config(cfg, out / "config.yaml")
-    data = prepare_data(cfg)
-    if "stage1" in stages:
-        model = run_stage1(cfg, data).module
-    else:
-        model, _ = load_model(out / "stage1" / "checkpoint-last.pth")
-    if "stage2" in stages:
-        model = run_stage2(cfg, data, model).module
-    last = stages[-1]
-    metrics = _evaluate(model, data.test, cfg, out / last / "eval")
+    with distributed():
+        _save_run_config(cfg)
+        data = prepare_data(cfg)
+        if "stage1" in stages:
+            model = run_stage1(cfg, data).module
+        else:
+            model, _ = load_model(out / "stage1" / "checkpoint-last.pth")
+        if "stage2" in stages:
+            model = run_stage2(cfg if stages[0] == "stage2" else _without_resume(cfg), data, model).module
+        last = stages[-1]
+        metrics = _evaluate(model, data.test, cfg, out / last / "eval")
     return {"metrics": metrics, "checkpoint": out / last / "checkpoint-last.pth", "class_names": list(data.class_names)}
 
 
@@ -109,7 +130,8 @@ def evaluate(
         model, _, saved = load_trained(model)
         config = saved if config is None else config
     cfg = make_config(config, **kwargs)
-    return _evaluate(model, prepare_data(cfg).test, cfg, None if out_dir is None else Path(out_dir))
+    with distributed():
+        return _evaluate(model, prepare_data(cfg).test, cfg, None if out_dir is None else Path(out_dir))
 
 
 def _face_crop(image: np.ndarray, box: np.ndarray | None, margin: float) -> np.ndarray:

@@ -291,7 +291,7 @@ class DataConfig(_Section):
         default="train", metadata=_doc("split used for training (the labeled part and the unlabeled pool)")
     )
     val_split: str | None = field(
-        default=None, metadata=_doc("split evaluated after each epoch (none: the test split)")
+        default=None, metadata=_doc("split evaluated every run.eval_every epochs of stages 1 and 2 (none: test split)")
     )
     test_split: str = field(
         default="test", metadata=_doc("split of the final evaluation (AffectNet: its validation set)")
@@ -349,7 +349,8 @@ class ModelConfig(_Section):
         metadata=_doc("ViT architecture, MAE's names: vit_base_patch16, vit_large_patch16, ..."),
     )
     num_classes: int | None = field(
-        default=None, metadata=_doc("expression classes (none: the dataset's, e.g. 7 for RAF-DB)")
+        default=None,
+        metadata=_doc("expression classes (none: the dataset's, e.g. 7 for RAF-DB; if set, it must match)"),
     )
     drop_path: float = field(default=0.1, metadata=_doc("stochastic depth rate of fine-tuning"))
     global_pool: bool = field(
@@ -428,9 +429,15 @@ class PretrainConfig(_Section):
     norm_pix_loss: bool = field(
         default=True, metadata=_doc("reconstruct per-patch normalised pixels (MAE's norm_pix_loss)")
     )
-    decoder_embed_dim: int = field(default=512, metadata=_doc("width of the MAE decoder"))
-    decoder_depth: int = field(default=8, metadata=_doc("blocks of the MAE decoder"))
-    decoder_num_heads: int = field(default=16, metadata=_doc("attention heads of the MAE decoder"))
+    decoder_embed_dim: int | None = field(
+        default=None, metadata=_doc("width of the MAE decoder (none: the model's own, 512 for ViT-B, 64 for vit_demo)")
+    )
+    decoder_depth: int | None = field(
+        default=None, metadata=_doc("blocks of the MAE decoder (none: the model's own, 8 for ViT-B, 2 for vit_demo)")
+    )
+    decoder_num_heads: int | None = field(
+        default=None, metadata=_doc("heads of the MAE decoder (none: the model's own, 16 for ViT-B, 4 for vit_demo)")
+    )
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(blr=3.4e-4, warmup_epochs=50, schedule="cosine"),
         metadata=_doc("optimizer: AdamW(0.9, 0.95), wd 0.05, lr 3.4e-4 per 256 images, 50 warmup epochs, cosine"),
@@ -439,6 +446,8 @@ class PretrainConfig(_Section):
     def validate(self) -> None:
         _check_stage(self, "batch_size", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
         _in_unit(self, "mask_ratio", low_open=True, high_open=True)
+        layer_decay = self.optim.layer_decay
+        _check(layer_decay is None, "optim.layer_decay", "is for fine-tuning (MAE pretrains without it)", layer_decay)
 
 
 @dataclass(frozen=True)
@@ -530,18 +539,29 @@ class RunConfig(_Section):
     seed: int = field(default=0, metadata=_doc("seed of the model's initialisation and the augmentations"))
     device: Device = field(default="auto", metadata=_doc("auto (cuda when available), cpu or cuda"))
     precision: Precision = field(
-        default="auto", metadata=_doc("autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32")
+        default="auto",
+        metadata=_doc("autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16 (with a GradScaler) or fp32"),
     )
-    compile: bool = field(default=False, metadata=_doc("torch.compile the model"))
-    resume: Path | None = field(default=None, metadata=_doc("checkpoint to resume from (model, optimizer, epoch, EMA)"))
+    compile: bool = field(default=False, metadata=_doc("torch.compile the model (the training step is unchanged)"))
+    resume: Path | None = field(
+        default=None,
+        metadata=_doc("checkpoint of the first stage run to resume from, when its output folder has none of its own "
+                      "(a run always continues from its own checkpoint-last.pth)"),
+    )  # fmt: skip
     nonfinite: NonFinitePolicy = field(
         default="stop", metadata=_doc("on a NaN/inf loss: stop, or rollback to the last checkpoint")
     )
     log_every: int = field(default=20, metadata=_doc("log metrics every N steps"))
-    eval_every: int = field(default=1, metadata=_doc("evaluate every N epochs"))
-    save_every: int = field(default=10, metadata=_doc("save a checkpoint every N epochs (and after the last)"))
+    eval_every: int = field(
+        default=1, metadata=_doc("stages 1 and 2: evaluate on data.val_split every N epochs and after the last")
+    )
+    save_every: int = field(
+        default=10,
+        metadata=_doc("a numbered checkpoint-<epoch>.pth every N epochs and after the last (checkpoint-last.pth: "
+                      "every epoch)"),
+    )  # fmt: skip
     keep_checkpoints: int = field(
-        default=2, metadata=_doc("keep the N newest periodic checkpoints (plus the last and the best)")
+        default=2, metadata=_doc("keep the N newest numbered checkpoints (plus checkpoint-last and checkpoint-best)")
     )
     tensorboard: bool = field(default=True, metadata=_doc("write TensorBoard events next to the JSON-lines log"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -67,6 +68,23 @@ def test_help_lists_the_commands_in_a_real_process():
     assert done.returncode == 0
     for command in ("pretrain", "finetune", "semisup", "evaluate", "data"):
         assert command in done.stdout
+
+
+def test_finetune_under_torchrun_with_two_processes(synth, tmp_path):
+    from ferfast.engine import RANK_RNG_KEY, load_checkpoint
+    from tests.engine.test_dist import free_port
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "ferfast.train", "finetune", *tiny(synth, out), "--stage1.epochs", "1", "--stage1.batch_size", "4",
+           "--run.log_every", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("stage1: accuracy") == 1  # only rank 0 prints
+    lines = [json.loads(line) for line in (out / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 + 1  # 28 labeled images / (4 x 2 ranks) = 3 steps, and the epoch record: rank 0's alone
+    assert len(load_checkpoint(out / "stage1" / "checkpoint-last.pth")[RANK_RNG_KEY]) == 2
+    assert (out / "config.yaml").is_file() and (out / "stage1" / "eval" / "metrics.json").is_file()
 
 
 def test_python_api_finetune_and_load_model(synth, tmp_path):

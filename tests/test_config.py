@@ -39,6 +39,7 @@ def test_defaults_are_the_papers_recipes():
     # Pretrain: MAE ViT-B/16, mask 0.75, AdamW(0.9, 0.95; wd 0.05), lr 3.4e-4 at batch 256 (linear scaling), 50 warmup
     assert cfg.model.name == "vit_base_patch16" and cfg.data.image_size == 224
     assert pre.mask_ratio == 0.75 and pre.norm_pix_loss
+    assert (pre.decoder_embed_dim, pre.decoder_depth, pre.decoder_num_heads) == (None, None, None)  # the model's own
     assert (pre.optim.betas, pre.optim.weight_decay) == ((0.9, 0.95), 0.05)
     assert pre.optim.lr is None and pre.optim.effective_lr(256) == pytest.approx(3.4e-4)
     assert pre.optim.effective_lr(512) == pytest.approx(6.8e-4)
@@ -252,6 +253,12 @@ def test_bad_value_names_key_and_type(override, key, expected):
         ({"data.scale": (0.5, 0.2)}, "data.scale", "min <= max"),
         ({"stage1.fallback_box": (220, 25, 25, 220)}, "stage1.fallback_box", "x1 < x2"),
         ({"run.keep_checkpoints": 0}, "run.keep_checkpoints", "> 0"),
+        ({"run.save_every": 0}, "run.save_every", "> 0"),
+        ({"run.eval_every": 0}, "run.eval_every", "> 0"),
+        ({"pretrain.decoder_depth": 0}, "pretrain.decoder_depth", "> 0"),
+        ({"pretrain.optim.layer_decay": 0.75}, "pretrain.optim.layer_decay", "fine-tuning"),
+        ({"stage1.optim.layer_decay": 1.5}, "stage1.optim.layer_decay", r"\(0, 1\]"),
+        ({"stage1.mixup_pairing": "shuffle"}, "stage1.mixup_pairing", "flip, random"),
     ],
 )
 def test_validation_names_the_field(overrides, key, problem):

@@ -3,6 +3,9 @@
 Every setting of :class:`ferfast.config.TrainConfig` is an option ``--section.field VALUE`` (the
 defaults are SSFER's recipes); ``--config FILE`` (YAML or TOML) sets many at once and the options
 given win. A bad value exits with status 2 and a message naming the option.
+
+``torchrun --nproc_per_node N -m ferfast.train COMMAND ...`` runs a command with N processes (DDP; NCCL on GPU,
+gloo on CPU): the command joins the process group and leaves it at the end, and only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -89,6 +92,21 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ferfast.engine.dist import distributed
+
+    with distributed():
+        return _run_stage_command(args)
+
+
+def _say(text: str) -> None:
+    """Print on rank 0 only (every rank runs the command)."""
+    from ferfast.engine.dist import is_main_process
+
+    if is_main_process():
+        print(text)
+
+
+def _run_stage_command(args: argparse.Namespace) -> int:
     from ferfast import api
 
     parser = args.stage_parser
@@ -102,16 +120,16 @@ def _run(args: argparse.Namespace) -> int:
         cfg = config_from_args(TrainConfig, args, parser, data=base.data, model=base.model, run=base.run)
         out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
         result = api.evaluate(model, cfg, out)
-        print(json.dumps({k: result[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1")}, indent=2))
-        print(f"metrics and confusion matrix written to {out}")
+        _say(json.dumps({k: result[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1")}, indent=2))
+        _say(f"metrics and confusion matrix written to {out}")
         return 0
     cfg = config_from_args(TrainConfig, args, parser)
     if args.stage_command == "pretrain":
-        print(f"pretrained encoder: {api.pretrain(cfg)}")
+        _say(f"pretrained encoder: {api.pretrain(cfg)}")
         return 0
     stages = ("stage1",) if args.stage_command == "finetune" else ("stage2",)
     result = api.finetune(cfg, stages=stages)
     m = result["metrics"]
-    print(f"{stages[0]}: accuracy {m['accuracy']:.4f}, mean class accuracy {m['mean_class_accuracy']:.4f}, "
-          f"macro-F1 {m['macro_f1']:.4f}; checkpoint {result['checkpoint']}")  # fmt: skip
+    _say(f"{stages[0]}: accuracy {m['accuracy']:.4f}, mean class accuracy {m['mean_class_accuracy']:.4f}, "
+         f"macro-F1 {m['macro_f1']:.4f}; checkpoint {result['checkpoint']}")  # fmt: skip
     return 0

@@ -7,10 +7,12 @@ The training loops (pretrain, stage 1, stage 2) are built from these parts and f
 from __future__ import annotations
 
 from ferfast.engine.checkpoint import (
+    BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     capture_rng,
     checkpoint_path,
     latest_checkpoint,
+    link_checkpoint,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
@@ -24,10 +26,13 @@ from ferfast.engine.checkpoint import (
 )
 from ferfast.engine.dist import (
     DistInfo,
+    all_gather_objects,
+    all_gather_tensor,
     all_reduce_mean,
     barrier,
     broadcast_object,
     cleanup,
+    distributed,
     get_rank,
     get_world_size,
     init_distributed,
@@ -44,15 +49,19 @@ from ferfast.engine.logging import (
     progress,
     tensorboard_available,
 )
-from ferfast.engine.loop import FitConfig, fit
+from ferfast.engine.loop import BEST_KEY, RANK_RNG_KEY, FitConfig, fit
 from ferfast.engine.metrics import classification_metrics, confusion_matrix, confusion_png_size, save_confusion_png
 from ferfast.engine.schedule import cosine_with_warmup, scaled_lr, set_lr, step_decay
 from ferfast.engine.stages import FERData, evaluate, prepare_data, run_pretrain, run_stage1, run_stage2
-from ferfast.engine.steps import StepOutput, autocast, pretrain_step, stage1_step, stage2_step, to_device
+from ferfast.engine.steps import PRECISIONS, StepOutput, autocast, pretrain_step, stage1_step, stage2_step, to_device
 
 __all__ = [
+    "BEST_CHECKPOINT",
+    "BEST_KEY",
     "LAST_CHECKPOINT",
     "LOG_FILE",
+    "PRECISIONS",
+    "RANK_RNG_KEY",
     "DistInfo",
     "FERData",
     "FitConfig",
@@ -60,6 +69,8 @@ __all__ = [
     "ModelEma",
     "NonFiniteLossError",
     "StepOutput",
+    "all_gather_objects",
+    "all_gather_tensor",
     "all_reduce_mean",
     "autocast",
     "barrier",
@@ -72,6 +83,7 @@ __all__ = [
     "confusion_matrix",
     "confusion_png_size",
     "cosine_with_warmup",
+    "distributed",
     "epoch_summary",
     "evaluate",
     "fit",
@@ -81,6 +93,7 @@ __all__ = [
     "is_distributed",
     "is_main_process",
     "latest_checkpoint",
+    "link_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "prepare_data",

@@ -3,7 +3,8 @@
 A checkpoint is MAE's dict ``{'model', 'optimizer', 'epoch', 'scaler', 'ema', 'args'}`` plus ``step`` (the
 iteration inside the epoch, for mid-epoch resumes), ``class_names`` and ``rng`` (the torch, CUDA, numpy and
 Python random states, stored as tensors and plain types so that a ``weights_only`` load reads them). Files are
-named like MAE's: ``checkpoint-{epoch}.pth``, plus ``checkpoint-last.pth`` for ``--resume``.
+named like MAE's: ``checkpoint-{epoch}.pth``, plus ``checkpoint-last.pth`` for ``--resume`` and
+``checkpoint-best.pth`` (the best validation score so far).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from ferfast._io import write_atomic
 from ferfast.models.checkpoint import strip_wrapper_prefixes, unwrap_model
 
 __all__ = [
+    "BEST_CHECKPOINT",
     "LAST_CHECKPOINT",
     "capture_rng",
     "checkpoint_path",
     "latest_checkpoint",
+    "link_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "prune_checkpoints",
@@ -45,6 +48,7 @@ __all__ = [
 ]
 
 LAST_CHECKPOINT = "checkpoint-last.pth"
+BEST_CHECKPOINT = "checkpoint-best.pth"
 _EPOCH_RE = re.compile(r"^checkpoint-(\d+)\.pth$")
 _RESERVED = frozenset(
     {"model", "optimizer", "epoch", "step", "scaler", "ema", "ema_num_updates", "args", "class_names", "rng"}
@@ -275,27 +279,36 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:
     return removed
 
 
-def save_epoch_checkpoint(output_dir: str | os.PathLike, *, epoch: int, keep: int | None = None, **kwargs: Any) -> Path:
-    """Write ``checkpoint-last.pth`` (atomically), link it as ``checkpoint-{epoch}.pth``, keep the ``keep`` newest.
-
-    ``keep=None`` keeps every epoch's file, ``keep=0`` only ``checkpoint-last.pth``. Returns the last file's path.
-    """
-    last = save_checkpoint(checkpoint_path(output_dir), epoch=epoch, **kwargs)
-    if keep != 0:
-        numbered = checkpoint_path(output_dir, epoch)
+def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Make ``dst`` the same file as ``src`` atomically: a hard link (no second copy of a large file), else a copy."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
         def _copy(fh: IO[bytes]) -> None:
-            with open(last, "rb") as src:
-                shutil.copyfileobj(src, fh, length=16 << 20)
+            with open(src, "rb") as source:
+                shutil.copyfileobj(source, fh, length=16 << 20)
 
-        tmp = numbered.with_name(f".{numbered.name}.link.tmp")
-        try:
-            tmp.unlink(missing_ok=True)
-            os.link(last, tmp)  # a hard link: no second copy of a large file
-            os.replace(tmp, numbered)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            write_atomic(numbered, _copy)
+        write_atomic(dst, _copy)
+    return dst
+
+
+def save_epoch_checkpoint(
+    output_dir: str | os.PathLike, *, epoch: int, keep: int | None = None, numbered: bool = True, **kwargs: Any
+) -> Path:
+    """Write ``checkpoint-last.pth`` (atomically), link it as ``checkpoint-{epoch}.pth``, keep the ``keep`` newest.
+
+    ``keep=None`` keeps every epoch's file, ``keep=0`` only ``checkpoint-last.pth``; ``numbered=False`` writes only
+    ``checkpoint-last.pth`` (between two periodic checkpoints). Returns the last file's path.
+    """
+    last = save_checkpoint(checkpoint_path(output_dir), epoch=epoch, **kwargs)
+    if numbered and keep != 0:
+        link_checkpoint(last, checkpoint_path(output_dir, epoch))
     if keep is not None:
         prune_checkpoints(output_dir, keep)
     return last

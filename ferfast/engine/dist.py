@@ -1,13 +1,16 @@
 """torch.distributed helpers for ``torchrun``: process-group setup from its environment and small collectives.
 
 NCCL on GPU, gloo on CPU; without torchrun's variables everything runs as a single process and the
-collectives return their input.
+collectives return their input. :func:`distributed` joins the group for the length of a block (the API and the
+CLI use it), so ``torchrun --nproc_per_node N -m ferfast.train finetune ...`` trains with N processes.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +19,13 @@ import torch.distributed as dist
 
 __all__ = [
     "DistInfo",
+    "all_gather_objects",
+    "all_gather_tensor",
     "all_reduce_mean",
     "barrier",
     "broadcast_object",
     "cleanup",
+    "distributed",
     "get_rank",
     "get_world_size",
     "init_distributed",
@@ -138,6 +144,28 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@torch.no_grad()
+def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's ``tensor`` (same shape on all of them) stacked as ``[world_size, *shape]``, on every process."""
+    if not torch.is_tensor(tensor):
+        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+    tensor = tensor.detach().contiguous()
+    if not is_distributed() or get_world_size() == 1:
+        return tensor.unsqueeze(0).clone()
+    out = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(out, tensor)  # all_gather_into_tensor is deprecated in torch 2.14, its successor absent in 2.11
+    return torch.stack(out)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every process's ``obj`` (any picklable object), in rank order, on every process (``[obj]`` in one process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """``obj`` from rank ``src`` on every process (any picklable object; returned as is in a single process)."""
     if not is_distributed():
@@ -151,3 +179,16 @@ def cleanup() -> None:
     """Leave the process group (no-op when there is none)."""
     if is_distributed():
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed(backend: str | None = None, timeout_s: float = 1800.0) -> Iterator[DistInfo]:
+    """:func:`init_distributed` for the length of a ``with`` block; the group is left at its end if this block
+    created it (a group the caller set up stays)."""
+    owned = not is_distributed()
+    info = init_distributed(backend, timeout_s)
+    try:
+        yield info
+    finally:
+        if owned:
+            cleanup()

@@ -1,15 +1,27 @@
-"""The epoch loop every stage runs: per-iteration learning rate, autocast, accumulation, clipping, EMA,
-logs, a non-finite-loss guard, and an atomic checkpoint per epoch that a killed run resumes from exactly.
+"""The epoch loop every stage runs: per-iteration learning rate, autocast (bf16, or fp16 with a GradScaler),
+accumulation, clipping, EMA, logs, periodic evaluation, a non-finite-loss guard, and atomic checkpoints that a
+killed run resumes from exactly.
 
-Stages differ only in their step (:mod:`ferfast.engine.steps`) and schedule; :func:`fit` runs any of
-them. Resuming restores the model, the optimizer, the EMA and the random states; the
-loaders' draws depend only on (seed, epoch, step), so on the CPU with a fixed seed the losses after a
-resume equal those of an uninterrupted run.
+Stages differ only in their step (:mod:`ferfast.engine.steps`) and schedule; :func:`fit` runs any of them.
+``checkpoint-last.pth`` is written after every epoch; resuming from it restores the model, the optimizer, the EMA,
+the GradScaler, the best score so far and the random states (every rank's own); the loaders' draws depend only on
+(seed, epoch, rank, step), so on the CPU with a fixed seed the losses after a resume equal those of an
+uninterrupted run.
+
+Distributed (``torchrun``; a process group of two or more): :func:`fit` wraps the model in
+``DistributedDataParallel`` (``device_ids`` on CUDA), skips the gradient all-reduce on accumulation micro-batches
+(``no_sync``), clips gradients and updates the EMA on the bare module, and averages each step's loss and
+statistics over the ranks, so that every rank takes the same non-finite decision and rank 0 logs the global
+batch's values. Only rank 0 writes checkpoints and logs and prints; the others wait for it at the end of each
+epoch. Each rank's loss is the mean over its local batch (FixMatch's too); DDP averages the gradients, which for
+equal local batches (the loaders' ``drop_last``) is the gradient of the global batch's mean loss.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,17 +29,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-from ferfast.engine.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_epoch_checkpoint
-from ferfast.engine.dist import is_main_process
+from ferfast.engine.checkpoint import (
+    BEST_CHECKPOINT,
+    capture_rng,
+    latest_checkpoint,
+    link_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_epoch_checkpoint,
+)
+from ferfast.engine.dist import all_gather_objects, all_reduce_mean, barrier, get_rank, get_world_size, is_main_process
 from ferfast.engine.ema import ModelEma
 from ferfast.engine.logging import MetricLogger, NonFiniteLossError, check_finite, epoch_summary, progress
 from ferfast.engine.schedule import set_lr
-from ferfast.engine.steps import StepOutput, autocast, to_device
+from ferfast.engine.steps import PRECISIONS, StepOutput, autocast, to_device
 from ferfast.models.checkpoint import unwrap_model
 
-__all__ = ["FitConfig", "fit"]
+__all__ = ["BEST_KEY", "RANK_RNG_KEY", "FitConfig", "fit"]
+
+#: checkpoint entry ``{"metric", "value", "epoch"}``: the best evaluation so far (``checkpoint-best.pth``'s)
+BEST_KEY = "best"
+#: checkpoint entry of a distributed run: every rank's random states, in rank order
+RANK_RNG_KEY = "rank_rng"
+
+
+def _positive_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 @dataclass
@@ -37,36 +68,235 @@ class FitConfig:
     epochs: int
     lr_at: Callable[[float], float]  #: learning rate at a fractional epoch (MAE sets it every iteration)
     output_dir: Path
-    precision: str = "fp32"  #: "bf16" (autocast) or "fp32"
+    precision: str = "fp32"  #: "bf16" or "fp16" autocast (fp16 with a GradScaler), or "fp32"
     clip_grad: float | None = None  #: max gradient norm, or None
     accum_steps: int = 1  #: gradient accumulation (optimizer steps every accum_steps batches)
     nonfinite: str = "stop"  #: a NaN/inf loss "stop"s the run, or "rollback"s to the last checkpoint
     log_every: int = 20  #: a JSON-lines record every this many batches (0: epoch records only)
-    keep: int | None = 2  #: epoch checkpoints kept besides checkpoint-last.pth (None: all)
+    keep: int | None = 2  #: numbered checkpoints kept besides checkpoint-last.pth (None: all, 0: none)
+    save_every: int = 1  #: a numbered checkpoint-<epoch>.pth every this many epochs and after the last
+    eval_every: int = 1  #: run fit's ``evaluate`` every this many epochs and after the last
+    best_metric: str = "val_accuracy"  #: the ``evaluate`` score (higher is better) that picks checkpoint-best.pth
+    compile: bool = False  #: torch.compile the model the step runs
+    compile_backend: str = "inductor"  #: torch.compile's backend
     show_progress: bool | None = None  #: progress bar (None: on a terminal, rank 0)
     max_rollbacks: int = 3  #: give up after this many rollbacks in one run
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.epochs, int) and self.epochs > 0):
-            raise ValueError(f"epochs must be a positive int, got {self.epochs!r}")
-        if not (isinstance(self.accum_steps, int) and self.accum_steps > 0):
-            raise ValueError(f"accum_steps must be a positive int, got {self.accum_steps!r}")
+        _positive_int(self.epochs, "epochs")
+        _positive_int(self.accum_steps, "accum_steps")
+        _positive_int(self.save_every, "save_every")
+        _positive_int(self.eval_every, "eval_every")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"clip_grad must be > 0 or None, got {self.clip_grad!r}")
+        if self.keep is not None and (isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 0):
+            raise ValueError(f"keep must be a non-negative int or None, got {self.keep!r}")
         self.output_dir = Path(self.output_dir)
 
+    def due(self, epoch: int, every: int) -> bool:
+        """True after every ``every``-th epoch and after the last one."""
+        return (epoch + 1) % every == 0 or epoch + 1 == self.epochs
 
-def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: ModelEma | None) -> int:
-    """Load a checkpoint written by :func:`fit` into the training objects; returns the next epoch."""
-    ckpt = load_checkpoint(path)
-    unwrap_model(model).load_state_dict(ckpt["model"])
-    if ckpt.get("optimizer") is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if ema is not None and ckpt.get("ema") is not None:
-        ema.load_state_dict(ckpt["ema"], num_updates=ckpt.get("ema_num_updates"))
-    if ckpt.get("rng") is not None:
+
+# ------------------------------------------------------------------------------------ wrapping and stepping
+
+
+def _device_ids(device: torch.device) -> list[int] | None:
+    if device.type != "cuda":
+        return None
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _training_module(
+    model: nn.Module, device: torch.device, cfg: FitConfig
+) -> tuple[nn.Module, DistributedDataParallel | None]:
+    """The module the step runs (compiled when asked, then DDP-wrapped in a group of 2+) and its DDP wrapper.
+
+    The compiled module goes inside DDP (nanoGPT's order), so that ``no_sync`` stays on the outer wrapper.
+    """
+    net = torch.compile(model, backend=cfg.compile_backend) if cfg.compile else model
+    if isinstance(model, DistributedDataParallel):  # wrapped by the caller
+        return net, model
+    if get_world_size() == 1:
+        return net, None
+    ddp = DistributedDataParallel(net, device_ids=_device_ids(device))
+    return ddp, ddp
+
+
+def _grad_sync(ddp: DistributedDataParallel | None, sync: bool) -> contextlib.AbstractContextManager:
+    """All-reduce this micro-batch's gradients (``sync``), or only accumulate them locally (DDP's ``no_sync``)."""
+    return contextlib.nullcontext() if ddp is None or sync else ddp.no_sync()
+
+
+def _mean_over_ranks(out: StepOutput, device: torch.device) -> tuple[Tensor | float, dict[str, float]]:
+    """The step's loss and statistics averaged over the processes in one all-reduce (as they are in one process)."""
+    if get_world_size() == 1:
+        return out.loss, out.stats
+    keys = list(out.stats)
+    values = [float(out.loss.detach()), *(float(out.stats[k]) for k in keys)]
+    mean = all_reduce_mean(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+    return mean[0], dict(zip(keys, mean[1:]))
+
+
+def _make_scaler(
+    precision: str, device: torch.device, scaler: torch.amp.GradScaler | None
+) -> torch.amp.GradScaler | None:
+    """fp16's GradScaler (the caller's, or a new one for ``device``); None for bf16 and fp32."""
+    if precision != "fp16":
+        if scaler is not None:
+            raise ValueError(f"a GradScaler is for precision 'fp16', not {precision!r}")
+        return None
+    return scaler if scaler is not None else torch.amp.GradScaler(device.type)
+
+
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer, model: nn.Module, scaler: torch.amp.GradScaler | None, clip_grad: float | None
+) -> None:
+    """Clip (on unscaled gradients), step (GradScaler skips a step with inf/NaN gradients), zero the gradients."""
+    if clip_grad is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+# -------------------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class _Trained:
+    """What a checkpoint holds and a resume restores, besides the epoch."""
+
+    model: nn.Module  #: the bare module
+    optimizer: torch.optim.Optimizer
+    ema: ModelEma | None
+    scaler: torch.amp.GradScaler | None
+
+
+def _resume_source(output_dir: Path, resume: bool, resume_from: str | os.PathLike | None) -> Path | None:
+    """The checkpoint a run continues from: its own folder's latest (a killed run), else ``resume_from``."""
+    if resume and (own := latest_checkpoint(output_dir)) is not None:
+        return own
+    if resume_from is None:
+        return None
+    path = Path(resume_from)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume_from: checkpoint not found: {path}")
+    return path
+
+
+def _restore_rng(ckpt: Mapping[str, Any]) -> None:
+    """This rank's random states when the checkpoint has every rank's (same world size), else rank 0's."""
+    per_rank = ckpt.get(RANK_RNG_KEY)
+    if per_rank and len(per_rank) == get_world_size():
+        restore_rng(per_rank[get_rank()])
+    elif ckpt.get("rng") is not None:
         restore_rng(ckpt["rng"])
-    return int(ckpt["epoch"]) + 1
+
+
+def _restore(path: Path, state: _Trained, stage: str) -> tuple[int, dict | None]:
+    """Load a checkpoint written by :func:`fit` (on every rank); returns the next epoch and the best score."""
+    ckpt = load_checkpoint(path)
+    saved = (ckpt.get("args") or {}).get("stage")
+    if saved is not None and saved != stage:
+        raise ValueError(f"{path} is a checkpoint of {saved!r}, not of {stage!r}: resume from the same stage")
+    state.model.load_state_dict(ckpt["model"])
+    if ckpt.get("optimizer") is not None:
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+    if state.ema is not None and ckpt.get("ema") is not None:
+        state.ema.load_state_dict(ckpt["ema"], num_updates=ckpt.get("ema_num_updates"))
+    if state.scaler is not None and ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    _restore_rng(ckpt)
+    return int(ckpt["epoch"]) + 1, ckpt.get(BEST_KEY)
+
+
+def _save(cfg: FitConfig, epoch: int, state: _Trained, best: dict | None, improved: bool, **meta: Any) -> None:
+    """checkpoint-last.pth (+ the numbered and best links) from rank 0, with every rank's random states; all wait."""
+    rank_rng = all_gather_objects(capture_rng()) if get_world_size() > 1 else None  # a collective: every rank
+    if is_main_process():
+        extra: dict[str, Any] = {}
+        if best is not None:
+            extra[BEST_KEY] = best
+        if rank_rng is not None:
+            extra[RANK_RNG_KEY] = rank_rng
+        last = save_epoch_checkpoint(
+            cfg.output_dir, epoch=epoch, keep=cfg.keep, numbered=cfg.due(epoch, cfg.save_every), model=state.model,
+            optimizer=state.optimizer, scaler=state.scaler, ema=state.ema, extra=extra, **meta,
+        )  # fmt: skip
+        if improved:
+            link_checkpoint(last, cfg.output_dir / BEST_CHECKPOINT)
+    barrier()  # a rollback or the next stage reads what rank 0 wrote
+
+
+def _evaluate(
+    evaluate: Callable[[int], Mapping[str, float]], epoch: int, cfg: FitConfig, best: dict | None
+) -> tuple[dict[str, float], dict | None, bool]:
+    """Run ``evaluate``; returns its scores, the best score so far and whether this epoch improved it."""
+    scores = {k: float(v) for k, v in evaluate(epoch).items()}
+    if cfg.best_metric not in scores:
+        raise ValueError(f"evaluate returned {sorted(scores)}, without best_metric {cfg.best_metric!r}")
+    value = scores[cfg.best_metric]
+    if best is not None and not value > best["value"]:
+        return scores, best, False
+    return scores, {"metric": cfg.best_metric, "value": value, "epoch": epoch}, True
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+def _train_one_epoch(
+    step_fn: Callable[[nn.Module, Mapping[str, torch.Tensor]], StepOutput],
+    net: nn.Module,
+    ddp: DistributedDataParallel | None,
+    state: _Trained,
+    loader: Any,
+    cfg: FitConfig,
+    device: torch.device,
+    epoch: int,
+    logger: MetricLogger | None,
+    stage: str,
+) -> dict[str, float] | None:
+    """One pass over ``loader`` (MAE's ``train_one_epoch``): the epoch's mean statistics and its last learning rate,
+    or None when a non-finite loss asks for a rollback."""
+    loader.set_epoch(epoch)
+    net.train()
+    optimizer, steps = state.optimizer, len(loader)
+    sums: dict[str, float] = {}
+    seen, lr = 0, 0.0
+    optimizer.zero_grad(set_to_none=True)
+    bar = progress(loader, desc=f"{stage} epoch {epoch + 1}/{cfg.epochs}", total=steps, enabled=cfg.show_progress)
+    for i, batch in enumerate(bar):
+        global_step = epoch * steps + i
+        if i % cfg.accum_steps == 0:
+            lr = set_lr(optimizer, cfg.lr_at(epoch + i / steps))
+        sync = (i + 1) % cfg.accum_steps == 0 or i + 1 == steps
+        batch = to_device(batch, device)
+        with _grad_sync(ddp, sync):
+            with autocast(device, cfg.precision):
+                out = step_fn(net, batch)
+            loss, stats = _mean_over_ranks(out, device)
+            if not check_finite(loss, global_step, cfg.nonfinite, epoch=epoch):
+                return None
+            scaled = out.loss / cfg.accum_steps
+            (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
+        if sync:
+            _optimizer_step(optimizer, state.model, state.scaler, cfg.clip_grad)
+            if state.ema is not None:
+                state.ema.update(state.model)
+        for key, value in stats.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        seen += 1
+        if logger is not None and cfg.log_every and (i + 1) % cfg.log_every == 0:
+            logger.log({"stage": stage, "epoch": epoch, "lr": lr, **stats}, step=global_step, prefix=stage)
+    return {**{k: v / max(seen, 1) for k, v in sums.items()}, "lr": float(lr)}
 
 
 def fit(
@@ -82,80 +312,63 @@ def fit(
     class_names: list[str] | None = None,
     logger: MetricLogger | None = None,
     resume: bool = True,
+    resume_from: str | os.PathLike | None = None,
+    evaluate: Callable[[int], Mapping[str, float]] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     stage: str = "train",
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``config.epochs`` epochs of ``loader`` with ``step_fn``; returns one record per epoch run.
 
-    ``loader`` has ``set_epoch(epoch)``, ``len()`` and yields batch dicts (the ferfast loaders).
-    ``resume``: continue from ``output_dir``'s last checkpoint when there is one. ``on_epoch_start``
-    lets a stage reseed its own random draws per epoch (e.g. face-IoU Mixup's generator).
+    ``loader`` has ``set_epoch(epoch)``, ``len()`` and yields batch dicts (the ferfast loaders); ``step_fn`` gets the
+    module to run (compiled and/or DDP-wrapped, see the module docstring). ``resume``: continue from
+    ``output_dir``'s own last checkpoint when there is one (a killed run); otherwise from ``resume_from`` when given
+    (a checkpoint of the same ``stage``). ``evaluate(epoch) -> scores`` runs every ``eval_every`` epochs and after
+    the last (on every rank: it may be collective); its scores join the epoch record and the log, and
+    ``best_metric`` picks ``checkpoint-best.pth``. ``scaler``: fp16's GradScaler (default: a new one).
+    ``on_epoch_start`` lets a stage reseed its own random draws per epoch (e.g. face-IoU Mixup's generator).
     """
     device = torch.device(device)
     cfg = config
-    args = dict(args or {})
-    start_epoch = 0
-    if resume and (last := latest_checkpoint(cfg.output_dir)) is not None:
-        start_epoch = _restore(last, model, optimizer, ema)
+    args = {**(args or {}), "stage": stage}
+    bare = unwrap_model(model)
+    state = _Trained(bare, optimizer, ema, _make_scaler(cfg.precision, device, scaler))
+    start_epoch, best = 0, None
+    if (source := _resume_source(cfg.output_dir, resume, resume_from)) is not None:
+        start_epoch, best = _restore(source, state, stage)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError("the loader yields no batch per epoch (dataset smaller than one batch with drop_last?)")
+    net, ddp = _training_module(model, device, cfg)
     history: list[dict[str, float]] = []
     rollbacks = 0
     epoch = start_epoch
     while epoch < cfg.epochs:
         if on_epoch_start is not None:
             on_epoch_start(epoch)
-        loader.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        seen, t0, rolled_back = 0, time.perf_counter(), False
-        optimizer.zero_grad(set_to_none=True)
-        bar = progress(loader, desc=f"{stage} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
-                       enabled=cfg.show_progress)
-        for i, batch in enumerate(bar):
-            global_step = epoch * steps_per_epoch + i
-            if i % cfg.accum_steps == 0:
-                lr = set_lr(optimizer, cfg.lr_at(epoch + i / steps_per_epoch))
-            batch = to_device(batch, device)
-            with autocast(device, cfg.precision):
-                out = step_fn(model, batch)
-            if not check_finite(out.loss, global_step, cfg.nonfinite, epoch=epoch):
-                rolled_back = True
-                break
-            (out.loss / cfg.accum_steps).backward()
-            if (i + 1) % cfg.accum_steps == 0 or i + 1 == steps_per_epoch:
-                if cfg.clip_grad is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)
-            for key, value in out.stats.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            seen += 1
-            if logger is not None and cfg.log_every and (i + 1) % cfg.log_every == 0:
-                logger.log({"stage": stage, "epoch": epoch, "lr": lr, **out.stats}, step=global_step, prefix=stage)
-        if rolled_back:
+        t0 = time.perf_counter()
+        means = _train_one_epoch(step_fn, net, ddp, state, loader, cfg, device, epoch, logger, stage)
+        if means is None:  # a non-finite loss, and the rollback policy
             rollbacks += 1
             last = latest_checkpoint(cfg.output_dir)
             if last is None or rollbacks > cfg.max_rollbacks:
                 why = f"gave up after {cfg.max_rollbacks} rollbacks" if last else "no checkpoint to roll back to"
                 raise NonFiniteLossError(f"{stage}: non-finite loss at epoch {epoch}; {why}")
-            epoch = _restore(last, model, optimizer, ema)
+            epoch, best = _restore(last, state, stage)
             continue
-        record = {"epoch": float(epoch), **{k: v / max(seen, 1) for k, v in sums.items()}, "lr": float(lr),
-                  "time_s": time.perf_counter() - t0}
+        record = {"epoch": float(epoch), **means, "time_s": time.perf_counter() - t0}
+        improved = False
+        if evaluate is not None and cfg.due(epoch, cfg.eval_every):
+            scores, best, improved = _evaluate(evaluate, epoch, cfg, best)
+            record.update(scores)
         history.append(record)
         if logger is not None:
             logger.log({"stage": stage, **record}, step=(epoch + 1) * steps_per_epoch, prefix=f"{stage}/epoch")
-        if is_main_process():
-            save_epoch_checkpoint(cfg.output_dir, epoch=epoch, keep=cfg.keep, model=model, optimizer=optimizer,
-                                  ema=ema, args={**args, "stage": stage}, class_names=class_names)
-            if cfg.show_progress is not False:
-                print(epoch_summary(epoch, {k: v for k, v in record.items() if k != "epoch"},
-                                    total_epochs=cfg.epochs, elapsed_s=record["time_s"]), flush=True)
+        _save(cfg, epoch, state, best, improved, args=args, class_names=class_names)
+        if is_main_process() and cfg.show_progress is not False:
+            print(epoch_summary(epoch, {k: v for k, v in record.items() if k != "epoch"},
+                                total_epochs=cfg.epochs, elapsed_s=record["time_s"]), flush=True)  # fmt: skip
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
         epoch += 1

@@ -5,21 +5,35 @@ model out. Each driver builds its parts and runs :func:`~ferfast.engine.loop.fit
 - :func:`run_stage1`: face-IoU Mixup fine-tuning on the labeled fraction, from a pretrained encoder.
 - :func:`run_stage2`: FixMatch with the EMA teacher on labeled + unlabeled, from stage 1's EMA model.
 - :func:`evaluate`: accuracy, mean class accuracy, macro-F1 and the confusion matrix (JSON + PNG).
+
+Stages 1 and 2 evaluate their EMA model on ``data.val_split`` (else the test split) every ``run.eval_every``
+epochs and after the last, and keep ``checkpoint-best.pth`` by validation accuracy. A stage continues from its
+own output folder's ``checkpoint-last.pth`` when there is one (a killed run), else from ``run.resume``.
+
+Distributed runs (``torchrun``; :mod:`ferfast.api` and the CLI join the process group): rank 0 draws and writes
+the split file, the others wait and read it; every rank builds the same model (same seed) and ``fit`` wraps it in
+DDP; with ``blr`` the learning rate follows MAE's rule for the effective batch ``batch_size x world size x
+accum_steps``; the training draws (dropout, drop path, MAE's masking noise) are seeded with ``seed + rank``, as
+MAE's ``main_pretrain.py`` does. Face-IoU Mixup pairs the images within each rank's local batch (every rank draws
+the same ``lam`` per step), so DDP with Mixup is not bit-identical to one process with the global batch; FixMatch's
+loss is averaged per rank, then DDP averages the gradients. :func:`evaluate` shards the images over the ranks and
+gathers the predictions: the metrics are a single process's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ferfast._io import write_text_atomic
-from ferfast.config import OptimConfig, TrainConfig, config_to_dict
+from ferfast.config import ConfigError, OptimConfig, TrainConfig, config_to_dict
 from ferfast.data import (
     FaceDataset,
     LabelSplit,
@@ -30,6 +44,7 @@ from ferfast.data import (
     save_split,
     split_labeled,
 )
+from ferfast.engine.dist import all_gather_tensor, barrier, get_rank, get_world_size, is_distributed, is_main_process
 from ferfast.engine.ema import ModelEma
 from ferfast.engine.logging import MetricLogger
 from ferfast.engine.loop import FitConfig, fit
@@ -41,9 +56,14 @@ from ferfast.ops import FaceIoUMixup
 
 __all__ = [
     "FERData",
+    "build_classifier",
+    "build_mae",
+    "build_mixup",
+    "effective_batch_size",
     "evaluate",
     "lr_function",
     "make_optimizer",
+    "param_groups",
     "prepare_data",
     "resolve_device",
     "resolve_precision",
@@ -51,6 +71,9 @@ __all__ = [
     "run_stage1",
     "run_stage2",
 ]
+
+#: images per evaluation batch
+EVAL_BATCH_SIZE = 64
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,9 +89,26 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> bf16 autocast on a GPU, fp32 on the CPU (bf16 is slower for small models on the CPU)."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16":
-        raise ValueError("run.precision 'fp16' is not supported (no GradScaler); use bf16 or fp32")
     return precision
+
+
+def _check_launch() -> None:
+    """Refuse a multi-process launch without a process group: each process would train alone on the same files."""
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if not is_distributed() and world not in ("", "0", "1"):
+        raise RuntimeError(
+            f"launched with WORLD_SIZE={world} but no process group is initialised: call "
+            "ferfast.engine.init_distributed() first (ferfast.pretrain/finetune and the CLI do)"
+        )
+
+
+def _seed_training_draws(seed: int) -> None:
+    """MAE's ``seed + rank`` for the training draws of a distributed run; the weights, drawn before, match on all."""
+    if get_world_size() > 1:
+        torch.manual_seed(seed + get_rank())
+
+
+# -------------------------------------------------------------------------------------------------- data
 
 
 @dataclass
@@ -79,6 +119,7 @@ class FERData:
     test: FaceDataset
     split: LabelSplit
     class_names: tuple[str, ...]
+    val: FaceDataset | None = None  #: ``data.val_split``, when set
 
     @property
     def labeled(self) -> FaceDataset:
@@ -88,33 +129,107 @@ class FERData:
     def unlabeled(self) -> FaceDataset:
         return self.train.subset(self.split.unlabeled)
 
+    @property
+    def validation(self) -> FaceDataset:
+        """The split evaluated during training: ``data.val_split``, else the test split."""
+        return self.val if self.val is not None else self.test
+
 
 def prepare_data(cfg: TrainConfig) -> FERData:
-    """Open the train and test splits and draw (or reuse) the label split file."""
+    """Open the train, test (and val) splits and draw (or reuse) the label split file.
+
+    In a distributed run rank 0 draws and writes the split file, the others wait for it and read it.
+    """
     if cfg.data.root is None:
         raise ValueError("data.root is not set: the folder of the labeled dataset (or of `data synth`'s output)")
     fmt = detect_format(cfg.data.root) if cfg.data.format == "auto" else cfg.data.format
     train = open_dataset(fmt, cfg.data.root, cfg.data.train_split)
     test = open_dataset(fmt, cfg.data.root, cfg.data.test_split)
+    val = open_dataset(fmt, cfg.data.root, cfg.data.val_split) if cfg.data.val_split is not None else None
     path = Path(cfg.data.split_file or Path(cfg.run.output_dir) / "split.json")
-    if path.is_file():
-        split = load_split(path, labels=train)
-    else:
-        split = split_labeled(train, cfg.data.labeled_fraction, seed=cfg.data.seed)
-        save_split(split, path)
-    return FERData(train, test, split, tuple(train.class_names))
+    if is_main_process() and not path.is_file():
+        save_split(split_labeled(train, cfg.data.labeled_fraction, seed=cfg.data.seed), path)
+    barrier()
+    return FERData(train, test, load_split(path, labels=train), tuple(train.class_names), val)
+
+
+# ----------------------------------------------------------------------------------- models and optimizer
+
+
+def build_mae(cfg: TrainConfig) -> nn.Module:
+    """``mae_<model.name>``; the ``pretrain.decoder_*`` settings that are set replace the model's own decoder's."""
+    p = cfg.pretrain
+    names = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+    decoder = {name: getattr(p, name) for name in names if getattr(p, name) is not None}
+    return create_model(f"mae_{cfg.model.name}", img_size=cfg.data.image_size, norm_pix_loss=p.norm_pix_loss,
+                        **decoder)  # fmt: skip
+
+
+def build_classifier(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The ViT classifier of stages 1 and 2 for the dataset's ``num_classes`` (``model.num_classes`` must agree)."""
+    if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
+        raise ConfigError("model.num_classes", f"is {cfg.model.num_classes}, but the dataset has {num_classes} classes")
+    return create_model(cfg.model.name, img_size=cfg.data.image_size, num_classes=num_classes,
+                        drop_path_rate=cfg.model.drop_path, global_pool=cfg.model.global_pool)  # fmt: skip
+
+
+def build_mixup(cfg: TrainConfig, num_classes: int) -> FaceIoUMixup:
+    """Stage 1's face-IoU Mixup: pairs within the (local) batch, draws from its own generator (reseeded per epoch)."""
+    s = cfg.stage1
+    box = tuple(v / 224.0 for v in s.fallback_box)  # the config gives it in pixels of 224x224, as SSFER does
+    return FaceIoUMixup(num_classes, mixup_alpha=s.mixup_alpha, label_smoothing=s.label_smoothing,
+                        ssfer_compat=s.ssfer_compat, fallback_box=box, seed=cfg.run.seed,
+                        pairing=s.mixup_pairing)  # fmt: skip
+
+
+def _layer_id(name: str, num_layers: int) -> int:
+    """MAE's ``get_layer_id_for_vit``: 0 for the embeddings, ``i + 1`` for ``blocks.i``, ``num_layers`` for the rest."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """AdamW's parameter groups as MAE's: no weight decay on 1-d parameters and the model's ``no_weight_decay()``.
+
+    With ``layer_decay`` (MAE's ``util/lr_decay.py`` ``param_groups_lrd``), one group per (layer, decay) whose
+    ``lr_scale = layer_decay ** (num_layers - layer_id)``; the schedule's ``set_lr`` multiplies by it.
+    """
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if layer_decay is None:
+        decay = [p for n, p in named if not (p.ndim <= 1 or n in skip)]
+        no_decay = [p for n, p in named if p.ndim <= 1 or n in skip]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError(f"layer_decay needs a ViT with .blocks, got {type(model).__name__}")
+    num_layers = len(blocks) + 1
+    groups: dict[str, dict] = {}
+    for name, p in named:
+        no_wd = p.ndim <= 1 or name in skip
+        layer = _layer_id(name, num_layers)
+        group = groups.setdefault(f"layer_{layer}_{'no_decay' if no_wd else 'decay'}", {
+            "params": [], "weight_decay": 0.0 if no_wd else weight_decay,
+            "lr_scale": layer_decay ** (num_layers - layer),
+        })  # fmt: skip
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def effective_batch_size(batch_size: int, optim: OptimConfig) -> int:
+    """MAE's effective batch: images per step and process x processes x accumulation steps."""
+    return batch_size * get_world_size() * optim.accum_steps
 
 
 def make_optimizer(model: nn.Module, optim: OptimConfig, effective_batch: int) -> tuple[torch.optim.Optimizer, float]:
-    """AdamW with MAE's parameter groups (no weight decay on biases, norms and tokens); returns it and its lr."""
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW on :func:`param_groups` (``optim.layer_decay`` included); returns it and its base learning rate."""
     lr = optim.effective_lr(effective_batch)
+    groups = param_groups(model, optim.weight_decay, optim.layer_decay)
+    for group in groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())  # 3x faster on the CPU (DESIGN §5)
     return torch.optim.AdamW(groups, lr=lr, betas=optim.betas, eps=optim.eps, fused=fused), lr
 
@@ -134,21 +249,47 @@ def lr_function(optim: OptimConfig, epochs: int, base_lr: float) -> Callable[[fl
     return lr_at
 
 
+# ------------------------------------------------------------------------------------------ the drivers
+
+
 def _fit_config(cfg: TrainConfig, optim: OptimConfig, epochs: int, base_lr: float, out: Path, device) -> FitConfig:
     return FitConfig(
         epochs=epochs, lr_at=lr_function(optim, epochs, base_lr), output_dir=out,
         precision=resolve_precision(cfg.run.precision, device), clip_grad=optim.clip_grad,
         accum_steps=optim.accum_steps, nonfinite=cfg.run.nonfinite, log_every=cfg.run.log_every,
-        keep=cfg.run.keep_checkpoints,
+        keep=cfg.run.keep_checkpoints, save_every=cfg.run.save_every, eval_every=cfg.run.eval_every,
+        compile=cfg.run.compile,
     )  # fmt: skip
+
+
+def _resume_from(cfg: TrainConfig) -> Path | None:
+    """``run.resume``, checked: a checkpoint that does not exist is an error naming the setting."""
+    path = cfg.run.resume
+    if path is not None and not Path(path).is_file():
+        raise ConfigError("run.resume", f"checkpoint not found: {path}")
+    return path
 
 
 def _logger(cfg: TrainConfig, out: Path) -> MetricLogger:
     return MetricLogger(out, tensorboard=None if cfg.run.tensorboard else False)
 
 
+def _validator(model: nn.Module, dataset: FaceDataset, cfg: TrainConfig) -> Callable[[int], dict[str, float]]:
+    """``fit``'s ``evaluate``: ``model`` (the EMA, updated in place) on ``dataset`` as ``val_*`` scores."""
+    loader = _eval_loader(dataset, cfg)
+    device = resolve_device(cfg.run.device)
+
+    def scores(epoch: int) -> dict[str, float]:
+        y_true, y_pred = _predictions(model.to(device).eval(), loader, len(dataset), device)
+        m = classification_metrics(y_true, y_pred, len(dataset.class_names))
+        return {f"val_{k}": float(m[k]) for k in ("accuracy", "mean_class_accuracy", "macro_f1")}
+
+    return scores
+
+
 def run_pretrain(cfg: TrainConfig) -> Path:
     """MAE pretraining; returns the checkpoint (MAE's layout) that stage 1 starts from."""
+    _check_launch()
     device = resolve_device(cfg.run.device)
     torch.manual_seed(cfg.run.seed)
     if cfg.data.unlabeled_root is not None:
@@ -158,36 +299,32 @@ def run_pretrain(cfg: TrainConfig) -> Path:
     else:
         faces = prepare_data(cfg).train
     p = cfg.pretrain
-    mae = create_model(f"mae_{cfg.model.name}", img_size=cfg.data.image_size, norm_pix_loss=p.norm_pix_loss).to(device)
+    mae = build_mae(cfg).to(device)
+    _seed_training_draws(cfg.run.seed)
     loader = build_loader("pretrain", faces, backend=cfg.data.loader, batch_size=p.batch_size,
-                          num_workers=cfg.data.num_workers, config=cfg.data.augment(), seed=cfg.run.seed)
-    opt, lr = make_optimizer(mae, p.optim, p.batch_size * p.optim.accum_steps)
+                          num_workers=cfg.data.num_workers, config=cfg.data.augment(), seed=cfg.run.seed)  # fmt: skip
+    opt, lr = make_optimizer(mae, p.optim, effective_batch_size(p.batch_size, p.optim))
     out = Path(cfg.run.output_dir) / "pretrain"
     with _logger(cfg, out) as logger:
         fit(lambda m, b: pretrain_step(m, b, p.mask_ratio), mae, opt, loader, _fit_config(cfg, p.optim, p.epochs, lr,
-            out, device), device=device, args=config_to_dict(cfg), logger=logger, stage="pretrain")  # fmt: skip
+            out, device), device=device, args=config_to_dict(cfg), logger=logger, resume_from=_resume_from(cfg),
+            stage="pretrain")  # fmt: skip
     return out / "checkpoint-last.pth"
-
-
-def _classifier(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
-    model = create_model(cfg.model.name, img_size=cfg.data.image_size, num_classes=num_classes,
-                         drop_path_rate=cfg.model.drop_path, global_pool=cfg.model.global_pool)  # fmt: skip
-    return model.to(device)
 
 
 def run_stage1(cfg: TrainConfig, data: FERData, pretrained: Path | None = None) -> ModelEma:
     """Stage 1: face-IoU Mixup on the labeled images; returns the weights' EMA (evaluated; stage 2's start)."""
+    _check_launch()
     device = resolve_device(cfg.run.device)
     torch.manual_seed(cfg.run.seed)
     s = cfg.stage1
-    model = _classifier(cfg, len(data.class_names), device)
+    model = build_classifier(cfg, len(data.class_names)).to(device)
     start = pretrained or cfg.model.pretrained
     if start is not None:
         load_pretrained(model, start)
     ema = ModelEma(model, s.ema_decay)
-    box = tuple(v / 224.0 for v in s.fallback_box)  # the config gives it in pixels of 224x224, as SSFER does
-    mixup = FaceIoUMixup(len(data.class_names), mixup_alpha=s.mixup_alpha, label_smoothing=s.label_smoothing,
-                         ssfer_compat=s.ssfer_compat, fallback_box=box, seed=cfg.run.seed)  # fmt: skip
+    mixup = build_mixup(cfg, len(data.class_names))
+    _seed_training_draws(cfg.run.seed)
 
     def reseed(epoch: int) -> None:  # Mixup's own draws: a function of (seed, epoch), so a resumed run repeats them
         mixup.rng = np.random.default_rng([cfg.run.seed, epoch])
@@ -199,24 +336,27 @@ def run_stage1(cfg: TrainConfig, data: FERData, pretrained: Path | None = None) 
         return StepOutput(loss, {"loss": float(loss.detach())})
 
     loader = build_loader("stage1", data.labeled, backend=cfg.data.loader, batch_size=s.batch_size,
-                          num_workers=cfg.data.num_workers, config=cfg.data.augment(), seed=cfg.run.seed)
-    opt, lr = make_optimizer(model, s.optim, s.batch_size * s.optim.accum_steps)
+                          num_workers=cfg.data.num_workers, config=cfg.data.augment(), seed=cfg.run.seed)  # fmt: skip
+    opt, lr = make_optimizer(model, s.optim, effective_batch_size(s.batch_size, s.optim))
     out = Path(cfg.run.output_dir) / "stage1"
     with _logger(cfg, out) as logger:
         fit(step, model, opt, loader, _fit_config(cfg, s.optim, s.epochs, lr, out, device), device=device, ema=ema,
-            args=config_to_dict(cfg), class_names=list(data.class_names), logger=logger, on_epoch_start=reseed,
-            stage="stage1")  # fmt: skip
+            args=config_to_dict(cfg), class_names=list(data.class_names), logger=logger,
+            resume_from=_resume_from(cfg), evaluate=_validator(ema.module, data.validation, cfg),
+            on_epoch_start=reseed, stage="stage1")  # fmt: skip
     return ema
 
 
 def run_stage2(cfg: TrainConfig, data: FERData, start: nn.Module) -> ModelEma:
     """Stage 2: FixMatch from ``start`` (stage 1's EMA model); returns the EMA teacher (the model evaluated)."""
+    _check_launch()
     device = resolve_device(cfg.run.device)
     torch.manual_seed(cfg.run.seed + 1)
     s = cfg.stage2
-    student = _classifier(cfg, len(data.class_names), device)
+    student = build_classifier(cfg, len(data.class_names)).to(device)
     student.load_state_dict(start.state_dict())
     teacher = ModelEma(student, s.ema_decay)
+    _seed_training_draws(cfg.run.seed + 1)
     loader = build_loader("stage2", data.labeled, unlabeled=data.unlabeled, backend=cfg.data.loader,
                           batch_size=s.batch_size, unlabeled_batch_size=s.unlabeled_batch_size,
                           num_workers=cfg.data.num_workers, config=cfg.data.augment(s.rand_augment()),
@@ -226,33 +366,58 @@ def run_stage2(cfg: TrainConfig, data: FERData, start: nn.Module) -> ModelEma:
         return stage2_step(m, teacher.module, b, threshold=s.threshold, unlabeled_weight=s.unlabeled_weight,
                            label_smoothing=cfg.stage1.label_smoothing)  # fmt: skip
 
-    opt, lr = make_optimizer(student, s.optim, s.batch_size * s.optim.accum_steps)
+    opt, lr = make_optimizer(student, s.optim, effective_batch_size(s.batch_size, s.optim))
     out = Path(cfg.run.output_dir) / "stage2"
     with _logger(cfg, out) as logger:
         fit(step, student, opt, loader, _fit_config(cfg, s.optim, s.epochs, lr, out, device), device=device,
             ema=teacher, args=config_to_dict(cfg), class_names=list(data.class_names), logger=logger,
+            resume_from=_resume_from(cfg), evaluate=_validator(teacher.module, data.validation, cfg),
             stage="stage2")  # fmt: skip
     return teacher
 
 
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def _eval_loader(dataset: FaceDataset, cfg: TrainConfig):
+    """Whole images resized, in dataset order, sharded over the ranks (padded by wrapping around)."""
+    return build_loader("eval", dataset, backend=cfg.data.loader, batch_size=EVAL_BATCH_SIZE,
+                        num_workers=cfg.data.num_workers, config=cfg.data.augment())  # fmt: skip
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: FaceDataset, cfg: TrainConfig, out_dir: Path | None = None) -> dict:
-    """Accuracy, mean class accuracy, macro-F1 and the confusion matrix on ``dataset`` (whole images resized);
-    with ``out_dir``, also ``metrics.json`` and ``confusion.png`` there."""
-    device = resolve_device(cfg.run.device)
-    model = model.to(device).eval()
-    loader = build_loader("eval", dataset, backend=cfg.data.loader, batch_size=64, num_workers=cfg.data.num_workers,
-                          config=cfg.data.augment())  # fmt: skip
+def _predictions(model: nn.Module, loader, num_images: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """True and predicted labels of the ``num_images`` images in dataset order, gathered from every rank's shard.
+
+    The eval plan gives rank ``r`` the positions ``r, r + world, ...`` (``DistributedSampler``'s rule, padded by
+    wrapping around), so interleaving the ranks' results restores the dataset order and the padding falls at the end.
+    """
+    loader.set_epoch(0)
     preds, labels = [], []
     for batch in loader:
         batch = to_device(batch, device)
-        preds.append(model(batch["images"]).argmax(-1).cpu())
-        labels.append(batch["labels"].cpu())
-    y_pred, y_true = torch.cat(preds), torch.cat(labels)
+        preds.append(model(batch["images"]).argmax(-1))
+        labels.append(batch["labels"])
+
+    def in_dataset_order(t: Tensor) -> Tensor:
+        return all_gather_tensor(torch.cat(t)).transpose(0, 1).reshape(-1)[:num_images].cpu()
+
+    return in_dataset_order(labels), in_dataset_order(preds)
+
+
+def evaluate(model: nn.Module, dataset: FaceDataset, cfg: TrainConfig, out_dir: Path | None = None) -> dict:
+    """Accuracy, mean class accuracy, macro-F1 and the confusion matrix on ``dataset`` (whole images resized);
+    with ``out_dir``, also ``metrics.json`` and ``confusion.png`` there (written by rank 0).
+
+    In a distributed run every rank evaluates its shard and gets the metrics of the whole dataset.
+    """
+    device = resolve_device(cfg.run.device)
+    model = model.to(device).eval()
+    y_true, y_pred = _predictions(model, _eval_loader(dataset, cfg), len(dataset), device)
     metrics = classification_metrics(y_true, y_pred, len(dataset.class_names))
     result = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in metrics.items()}
     result["class_names"] = list(dataset.class_names)
-    if out_dir is not None:
+    if out_dir is not None and is_main_process():
         out_dir = Path(out_dir)
         write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, default=float) + "\n")
         save_confusion_png(metrics["confusion"], list(dataset.class_names), out_dir / "confusion.png")

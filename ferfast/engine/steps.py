@@ -17,7 +17,12 @@ from torch import Tensor, nn
 
 from ferfast.ops import FaceIoUMixup, fixmatch_loss
 
-__all__ = ["StepOutput", "autocast", "pretrain_step", "stage1_step", "stage2_step", "to_device"]
+__all__ = ["PRECISIONS", "StepOutput", "autocast", "pretrain_step", "stage1_step", "stage2_step", "to_device"]
+
+#: what :func:`autocast` takes: bf16 or fp16 autocast (fp16 needs a GradScaler, which :func:`~ferfast.engine.fit`
+#: brings), or none
+PRECISIONS = ("bf16", "fp16", "fp32")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -34,12 +39,12 @@ def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tenso
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast (``precision="bf16"``) on the batch's device, or nothing (``"fp32"``)."""
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
+    """bf16 or fp16 autocast (``precision="bf16"``/``"fp16"``) on the batch's device, or nothing (``"fp32"``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 def pretrain_step(mae: nn.Module, batch: dict[str, Tensor], mask_ratio: float = 0.75) -> StepOutput:
@@ -49,7 +54,11 @@ def pretrain_step(mae: nn.Module, batch: dict[str, Tensor], mask_ratio: float = 
 
 
 def stage1_step(model: nn.Module, batch: dict[str, Tensor], mixup: FaceIoUMixup) -> StepOutput:
-    """Stage 1: face-IoU Mixup of the labeled batch, one forward pass over ``[originals; mixed]``, SSFER's loss."""
+    """Stage 1: face-IoU Mixup of the labeled batch, one forward pass over ``[originals; mixed]``, SSFER's loss.
+
+    Under DDP the batch is the rank's local one: Mixup pairs images within it, so N ranks are not bit-identical to
+    one process mixing the global batch (SSFER's flip pairing would pair other images).
+    """
     mixed = mixup({"images": batch["images"], "labels": batch["labels"], "boxes": batch.get("boxes")})
     logits = model(mixed.images)
     loss = mixed.loss(logits)
@@ -69,7 +78,8 @@ def stage2_step(
     """Stage 2 (FixMatch): supervised CE on the labeled view + ``unlabeled_weight`` x the EMA teacher's
     confident pseudo-labels (weak view, ``p >= threshold``) on the student's strong view.
 
-    The student sees the labeled and strong views in one forward pass; the teacher only the weak view.
+    The student sees the labeled and strong views in one forward pass; the teacher only the weak view. Under DDP
+    both losses are means over the rank's local batch (DDP then averages the gradients over the ranks).
     """
     n = batch["images"].shape[0]
     with torch.no_grad():

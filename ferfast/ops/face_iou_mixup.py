@@ -42,6 +42,7 @@ __all__ = ["RELATIVE_FALLBACK_BOX", "FaceIoUMixup", "FaceMixBatch"]
 RELATIVE_FALLBACK_BOX = tuple(v / 224 for v in SSFER_FALLBACK_BOX)
 
 MODES = ("batch", "pair", "elem")
+PAIRINGS = ("flip", "random")
 
 
 @dataclass
@@ -88,7 +89,7 @@ class FaceMixBatch:
 
 
 class FaceIoUMixup(nn.Module):
-    """SSFER's face-IoU Mixup (stage 1): Mixup with flip pairing whose loss weights come from the faces' IoU.
+    """SSFER's face-IoU Mixup (stage 1): Mixup whose loss weights come from the faces' IoU of each pair.
 
     Args:
         num_classes: K.
@@ -100,8 +101,12 @@ class FaceIoUMixup(nn.Module):
         ssfer_compat: reproduce the released code (in-place mix; see the module docstring).
         fallback_box: xyxy box for images whose face is unknown (rows of NaN in ``boxes``, or no ``boxes``),
             in the boxes' units; default SSFER's ``[25, 25, 220, 220]`` of 224 x 224, as relative coordinates.
-        seed: seed of the ``lam`` sampler (numpy); ``None`` draws one from torch's generator.
+        seed: seed of the generator of ``lam`` (and of the random pairing), numpy; ``None`` draws one from torch's
+            generator.
         backend: ferfast backend of the ops.
+        pairing: the partner of image ``i``: ``"flip"`` (``B-1-i``, SSFER's and timm's) or ``"random"`` (a random
+            permutation of the batch drawn from this module's generator, as Zhang et al.'s Mixup; ``"pair"`` mode
+            needs ``"flip"``).
     """
 
     def __init__(
@@ -116,6 +121,7 @@ class FaceIoUMixup(nn.Module):
         fallback_box: tuple[float, float, float, float] = RELATIVE_FALLBACK_BOX,
         seed: int | None = None,
         backend: str | None = None,
+        pairing: str = "flip",
     ) -> None:
         super().__init__()
         self.num_classes = _checks.positive_int(num_classes, "num_classes")
@@ -126,6 +132,11 @@ class FaceIoUMixup(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
+        if pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+        if pairing == "random" and mode == "pair":
+            raise ValueError("mode='pair' shares lam between flip partners: it needs pairing='flip'")
+        self.pairing = pairing
         self.prob = _checks.unit_interval(prob, "prob")
         self.with_originals = bool(with_originals)
         self.ssfer_compat = bool(ssfer_compat)
@@ -149,6 +160,12 @@ class FaceIoUMixup(nn.Module):
             lam = np.where(idx <= p, lam, lam[p])  # the smaller index of each pair decides
         return lam.astype(np.float32)
 
+    def sample_perm(self, batch: int, device: torch.device) -> Tensor:
+        """The partner of each image: ``B-1-i`` (``flip``) or a permutation drawn from the generator (``random``)."""
+        if self.pairing == "flip":
+            return flip_perm(batch, device)
+        return torch.from_numpy(self.rng.permutation(batch)).to(device)
+
     def forward(self, batch: Mapping[str, Tensor]) -> FaceMixBatch:
         """``batch``: ``images`` [B, ...], ``labels`` [B] int64, optional ``boxes`` [B, 4] xyxy face boxes."""
         if not isinstance(batch, Mapping) or "images" not in batch or "labels" not in batch:
@@ -162,7 +179,7 @@ class FaceIoUMixup(nn.Module):
             )
         if self.ssfer_compat and b % 2:
             raise ValueError(f"ssfer_compat=True needs an even batch (SSFER's Mixup asserts it), got {b}")
-        perm = flip_perm(b, x.device)
+        perm = self.sample_perm(b, x.device)
         boxes = batch.get("boxes")
         fallback = torch.tensor(self.fallback_box, device=x.device)
         if boxes is None:
@@ -189,6 +206,6 @@ class FaceIoUMixup(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, label_smoothing={self.label_smoothing}, "
-            f"mode={self.mode!r}, prob={self.prob}, with_originals={self.with_originals}, "
+            f"mode={self.mode!r}, pairing={self.pairing!r}, prob={self.prob}, with_originals={self.with_originals}, "
             f"ssfer_compat={self.ssfer_compat}"
         )

@@ -8,14 +8,17 @@ import torch
 import torch.multiprocessing as mp
 
 from ferfast.engine import (
-    DistInfo,
+    all_gather_objects,
+    all_gather_tensor,
     all_reduce_mean,
     barrier,
     broadcast_object,
     cleanup,
+    distributed,
     get_rank,
     get_world_size,
     init_distributed,
+    is_distributed,
     is_main_process,
 )
 
@@ -40,6 +43,9 @@ def test_single_process_without_torchrun(monkeypatch):
     assert torch.equal(out, t) and out is not t
     payload = {"split": [1, 2, 3]}
     assert broadcast_object(payload) is payload
+    assert torch.equal(all_gather_tensor(t), t[None]) and all_gather_objects(payload) == [payload]
+    with distributed() as inside:
+        assert not inside.distributed
     barrier(), cleanup()  # no-ops
 
 
@@ -66,11 +72,13 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
-    info: DistInfo = init_distributed(backend="gloo")  # gloo also where a GPU exists: two ranks, maybe one GPU
-    try:
+    with distributed(backend="gloo") as info:  # gloo also where a GPU exists: two ranks, maybe one GPU
+        assert init_distributed().rank == rank  # joining again returns the group this block made
         mean = all_reduce_mean(torch.tensor([rank + 1.0, 10.0 * rank]))
         int_mean = all_reduce_mean(torch.tensor([rank * 3], dtype=torch.int64))
         obj = broadcast_object({"seed": 7, "labeled": [3, 1, 4]} if rank == 0 else None)
+        gathered = all_gather_tensor(torch.tensor([rank, 10 + rank]))
+        objects = all_gather_objects({"rank": rank})
         barrier()
         result = {
             "info": [info.rank, info.world_size, info.local_rank, info.is_main, get_rank(), get_world_size()],
@@ -78,11 +86,12 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             "mean": mean.tolist(),
             "int_mean": int_mean.tolist(),
             "obj": obj,
+            "gathered": gathered.tolist(),
+            "objects": objects,
         }
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
-            json.dump(result, fh)
-    finally:
-        cleanup()
+    result["left"] = not is_distributed()  # the block left the group it made
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+        json.dump(result, fh)
 
 
 def test_two_process_gloo_group(tmp_path):
@@ -94,5 +103,7 @@ def test_two_process_gloo_group(tmp_path):
         assert r["mean"] == [1.5, 5.0]  # ([1, 0] + [2, 10]) / 2 on both ranks
         assert r["int_mean"] == [1.5]  # integer tensors are averaged as floats
         assert r["obj"] == {"seed": 7, "labeled": [3, 1, 4]}  # rank 1 passed None and got rank 0's object
+        assert r["gathered"] == [[0, 10], [1, 11]] and r["objects"] == [{"rank": 0}, {"rank": 1}]
+        assert r["left"]
         if not torch.cuda.is_available():
             assert r["device"] == "cpu"

@@ -1,6 +1,9 @@
-"""The epoch loop: exact resume from the last checkpoint, the non-finite-loss guard, accumulation."""
+"""The epoch loop: exact resume (own checkpoint or an explicit one), the non-finite-loss guard, accumulation,
+periodic and best checkpoints, periodic evaluation, fp16 with a GradScaler, torch.compile."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -9,9 +12,10 @@ from torch import nn
 
 from ferfast.data import AugmentConfig, build_loader, open_dataset, write_synthetic_dataset
 from ferfast.data.synthetic import SyntheticFaceConfig
+from ferfast.engine.checkpoint import BEST_CHECKPOINT, list_checkpoints, load_checkpoint
 from ferfast.engine.ema import ModelEma
 from ferfast.engine.logging import MetricLogger, NonFiniteLossError
-from ferfast.engine.loop import FitConfig, fit
+from ferfast.engine.loop import BEST_KEY, FitConfig, fit
 from ferfast.engine.schedule import cosine_with_warmup
 from ferfast.engine.steps import StepOutput
 
@@ -24,9 +28,9 @@ def faces(tmp_path_factory):
     return open_dataset("synthetic", out, "train")
 
 
-def make(faces, seed=0):
+def make(faces, seed=0, dropout=0.2):
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(3 * 16 * 16, 32), nn.ReLU(), nn.Linear(32, 7))
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(3 * 16 * 16, 32), nn.ReLU(), nn.Linear(32, 7))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     loader = build_loader("stage1", faces, backend="torch", batch_size=8, config=AugmentConfig(image_size=16),
                           num_workers=0, seed=seed)
@@ -42,8 +46,8 @@ def lr_at(epoch: float) -> float:
     return cosine_with_warmup(epoch, 4, 1, 1e-3)
 
 
-def run(faces, tmp_path, epochs, step_fn=ce_step, **kw):
-    model, opt, loader = make(faces)
+def run(faces, tmp_path, epochs, step_fn=ce_step, dropout=0.2, **kw):
+    model, opt, loader = make(faces, dropout=dropout)
     ema = ModelEma(model, 0.9)
     cfg = FitConfig(epochs=epochs, lr_at=lr_at, output_dir=tmp_path, log_every=1, show_progress=False,
                     **kw.pop("cfg", {}))
@@ -103,8 +107,99 @@ def test_accumulation_steps_the_optimizer_less_often(faces, tmp_path):
     assert steps["n"] == 2  # 6 batches, accumulated by 4: steps after batch 4 and after the last
 
 
-def test_bad_config_values_are_named(tmp_path):
-    with pytest.raises(ValueError, match="epochs"):
-        FitConfig(epochs=0, lr_at=lr_at, output_dir=tmp_path)
-    with pytest.raises(ValueError, match="accum_steps"):
-        FitConfig(epochs=1, lr_at=lr_at, output_dir=tmp_path, accum_steps=0)
+def test_resume_from_an_explicit_checkpoint_unless_the_run_has_its_own(faces, tmp_path):
+    full_model, _, full = run(faces, tmp_path / "full", 4)
+    run(faces, tmp_path / "elsewhere", 2)
+    source = tmp_path / "elsewhere" / "checkpoint-last.pth"
+    model, _, rest = run(faces, tmp_path / "new", 4, resume_from=source)
+    assert [r["epoch"] for r in rest] == [2.0, 3.0]
+    assert [r["loss"] for r in rest] == [r["loss"] for r in full[2:]]
+    assert torch.equal(params(model), params(full_model))
+    _, _, again = run(faces, tmp_path / "new", 4, resume_from=source)  # its own checkpoint-last.pth (epoch 3) wins
+    assert again == []
+    with pytest.raises(FileNotFoundError, match="resume_from"):
+        run(faces, tmp_path / "other", 1, resume_from=tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="checkpoint of 'train', not of 'stage1'"):
+        run(faces, tmp_path / "other", 3, resume_from=source, stage="stage1")
+
+
+def test_numbered_checkpoints_every_save_every_epochs_and_after_the_last(faces, tmp_path):
+    run(faces, tmp_path / "all", 5, cfg={"save_every": 2, "keep": None})
+    assert [e for e, _ in list_checkpoints(tmp_path / "all")] == [1, 3, 4]
+    assert load_checkpoint(tmp_path / "all" / "checkpoint-last.pth")["epoch"] == 4
+    run(faces, tmp_path / "kept", 5, cfg={"save_every": 1, "keep": 2})
+    assert [e for e, _ in list_checkpoints(tmp_path / "kept")] == [3, 4]
+
+
+def test_evaluation_every_eval_every_epochs_and_the_best_checkpoint_survive_a_resume(faces, tmp_path):
+    val = {1: 0.5, 3: 0.7, 4: 0.6}
+    calls = []
+
+    def evaluate(epoch):
+        calls.append(epoch)
+        return {"val_accuracy": val[epoch], "val_macro_f1": val[epoch] / 2}
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_3(epoch, record):
+        if epoch == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(faces, tmp_path, 5, cfg={"eval_every": 2}, evaluate=evaluate, on_epoch_end=kill_after_epoch_3)
+    assert calls == [1, 3]
+    _, _, rest = run(faces, tmp_path, 5, cfg={"eval_every": 2}, evaluate=evaluate)
+    assert calls == [1, 3, 4] and [r["epoch"] for r in rest] == [4.0]  # the last epoch is always evaluated
+    assert rest[0]["val_accuracy"] == 0.6 and rest[0]["val_macro_f1"] == 0.3
+    best = load_checkpoint(tmp_path / BEST_CHECKPOINT)
+    assert best["epoch"] == 3 and best[BEST_KEY] == {"metric": "val_accuracy", "value": 0.7, "epoch": 3}
+    epochs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in epochs if "time_s" in r]
+    assert [(r["epoch"], r.get("val_accuracy")) for r in epochs] == [(0, None), (1, 0.5), (2, None), (3, 0.7),
+                                                                     (4, 0.6)]  # fmt: skip
+    with pytest.raises(ValueError, match="best_metric"):
+        run(faces, tmp_path / "no_metric", 1, evaluate=lambda epoch: {"val_loss": 1.0})
+
+
+def test_fp16_with_a_grad_scaler_resumes_exactly(faces, tmp_path):
+    def scaler():  # a scale that overflows fp16 at first and grows every step: its state shapes the run
+        return torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=1)
+
+    fp16 = {"precision": "fp16"}
+    full_model, _, full = run(faces, tmp_path / "full", 4, cfg=fp16, scaler=scaler())
+    run(faces, tmp_path / "killed", 2, cfg=fp16, scaler=scaler())
+    model, _, rest = run(faces, tmp_path / "killed", 4, cfg=fp16, scaler=scaler())
+    assert [r["loss"] for r in rest] == [r["loss"] for r in full[2:]]
+    assert torch.equal(params(model), params(full_model))
+    state = load_checkpoint(tmp_path / "full" / "checkpoint-last.pth")["scaler"]
+    assert state["scale"] != 2.0**20 and state["growth_interval"] == 1
+    with pytest.raises(ValueError, match="GradScaler"):
+        run(faces, tmp_path / "fp32", 1, scaler=scaler())
+
+
+def test_compile_runs_the_step_on_the_compiled_model(faces, tmp_path):
+    seen = []
+
+    def step(model, batch):
+        seen.append(type(model).__name__)
+        return ce_step(model, batch)
+
+    compiled = {"compile": True, "compile_backend": "aot_eager"}  # inductor's first compile takes ~30 s here
+    model, _, hist = run(faces, tmp_path / "compiled", 1, step_fn=step, dropout=0.0, cfg=compiled)
+    eager_model, _, eager = run(faces, tmp_path / "eager", 1, dropout=0.0)
+    assert set(seen) == {"OptimizedModule"}
+    assert hist[0]["loss"] == pytest.approx(eager[0]["loss"], rel=1e-5)
+    torch.testing.assert_close(params(model), params(eager_model), rtol=1e-4, atol=1e-6)
+    saved = load_checkpoint(tmp_path / "compiled" / "checkpoint-last.pth")
+    assert list(saved["model"]) == list(eager_model.state_dict())  # no "_orig_mod." prefixes
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"epochs": 0}, "epochs"), ({"accum_steps": 0}, "accum_steps"), ({"save_every": 0}, "save_every"),
+     ({"eval_every": 0}, "eval_every"), ({"precision": "fp8"}, "precision"), ({"keep": -1}, "keep")],
+)  # fmt: skip
+def test_bad_config_values_are_named(tmp_path, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        FitConfig(**{"epochs": 1, "lr_at": lr_at, "output_dir": tmp_path, **kwargs})

@@ -1,4 +1,5 @@
-"""The stage drivers end to end on synthetic faces: pretrain -> stage 1 -> stage 2 -> evaluate (tiny, CPU)."""
+"""The stage drivers end to end on synthetic faces: pretrain -> stage 1 -> stage 2 -> evaluate (tiny, CPU), and
+the settings they wire up: resume, validation and the best checkpoint, layer decay, MAE's decoder, fp16, compile."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from ferfast.config import TrainConfig, build_config
+from ferfast.config import ConfigError, OptimConfig, TrainConfig, build_config
 from ferfast.data import write_synthetic_dataset
 from ferfast.data.synthetic import SyntheticFaceConfig
-from ferfast.engine.checkpoint import load_checkpoint
+from ferfast.engine import stages
+from ferfast.engine.checkpoint import BEST_CHECKPOINT, load_checkpoint
+from ferfast.engine.schedule import set_lr
 from ferfast.engine.stages import (
+    build_classifier,
+    build_mae,
+    build_mixup,
+    effective_batch_size,
     evaluate,
     lr_function,
     make_optimizer,
@@ -22,6 +29,7 @@ from ferfast.engine.stages import (
     run_stage1,
     run_stage2,
 )
+from ferfast.models import create_model
 
 
 @pytest.fixture(scope="module")
@@ -84,5 +92,127 @@ def test_optimizer_groups_and_schedules():
     lr2 = lr_function(cfg.stage2.optim, 50, 1.5e-4)
     assert [lr2(e) for e in (0, 19.9, 20, 40)] == pytest.approx([1.5e-4, 1.5e-4, 1.5e-5, 1.5e-6])
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    with pytest.raises(ValueError, match="fp16"):
-        resolve_precision("fp16", torch.device("cpu"))
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"  # autocast + GradScaler, on the CPU too
+
+
+def test_layer_decay_groups_are_maes_param_groups_lrd():
+    model = create_model("vit_demo", img_size=32, num_classes=7)  # 4 blocks: 5 "layers" + the head's
+    opt, _ = make_optimizer(model, OptimConfig(lr=1e-3, weight_decay=0.05, layer_decay=0.5), 32)
+    group = {id(p): g for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(named)
+
+    def scale_and_decay(name):
+        g = group[id(named[name])]
+        return g["lr_scale"], g["weight_decay"]
+
+    assert scale_and_decay("cls_token") == scale_and_decay("pos_embed") == (0.5**5, 0.0)  # no_weight_decay()
+    assert scale_and_decay("patch_embed.proj.weight") == (0.5**5, 0.05)
+    assert scale_and_decay("blocks.0.attn.qkv.weight") == (0.5**4, 0.05)
+    assert scale_and_decay("blocks.0.norm1.weight") == (0.5**4, 0.0)  # 1-d: no weight decay
+    assert scale_and_decay("blocks.3.mlp.fc2.weight") == (0.5, 0.05)
+    assert scale_and_decay("head.weight") == (1.0, 0.05) and scale_and_decay("fc_norm.bias") == (1.0, 0.0)
+    set_lr(opt, 2e-3)  # what the schedule does every iteration
+    assert group[id(named["blocks.0.attn.qkv.weight"])]["lr"] == pytest.approx(2e-3 * 0.5**4)
+    with pytest.raises(ValueError, match="layer_decay"):
+        make_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, layer_decay=0.5), 32)
+
+
+def test_maes_lr_rule_counts_every_process(monkeypatch):
+    optim = OptimConfig(blr=1e-3, accum_steps=2)
+    assert effective_batch_size(32, optim) == 64
+    monkeypatch.setattr(stages, "get_world_size", lambda: 4)
+    assert effective_batch_size(32, optim) == 256  # 32 per process x 4 processes x 2 accumulation steps
+    _, lr = make_optimizer(torch.nn.Linear(2, 2), optim, effective_batch_size(32, optim))
+    assert lr == pytest.approx(1e-3)
+
+
+def test_the_decoder_settings_replace_the_models_own(synth, tmp_path):
+    demo = build_mae(tiny_config(synth, tmp_path))
+    assert (demo.decoder_embed.out_features, len(demo.decoder_blocks)) == (64, 2)  # mae_vit_demo's 64/2/4
+    small = build_mae(tiny_config(synth, tmp_path, **{"pretrain.decoder_embed_dim": 32, "pretrain.decoder_depth": 1,
+                                                      "pretrain.decoder_num_heads": 2}))  # fmt: skip
+    assert (small.decoder_embed.out_features, len(small.decoder_blocks)) == (32, 1)
+    assert small.decoder_blocks[0].attn.num_heads == 2
+
+
+def test_model_num_classes_must_match_the_dataset(synth, tmp_path):
+    data = prepare_data(tiny_config(synth, tmp_path))
+    assert build_classifier(tiny_config(synth, tmp_path, **{"model.num_classes": 7}), 7).head.out_features == 7
+    with pytest.raises(ConfigError, match=r"model\.num_classes: is 5, but the dataset has 7 classes"):
+        run_stage1(tiny_config(synth, tmp_path, **{"model.num_classes": 5}), data)
+
+
+def test_a_multi_process_launch_without_a_process_group_is_refused(synth, tmp_path, monkeypatch):
+    data = prepare_data(tiny_config(synth, tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's, but nobody called init_distributed()
+    with pytest.raises(RuntimeError, match="init_distributed"):
+        run_stage1(tiny_config(synth, tmp_path), data)
+
+
+def test_mixup_pairing_reaches_face_iou_mixup(synth, tmp_path):
+    assert build_mixup(tiny_config(synth, tmp_path), 7).pairing == "flip"
+    mixup = build_mixup(tiny_config(synth, tmp_path, **{"stage1.mixup_pairing": "random"}), 7)
+    perm = mixup({"images": torch.randn(16, 3, 4, 4), "labels": torch.zeros(16, dtype=torch.long)}).perm
+    assert mixup.pairing == "random" and sorted(perm.tolist()) == list(range(16))
+    assert perm.tolist() != list(range(15, -1, -1))
+
+
+def constant_lr(synth, out, **extra):
+    return tiny_config(synth, out, **{"stage1.optim.schedule": "constant", "stage1.optim.warmup_epochs": 0, **extra})
+
+
+def epoch_records(log):
+    return [r for r in map(json.loads, log.read_text().splitlines()) if "time_s" in r]
+
+
+def test_run_resume_continues_an_explicit_checkpoint_unless_the_run_has_its_own(synth, tmp_path):
+    data = prepare_data(tiny_config(synth, tmp_path))
+    full = run_stage1(constant_lr(synth, tmp_path / "full"), data)
+    run_stage1(constant_lr(synth, tmp_path / "first", **{"stage1.epochs": 1}), data)
+    source = tmp_path / "first" / "stage1" / "checkpoint-last.pth"
+    resumed = run_stage1(constant_lr(synth, tmp_path / "new", **{"run.resume": str(source)}), data)
+    for name, value in full.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    log = tmp_path / "new" / "stage1" / "log.jsonl"
+    assert [r["epoch"] for r in epoch_records(log)] == [1]  # epoch 0 came from the checkpoint
+    run_stage1(constant_lr(synth, tmp_path / "new", **{"run.resume": str(source)}), data)
+    assert [r["epoch"] for r in epoch_records(log)] == [1]  # its own checkpoint-last.pth (the last epoch) won
+    with pytest.raises(ConfigError, match=r"run\.resume: checkpoint not found"):
+        run_stage1(tiny_config(synth, tmp_path / "x", **{"run.resume": str(tmp_path / "missing.pth")}), data)
+
+
+def test_stage1_evaluates_on_the_val_split_and_keeps_the_best(synth, tmp_path):
+    cfg = tiny_config(synth, tmp_path, **{"data.val_split": "train"})
+    data = prepare_data(cfg)
+    assert data.validation is data.val and len(data.val) == 56
+    ema = run_stage1(cfg, data)
+    records = epoch_records(tmp_path / "stage1" / "log.jsonl")
+    assert [r["epoch"] for r in records] == [0, 1] and all("val_mean_class_accuracy" in r for r in records)
+    assert records[-1]["val_accuracy"] == pytest.approx(evaluate(ema.module, data.train, cfg)["accuracy"])
+    best = load_checkpoint(tmp_path / "stage1" / BEST_CHECKPOINT)
+    assert best["best"]["value"] == max(r["val_accuracy"] for r in records)
+
+
+def test_fp16_precision_saves_its_grad_scaler(synth, tmp_path):
+    cfg = tiny_config(synth, tmp_path, **{"run.precision": "fp16", "stage1.epochs": 1})
+    run_stage1(cfg, prepare_data(cfg))
+    ckpt = load_checkpoint(tmp_path / "stage1" / "checkpoint-last.pth")
+    assert ckpt["scaler"]["scale"] > 0 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_run_compile_compiles_the_trained_model(synth, tmp_path, monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(model, **kwargs):  # dynamo's tracing, without inductor's slow first compile
+        compiled.append(type(model).__name__)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    cfg = tiny_config(synth, tmp_path, **{"run.compile": True, "stage1.epochs": 1})
+    run_stage1(cfg, prepare_data(cfg))
+    assert compiled == ["VisionTransformer"]
+    saved = load_checkpoint(tmp_path / "stage1" / "checkpoint-last.pth")["model"]
+    assert not any(k.startswith("_orig_mod") for k in saved)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ferfast.engine.steps import autocast, pretrain_step, stage1_step, stage2_step, to_device
-from ferfast.ops import FaceIoUMixup
+from ferfast.ops import FaceIoUMixup, paired_box_iou
 from ferfast.reference import facemix_loss_ref
 
 K = 7
@@ -51,6 +52,27 @@ def test_stage1_step_is_ssfers_loss_on_originals_and_mixed_images():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_random_pairing_mixes_each_image_with_a_drawn_partner():
+    model, data = tiny_classifier(), batch(b=8)
+    out = stage1_step(model, data, FaceIoUMixup(K, seed=4, pairing="random"))
+    # By hand: the same generator draws the permutation first, then whether to mix (prob) and lam.
+    rng = np.random.default_rng(4)
+    perm = torch.from_numpy(rng.permutation(8))
+    assert rng.random() < 1.0
+    lam = float(rng.beta(1.0, 1.0))
+    assert perm.tolist() != list(range(7, -1, -1)) and out.stats["lam"] == pytest.approx(lam)
+    x, y = data["images"], data["labels"]
+    logits = model(torch.cat([x, lam * x + (1 - lam) * x[perm]]))
+    targets = lam * F.one_hot(y, K).float() + (1 - lam) * F.one_hot(y[perm], K).float()
+    targets = targets * (1 - 0.1) + 0.1 / K
+    iou = paired_box_iou(data["boxes"], perm)
+    expected = facemix_loss_ref(logits[:8], logits[8:], y, targets, iou, perm)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
+    assert out.stats["face_iou"] == pytest.approx(float(iou.mean()))
+    with pytest.raises(ValueError, match="pairing='flip'"):
+        FaceIoUMixup(K, mode="pair", pairing="random")
+
+
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 1.0])
 def test_stage2_step_is_fixmatch(threshold):
     student, teacher, data = tiny_classifier(0), tiny_classifier(1), batch()
@@ -86,9 +108,11 @@ def test_autocast_and_to_device():
     with autocast(torch.device("cpu"), "bf16"):
         y = nn.Linear(4, 4)(torch.randn(2, 4))
     assert y.dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), "fp16"):
+        assert nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float16
     with autocast(torch.device("cpu"), "fp32"):
         assert nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
     with pytest.raises(ValueError, match="precision"):
-        autocast(torch.device("cpu"), "fp16")
+        autocast(torch.device("cpu"), "fp8")
     moved = to_device(batch(), torch.device("cpu"))
     assert moved["images"].device.type == "cpu"
