@@ -387,17 +387,22 @@ class Bench:
         shape: shapes.MAEShape | shapes.ClsShape,
         fn: Callable,
         args: tuple,
-        nbytes: int,
+        nbytes: int | None,
         variant: str = "",
         shape_desc: str = "",
         fresh_args: Callable[[], tuple] | None = None,
+        images: int | None = None,
+        extra_info: dict[str, Any] | None = None,
     ) -> None:
         """Times ``fn(*args)`` (synchronized on a GPU) and records what :mod:`report` prints.
 
-        ``nbytes``: the minimum bytes the op must move (each input read once, each output written once).
+        ``nbytes``: the minimum bytes the op must move (each input read once, each output written once);
+        ``None`` for a call that is not memory-bound (a training step): no bandwidth is recorded.
         ``fresh_args``: for a ``fn`` that overwrites its inputs, builds new ``args`` before every warm-up and
         timed round, in the untimed setup (before the cache eviction); the CUDA-event measurements reuse
         ``args``.
+        ``images``: images one call processes; records ``images_per_s`` (and ``gpu_event_images_per_s``).
+        ``extra_info``: more fields for ``benchmark.extra_info`` (they override the standard ones).
         """
         b, t, s = self.benchmark, self.target, self.settings
         device = t.device
@@ -431,7 +436,7 @@ class Bench:
             "shape": shape.name,
             "shape_desc": shape_desc,
             "dtype": shape.dtype_name,
-            "bytes": int(nbytes),
+            "bytes": None if nbytes is None else int(nbytes),
             "copy_GB/s": copy_gbs,
             "cache": "cold" if s.cold_cache else "warm",
             "threads": torch.get_num_threads(),
@@ -441,10 +446,17 @@ class Bench:
         if stats is not None:  # None under --benchmark-disable
             median = stats.stats.median
             info["median_ms"] = median * 1e3
-            info["GB/s"] = nbytes / median / 1e9
-            info["copy_fraction"] = info["GB/s"] / copy_gbs
+            if nbytes is not None:
+                info["GB/s"] = nbytes / median / 1e9
+                info["copy_fraction"] = info["GB/s"] / copy_gbs
+            if images is not None:
+                info["images"] = int(images)
+                info["images_per_s"] = images / median
         if t.is_gpu:
             info.update(self._gpu_measurements(fn, args, nbytes, copy_gbs))
+            if images is not None:
+                info["gpu_event_images_per_s"] = images / (info["gpu_event_ms"] / 1e3)
+        info.update(extra_info or {})
         b.extra_info.update(info)
         if s.jsonl and stats is not None:
             self._append_jsonl(s.jsonl, info, stats.stats)
@@ -461,7 +473,7 @@ class Bench:
         with open(path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def _gpu_measurements(self, fn: Callable, args: tuple, nbytes: int, copy_gbs: float) -> dict[str, float]:
+    def _gpu_measurements(self, fn: Callable, args: tuple, nbytes: int | None, copy_gbs: float) -> dict[str, float]:
         device = self.target.device
         reps = self.settings.rounds
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
@@ -481,13 +493,15 @@ class Bench:
         fn(*args)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        return {
+        out = {
             "gpu_event_ms": event_s * 1e3,
-            "gpu_event_GB/s": nbytes / event_s / 1e9,
-            "gpu_event_copy_fraction": nbytes / event_s / 1e9 / copy_gbs,
             "peak_mem_MiB": peak / 2**20,
             "peak_mem_extra_MiB": (peak - before) / 2**20,
         }
+        if nbytes is not None:
+            out["gpu_event_GB/s"] = nbytes / event_s / 1e9
+            out["gpu_event_copy_fraction"] = nbytes / event_s / 1e9 / copy_gbs
+        return out
 
 
 @pytest.fixture
@@ -496,6 +510,21 @@ def bench(
 ) -> Bench:
     # ``target`` first: a skipped provider must skip before pytest-benchmark's fixture is set up.
     return Bench(benchmark, target, bench_settings, copy_bandwidth, flusher)
+
+
+@pytest.fixture
+def make_bench(
+    benchmark: Any, bench_settings: Settings, copy_bandwidth: CopyBandwidth, flusher: Flusher
+) -> Callable[[torch.device, str], Bench]:
+    """For a bench with providers of its own (not ``target``'s): ``make_bench(device, provider)`` -> :class:`Bench`.
+
+    Request it after the fixture that decides whether the provider runs, so that a skip comes before
+    pytest-benchmark's fixture is set up."""
+
+    def make(device: torch.device, provider: str) -> Bench:
+        return Bench(benchmark, Target(torch.device(device), provider), bench_settings, copy_bandwidth, flusher)
+
+    return make
 
 
 @pytest.fixture(autouse=True)

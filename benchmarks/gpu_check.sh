@@ -7,28 +7,34 @@
 # Steps: versions -> build + editable install of the extension from source -> python -m ferfast.info ->
 # GPU tests (-m "cuda or triton") -> the rest of the tests -> the CUDA benchmarks (masked_patch_mse first, then
 # the other MAE ops, then face-IoU Mixup (SSFER stage 1: the step, with the ssfer-eager baseline, and the mixing
-# alone) and fixmatch_loss, then the torch.compile baselines; JSON in benchmarks/results/gpu_*.json, merged into
-# benchmarks/results/gpu.json) -> benchmarks/report.py of them, ending with the targets: masked_patch_mse
+# alone) and fixmatch_loss, then whole training steps (benchmarks/bench_train_step.py: MAE ViT-B/16 pretraining
+# at batch 64 and 128 and the stage-1 ViT-B/16 face-IoU Mixup step at batch 32, bf16 autocast + fused AdamW,
+# images/s with ferfast's ops vs the reference ops), then the torch.compile baselines; JSON in
+# benchmarks/results/gpu_*.json, merged into benchmarks/results/gpu.json) -> benchmarks/report.py of them (the
+# training steps in their own images/s table), ending with the targets: masked_patch_mse
 # fwd+bwd bandwidth as a fraction of the GPU's measured copy bandwidth (target >= 0.8), the mixing's
 # (face_mixup) fraction of copy bandwidth (>= 0.5), the stage-1 step's speedups over ssfer-eager (>= 4x) and
 # torch.compile (>= 1.5x), and fixmatch_loss against torch.compile (faster). The data tests run in "the rest"
 # (the torch loader; the GPU machine has no DALI), and benchmarks/bench_loader.py's loader_to_gpu measures the
 # torch loader feeding the GPU (pinned batches, non_blocking copies; JSON in gpu_loader.json).
 #
-# The whole run stays under GPU_CHECK_BUDGET_S (default 540 s): every step has its own `timeout`, and each
+# The whole run stays under GPU_CHECK_BUDGET_S (default 560 s): every step has its own `timeout`, and each
 # keeps back the time the later steps need. A failing step is reported and the script goes on; it exits 1
 # at the end when any step failed (the bandwidth target is reported, not enforced; GPU_CHECK_STRICT=1
 # enforces it). With $OUT set, the log, the JSON files and the report are copied there.
 #
 # Knobs: PYTHON (python3), GPU_CHECK_BUDGET_S, TORCH_CUDA_ARCH_LIST (9.0), CUDA_HOME, FERFAST_BUILD_CUDA (ON),
 # BENCH_K (pytest -k expression of the benchmarks; default B64: the ViT-B/16 shape only; empty: all shapes),
-# BENCH_ARGS (more pytest args for the benchmarks).
+# BENCH_ARGS (more pytest args for the benchmarks), TRAIN_K (pytest -k expression of the training-step benchmarks;
+# default base: the ViT-B/16 shapes; empty: the demo models too), TRAIN_ROUNDS (their timed rounds, default 10).
 set -u
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 PY=${PYTHON:-python3}
-BUDGET_S=${GPU_CHECK_BUDGET_S:-540}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-560}
 BENCH_K=${BENCH_K-B64}
+TRAIN_K=${TRAIN_K-base}
+TRAIN_ROUNDS=${TRAIN_ROUNDS:-10}
 BENCH_ARGS=${BENCH_ARGS:-}
 RESULTS=benchmarks/results
 LOGS=$RESULTS/gpu_logs
@@ -159,7 +165,8 @@ pytest_allow_empty() {
 
 report() {
   local files=() f
-  for f in gpu_masked_patch_mse gpu_ops gpu_ssfer gpu_loader gpu_compile; do  # the JSON, else the lines of a run that was cut short
+  # the JSON, else the lines of a run that was cut short
+  for f in gpu_masked_patch_mse gpu_ops gpu_ssfer gpu_train_step gpu_loader gpu_compile; do
     if [ -f "$RESULTS/$f.json" ]; then
       files+=("$RESULTS/$f.json")
     elif [ -s "$RESULTS/$f.jsonl" ]; then
@@ -190,27 +197,36 @@ OTHER_BENCHES=(benchmarks/bench_random_masking.py benchmarks/bench_patchify_gath
 # the mixing alone (face_mixup: its fraction of copy bandwidth is a target), then fixmatch_loss.
 SSFER_BENCHES=(benchmarks/bench_face_mixup.py benchmarks/bench_fixmatch_loss.py)
 if [ -n "$BENCH_K" ]; then K_ALL=(-k "$BENCH_K"); K_COMPILE=(-k "($BENCH_K) and compile"); else K_ALL=(); K_COMPILE=(-k compile); fi
+if [ -n "$TRAIN_K" ]; then K_TRAIN=(-k "$TRAIN_K"); else K_TRAIN=(); fi
 
 #    name                                 cap  keep-back  command
-step "versions"                             45  490  versions
-step "build+install"                       240  280  build
-step "ferfast.info"                         30  270  "$PY" -m ferfast.info
-step "tests (cuda or triton)"              120  260  pytest_allow_empty tests -q --maxfail=25 -p no:cacheprovider \
+step "versions"                             45  515  versions
+step "build+install"                       240  310  build
+step "ferfast.info"                         30  300  "$PY" -m ferfast.info
+step "tests (cuda or triton)"              120  290  pytest_allow_empty tests -q --maxfail=25 -p no:cacheprovider \
   -m "cuda or triton" --durations=5
-step "tests (the rest)"                     75  215  pytest_allow_empty tests -q --maxfail=5 -p no:cacheprovider \
+step "tests (the rest)"                     75  245  pytest_allow_empty tests -q --maxfail=5 -p no:cacheprovider \
   -m "not cuda and not triton and not slow" --durations=5
 rm -f "$RESULTS"/gpu*.json "$RESULTS"/gpu*.jsonl
 # The ferfast and eager numbers first; the torch.compile baselines (slow to compile) last, in their own JSON,
 # so that a timeout there loses nothing else (pytest-benchmark writes its JSON only at the end of a run).
-step "bench masked_patch_mse"               90  175  "$PY" -m pytest benchmarks/bench_masked_patch_mse.py --no-compile \
+step "bench masked_patch_mse"               90  205  "$PY" -m pytest benchmarks/bench_masked_patch_mse.py --no-compile \
   "${BENCH_COMMON[@]}" ${K_ALL[@]+"${K_ALL[@]}"} ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
   --benchmark-json="$RESULTS/gpu_masked_patch_mse.json" --bench-jsonl="$RESULTS/gpu_masked_patch_mse.jsonl"
-step "bench other ops"                      90  135  "$PY" -m pytest "${OTHER_BENCHES[@]}" --no-compile \
+step "bench other ops"                      90  165  "$PY" -m pytest "${OTHER_BENCHES[@]}" --no-compile \
   "${BENCH_COMMON[@]}" ${K_ALL[@]+"${K_ALL[@]}"} ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
   --benchmark-json="$RESULTS/gpu_ops.json" --bench-jsonl="$RESULTS/gpu_ops.jsonl"
-step "bench face-IoU Mixup + FixMatch"      60  105  "$PY" -m pytest "${SSFER_BENCHES[@]}" --no-compile \
+step "bench face-IoU Mixup + FixMatch"      60  135  "$PY" -m pytest "${SSFER_BENCHES[@]}" --no-compile \
   "${BENCH_COMMON[@]}" ${K_ALL[@]+"${K_ALL[@]}"} ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
   --benchmark-json="$RESULTS/gpu_ssfer.json" --bench-jsonl="$RESULTS/gpu_ssfer.jsonl"
+# Whole training steps (ViT-B/16, bf16): ferfast ops vs reference ops, 10 timed rounds. No torch.compile provider
+# here: it compiles each model's forward and backward (35-50 s for the small demo models on a 2-core CPU) and would
+# not fit; `pytest benchmarks/bench_train_step.py` without --no-compile times it. Results also go to the .jsonl as
+# each case finishes, so a step cut short still reports what it measured.
+step "bench train step (MAE + stage 1)"     70  105  "$PY" -m pytest benchmarks/bench_train_step.py --no-compile \
+  "${BENCH_COMMON[@]}" --bench-rounds "$TRAIN_ROUNDS" ${K_TRAIN[@]+"${K_TRAIN[@]}"} \
+  ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"} \
+  --benchmark-json="$RESULTS/gpu_train_step.json" --bench-jsonl="$RESULTS/gpu_train_step.jsonl"
 step "bench torch loader -> GPU"             45   60  "$PY" -m pytest benchmarks/bench_loader.py -k to_gpu \
   -q -p no:cacheprovider --benchmark-columns=min,median,iqr,rounds \
   --benchmark-json="$RESULTS/gpu_loader.json"

@@ -24,6 +24,9 @@ flushed, no Python or sync overhead) are shown too and the speedups use them.
 
 A target whose benchmarks are not in the data is reported as not checked and does not count; the check
 fails (``--strict``: exit 1) when a checked target is missed, or when no target could be checked at all.
+
+The whole training steps (``bench_train_step.py``: MAE pretraining and stage 1, ferfast ops vs the reference
+ops) get one table of their own, in images/s, instead of the bandwidth tables; they have no target.
 """
 
 from __future__ import annotations
@@ -36,9 +39,19 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
-PROVIDER_ORDER = ("ferfast-triton", "ferfast-cuda", "ferfast-cpu", "torch-ref", "torch-compile(ref)", "ssfer-eager")
+PROVIDER_ORDER = (
+    "ferfast-triton",
+    "ferfast-cuda",
+    "ferfast-cpu",
+    "ferfast-auto",
+    "ferfast-auto+compile",
+    "torch-ref",
+    "torch-compile(ref)",
+    "ssfer-eager",
+)
 REF, COMPILE, SSFER = "torch-ref", "torch-compile(ref)", "ssfer-eager"
 STAGE1_OP = "face_iou_mixup_step"
+TRAIN_STEP_OPS = ("train_step_pretrain", "train_step_stage1")  # bench_train_step.py: images/s, not GB/s
 
 
 def load(paths: list[Path]) -> dict[str, Any]:
@@ -130,6 +143,59 @@ def group_table(name: str, rows: list[dict[str, Any]]) -> list[str]:
         if ssfer:
             cells.append(_speedup(ssfer, r))
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def is_train_step(rows: list[dict[str, Any]]) -> bool:
+    return any(r.get("op") in TRAIN_STEP_OPS for r in rows)
+
+
+def _images_per_s(row: dict[str, Any]) -> float | None:
+    """CUDA-event images/s on a GPU, else the median wall-time images/s."""
+    return row.get("gpu_event_images_per_s") or row.get("images_per_s")
+
+
+def train_step_table(data: dict[str, Any]) -> list[str]:
+    """Images/s of the whole training steps, ferfast's ops against the reference ops (speedup = images/s ratio)."""
+    rows = [r for rs in groups(data).values() if is_train_step(rs) for r in rs]
+    if not rows:
+        return []
+    lines = [
+        "## Training steps: images/s, ferfast ops vs reference ops",
+        "",
+        "_one optimizer step (forward + backward + fused AdamW) per call; images/s from CUDA-event time on a GPU, "
+        "else median wall time; stage 1 counts the labeled images (the network sees twice as many)_",
+        "",
+    ]
+    head = ["step", "device", "shape", "precision", "provider", "ops", "images/s", "step ms", "peak MiB"]
+    head.append(f"vs {REF}")
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    keyed: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        keyed.setdefault((r.get("op"), r.get("device"), r.get("shape")), []).append(r)
+    for (op, device, shp), rs in sorted(keyed.items(), key=lambda kv: str(kv[0])):
+        rs.sort(key=lambda r: _provider_key(str(r["provider"])))
+        ref = next((r for r in rs if r.get("provider") == REF), None)
+        ref_ips = _images_per_s(ref) if ref else None
+        for r in rs:
+            ips = _images_per_s(r)
+            event_ms = r.get("gpu_event_ms")
+            step_ms = event_ms if event_ms is not None else (r["median_s"] * 1e3 if r.get("median_s") else None)
+            speedup = f"{ips / ref_ips:.2f}x" if ips and ref_ips else "-"
+            cells = [
+                str(op).removeprefix("train_step_"),
+                str(device),
+                str(shp),
+                str(r.get("dtype", "-")).split(",")[0],
+                str(r["provider"]),
+                str(r.get("ops_backend", "-")),
+                _fmt(ips, ".1f"),
+                _fmt(step_ms, ".2f"),
+                _fmt(r.get("peak_mem_MiB"), ".0f"),
+                speedup,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return lines
 
@@ -331,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     lines = header(data, paths)
     for name, rows in groups(data).items():
-        lines += group_table(name, rows)
+        if not is_train_step(rows):
+            lines += group_table(name, rows)
+    lines += train_step_table(data)
     ok = True
     if args.check_target:
         target_lines, ok = check_all_targets(args, data)

@@ -9,8 +9,9 @@ Each entry is one MAE pretraining configuration; every op takes the tensors it n
   ``ids_restore [B, L]`` -> ``[B, 1 + L, D]``;
 - ``fused_head_masked_mse``: ``h [B, L, D]``, ``weight [p*p*C, D]``, ``bias [p*p*C]``.
 
-A second, small registry (:class:`ClsShape`, at the end) holds the classification batches of SSFER's face-IoU
-Mixup (stage 1) and FixMatch (stage 2).
+A second, small registry (:class:`ClsShape`) holds the classification batches of SSFER's face-IoU Mixup
+(stage 1) and FixMatch (stage 2); a third (:class:`TrainShape`, at the end) the whole training steps of
+``bench_train_step.py`` (a model, its batch and its precision).
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ __all__ = [
     "CLS_REGISTRIES",
     "FIXMATCH_SHAPES",
     "MIXUP_SHAPES",
+    "PRETRAIN_STEP_SHAPES",
     "SHAPES",
+    "STAGE1_STEP_SHAPES",
+    "TRAIN_REGISTRIES",
     "ClsShape",
     "MAEShape",
     "Masking",
+    "TrainShape",
     "by_name",
     "cls_by_name",
     "cls_images",
@@ -45,6 +50,8 @@ __all__ = [
     "predictions",
     "selected_cls_shapes",
     "selected_shapes",
+    "selected_train_shapes",
+    "train_by_name",
 ]
 
 
@@ -297,3 +304,71 @@ def cls_logits(shape: ClsShape, device: torch.device, seed: int, scale: float = 
     """``[B, K]`` logits (``scale * N(0, 1)``)."""
     logits = torch.randn(shape.batch, shape.num_classes, generator=_gen(seed)) * scale
     return logits.to(device, shape.dtype).requires_grad_(requires_grad)
+
+
+# ---- whole training steps (``bench_train_step.py``): forward + backward + AdamW step of a model ----------------
+#
+# - pretraining (``pretrain_step_shape``): MAE ViT-B/16 on 224 x 224 faces, mask ratio 0.75, SSFER's norm-pix loss;
+# - stage 1 (``stage1_step_shape``): the ViT-B/16 classifier with face-IoU Mixup, one forward pass over
+#   ``[originals; mixed]`` (2B images) for a labeled batch of B = 32 (SSFER's), K = 7 (RAF-DB).
+#
+# The inputs, weights and optimizer state are fp32; the step runs under ``precision`` autocast (bf16, as the
+# engine's default on a GPU). The ``--quick`` shapes are the demo's small models on 64 x 64 images.
+
+
+@dataclass(frozen=True)
+class TrainShape:
+    name: str
+    model: str  # a ferfast.models name (create_model)
+    batch: int  # images per step (stage 1: labeled images; the network sees 2 x batch)
+    img_size: int = 224
+    mask_ratio: float = 0.75  # pretraining
+    num_classes: int = 7  # stage 1
+    channels: int = 3
+    precision: str = "bf16"  # autocast (ferfast.engine.steps.autocast)
+    dtype: torch.dtype = torch.float32  # inputs and weights
+    quick: bool = False
+
+    @property
+    def dtype_name(self) -> str:
+        return f"{self.precision} autocast, {str(self.dtype).removeprefix('torch.')} weights and inputs"
+
+    @property
+    def cls(self) -> ClsShape:
+        """The stage-1 batch as a :class:`ClsShape` (for :func:`cls_images`, :func:`cls_labels`, :func:`face_boxes`)."""
+        return ClsShape(self.name, self.batch, self.num_classes, self.channels, self.img_size, self.dtype)
+
+    def describe(self) -> str:
+        b, c, s = self.batch, self.channels, self.img_size
+        return f"{self.model}, imgs {b}x{c}x{s}x{s}, {self.precision} autocast"
+
+
+PRETRAIN_STEP_SHAPES: tuple[TrainShape, ...] = (
+    TrainShape("mae_vit_base_patch16-224-B64", "mae_vit_base_patch16", batch=64),
+    TrainShape("mae_vit_base_patch16-224-B128", "mae_vit_base_patch16", batch=128),
+    TrainShape("mae_vit_demo-64-B8", "mae_vit_demo", batch=8, img_size=64, quick=True),
+)
+
+STAGE1_STEP_SHAPES: tuple[TrainShape, ...] = (
+    TrainShape("vit_base_patch16-224-B32", "vit_base_patch16", batch=32),
+    TrainShape("vit_demo-64-B8", "vit_demo", batch=8, img_size=64, quick=True),
+)
+
+#: fixture name -> its registry (``bench_train_step.py`` parametrizes each fixture it asks for).
+TRAIN_REGISTRIES: dict[str, tuple[TrainShape, ...]] = {
+    "pretrain_step_shape": PRETRAIN_STEP_SHAPES,
+    "stage1_step_shape": STAGE1_STEP_SHAPES,
+}
+
+
+def train_by_name(fixture: str, name: str) -> TrainShape:
+    registry = TRAIN_REGISTRIES[fixture]
+    for s in registry:
+        if s.name == name:
+            return s
+    raise KeyError(f"no {fixture} {name!r}; known: {[s.name for s in registry]}")
+
+
+def selected_train_shapes(fixture: str, quick: bool) -> list[TrainShape]:
+    """The ``fixture``'s shapes a run covers: all of them, or the small ones under ``--quick``."""
+    return [s for s in TRAIN_REGISTRIES[fixture] if s.quick or not quick]
