@@ -1,6 +1,6 @@
-# ferfast: `make demo` runs the main job, `make test` runs the tests. Both set up first when needed:
-# a .venv/ with the pinned torch, the native build (C++ always, CUDA when nvcc is found) and an
-# editable install.
+# ferfast: `make demo` runs the main job (SSFER's ablation on synthetic faces, `DEMO_ARGS` passes options),
+# `make test` runs the tests. Both set up first when needed: a .venv/ with the pinned torch, the native build
+# (C++ always, CUDA when nvcc is found) and an editable install.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,6 +11,7 @@ export CUDA_HOME
 TORCH_CUDA_ARCH_LIST ?= 9.0
 export TORCH_CUDA_ARCH_LIST
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find csrc cmake -type f 2>/dev/null)
 
@@ -37,7 +38,8 @@ test: build
 	$(PY) -m ruff check ferfast tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-demo: bench-quick
+demo: build
+	$(PY) -m ferfast.train demo $(DEMO_ARGS)
 
 bench: build
 	$(PY) -m pytest benchmarks -q --benchmark-json=benchmarks/results/latest.json $(PYTEST_ARGS)

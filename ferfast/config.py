@@ -378,7 +378,9 @@ class OptimConfig(_Section):
     schedule: LrSchedule = field(
         default="cosine", metadata=_doc("learning-rate schedule after warmup: cosine, step or constant")
     )
-    warmup_epochs: int = field(default=0, metadata=_doc("epochs of linear warmup from 0"))
+    warmup_epochs: float = field(
+        default=0.0, metadata=_doc("epochs of linear warmup from 0 (fractional: the lr is set every step, as MAE's)")
+    )
     min_lr: float = field(default=0.0, metadata=_doc("lowest learning rate of the cosine schedule"))
     milestones: tuple[int, ...] = field(
         default=(), metadata=_doc("epochs where the step schedule multiplies the lr by gamma (e.g. 20,40)")
@@ -552,6 +554,9 @@ class RunConfig(_Section):
         default="stop", metadata=_doc("on a NaN/inf loss: stop, or rollback to the last checkpoint")
     )
     log_every: int = field(default=20, metadata=_doc("log metrics every N steps"))
+    print_every: int = field(
+        default=1, metadata=_doc("print a one-line summary every N epochs and after the last (0: never)")
+    )
     eval_every: int = field(
         default=1, metadata=_doc("stages 1 and 2: evaluate on data.val_split every N epochs and after the last")
     )
@@ -566,7 +571,7 @@ class RunConfig(_Section):
     tensorboard: bool = field(default=True, metadata=_doc("write TensorBoard events next to the JSON-lines log"))
 
     def validate(self) -> None:
-        _nonnegative(self, "seed")
+        _nonnegative(self, "seed", "print_every")
         _positive(self, "log_every", "eval_every", "save_every", "keep_checkpoints")
 
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 __all__ = ["COMMANDS", "build_parser", "main", "nonnegative_int", "positive_int", "progress_bar"]
 
 #: The command modules under ``ferfast.cli``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("data",)
+COMMANDS: tuple[str, ...] = ("data", "demo")
 
 _DESCRIPTION = """\
 ferfast: fast semi-supervised facial-expression recognition (SSFER).

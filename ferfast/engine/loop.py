@@ -79,7 +79,8 @@ class FitConfig:
     best_metric: str = "val_accuracy"  #: the ``evaluate`` score (higher is better) that picks checkpoint-best.pth
     compile: bool = False  #: torch.compile the model the step runs
     compile_backend: str = "inductor"  #: torch.compile's backend
-    show_progress: bool | None = None  #: progress bar (None: on a terminal, rank 0)
+    show_progress: bool | None = None  #: progress bar (None: on a terminal, rank 0); False also silences the summaries
+    print_every: int = 1  #: print the one-line epoch summary every this many epochs and after the last (0: never)
     max_rollbacks: int = 3  #: give up after this many rollbacks in one run
 
     def __post_init__(self) -> None:
@@ -87,6 +88,8 @@ class FitConfig:
         _positive_int(self.accum_steps, "accum_steps")
         _positive_int(self.save_every, "save_every")
         _positive_int(self.eval_every, "eval_every")
+        if isinstance(self.print_every, bool) or not isinstance(self.print_every, int) or self.print_every < 0:
+            raise ValueError(f"print_every must be a non-negative int, got {self.print_every!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.clip_grad is not None and not self.clip_grad > 0:
@@ -272,7 +275,8 @@ def _train_one_epoch(
     sums: dict[str, float] = {}
     seen, lr = 0, 0.0
     optimizer.zero_grad(set_to_none=True)
-    bar = progress(loader, desc=f"{stage} epoch {epoch + 1}/{cfg.epochs}", total=steps, enabled=cfg.show_progress)
+    bar = progress(loader, desc=f"{stage} epoch {epoch + 1}/{cfg.epochs}", total=steps, enabled=cfg.show_progress,
+                   leave=False)  # the epoch summary line stays instead
     for i, batch in enumerate(bar):
         global_step = epoch * steps + i
         if i % cfg.accum_steps == 0:
@@ -366,9 +370,9 @@ def fit(
         if logger is not None:
             logger.log({"stage": stage, **record}, step=(epoch + 1) * steps_per_epoch, prefix=f"{stage}/epoch")
         _save(cfg, epoch, state, best, improved, args=args, class_names=class_names)
-        if is_main_process() and cfg.show_progress is not False:
-            print(epoch_summary(epoch, {k: v for k, v in record.items() if k != "epoch"},
-                                total_epochs=cfg.epochs, elapsed_s=record["time_s"]), flush=True)  # fmt: skip
+        if is_main_process() and cfg.show_progress is not False and cfg.print_every and cfg.due(epoch, cfg.print_every):
+            print(f"{stage} " + epoch_summary(epoch + 1, {k: v for k, v in record.items() if k != "epoch"},
+                                              total_epochs=cfg.epochs, elapsed_s=record["time_s"]), flush=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
         epoch += 1

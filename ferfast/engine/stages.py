@@ -258,7 +258,7 @@ def _fit_config(cfg: TrainConfig, optim: OptimConfig, epochs: int, base_lr: floa
         precision=resolve_precision(cfg.run.precision, device), clip_grad=optim.clip_grad,
         accum_steps=optim.accum_steps, nonfinite=cfg.run.nonfinite, log_every=cfg.run.log_every,
         keep=cfg.run.keep_checkpoints, save_every=cfg.run.save_every, eval_every=cfg.run.eval_every,
-        compile=cfg.run.compile,
+        compile=cfg.run.compile, print_every=cfg.run.print_every,
     )  # fmt: skip
 
 

@@ -131,6 +131,16 @@ def test_numbered_checkpoints_every_save_every_epochs_and_after_the_last(faces, 
     assert [e for e, _ in list_checkpoints(tmp_path / "kept")] == [3, 4]
 
 
+def test_one_summary_line_every_print_every_epochs_and_after_the_last(faces, tmp_path, capsys):
+    model, opt, loader = make(faces)
+    for every, printed in ((2, [2, 4, 5]), (0, [])):
+        cfg = FitConfig(epochs=5, lr_at=lr_at, output_dir=tmp_path / str(every), print_every=every)
+        fit(ce_step, model, opt, loader, cfg, stage="stage1")
+        lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stage1 epoch")]
+        assert [int(ln.split()[2].split("/")[0]) for ln in lines] == printed  # 1-based, "stage1 epoch 2/5 | ..."
+        assert all("/5 | loss " in ln for ln in lines)
+
+
 def test_evaluation_every_eval_every_epochs_and_the_best_checkpoint_survive_a_resume(faces, tmp_path):
     val = {1: 0.5, 3: 0.7, 4: 0.6}
     calls = []
@@ -198,7 +208,8 @@ def test_compile_runs_the_step_on_the_compiled_model(faces, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [({"epochs": 0}, "epochs"), ({"accum_steps": 0}, "accum_steps"), ({"save_every": 0}, "save_every"),
-     ({"eval_every": 0}, "eval_every"), ({"precision": "fp8"}, "precision"), ({"keep": -1}, "keep")],
+     ({"eval_every": 0}, "eval_every"), ({"precision": "fp8"}, "precision"), ({"keep": -1}, "keep"),
+     ({"print_every": -1}, "print_every")],
 )  # fmt: skip
 def test_bad_config_values_are_named(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):

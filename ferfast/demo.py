@@ -1,0 +1,411 @@
+"""The demo: SSFER's ablation on synthetic faces, end to end on this machine (``python -m ferfast.train demo``).
+
+It generates (or reuses) the synthetic faces, pretrains a small MAE on their unlabeled pool, and trains the
+paper's ablation with 5% of the labels, each arm through the same stage drivers as a real run:
+
+========================  ====================================================================================
+``scratch``               stage 1 without pretraining and without Mixup (plain cross-entropy)
+``pretrain``              the same from the MAE encoder
+``mixup``                 the same with face-IoU Mixup (SSFER's stage 1)
+``semisup``               FixMatch with an EMA teacher from ``mixup``'s model (SSFER's stage 2: the full method)
+``full``                  the ceiling: ``pretrain``'s recipe with 100% of the labels (same model and pretraining),
+                          trained for as many steps as stage 1 and stage 2 of the full method together
+========================  ====================================================================================
+
+Every arm is evaluated on the synthetic test split (identities unseen in training): accuracy, mean class
+accuracy, macro-F1, with its wall time. :data:`DEMO_RECIPE` is SSFER's recipe scaled to a 2-core CPU budget
+(a 0.8M-parameter ViT on 64x64 faces, tens of epochs instead of hundreds); ``overrides`` change any
+:class:`~ferfast.config.TrainConfig` setting of every arm. Results go to ``out_dir/results.json`` and
+``results.md``; each arm's checkpoints, logs, metrics and confusion matrix to ``out_dir/seed<S>/<arm>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ferfast._io import write_text_atomic
+from ferfast.config import TrainConfig, build_config, config_keys
+from ferfast.data import write_synthetic_dataset
+from ferfast.data.synthetic import SyntheticFaceConfig
+from ferfast.engine.stages import evaluate, prepare_data, run_pretrain, run_stage1, run_stage2
+
+__all__ = [
+    "ARMS",
+    "DEMO_RECIPE",
+    "QUICK_RECIPE",
+    "Arm",
+    "DemoConfig",
+    "DemoResult",
+    "check_config",
+    "format_table",
+    "run_demo",
+]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of the ablation: which parts of the method it uses."""
+
+    key: str
+    label: str
+    pretrained: bool
+    mixup: bool
+    semisup: bool
+    all_labels: bool = False
+
+
+#: The ablation's rows, in the order they are trained and printed.
+ARMS: tuple[Arm, ...] = (
+    Arm("scratch", "supervised from scratch", pretrained=False, mixup=False, semisup=False),
+    Arm("pretrain", "+ MAE pretraining", pretrained=True, mixup=False, semisup=False),
+    Arm("mixup", "+ face-IoU Mixup", pretrained=True, mixup=True, semisup=False),
+    Arm("semisup", "+ FixMatch (full method)", pretrained=True, mixup=True, semisup=True),
+    Arm("full", "fully supervised (ceiling)", pretrained=True, mixup=False, semisup=False, all_labels=True),
+)
+_ARM = {arm.key: arm for arm in ARMS}
+
+
+@dataclass(frozen=True)
+class DataRecipe:
+    """The synthetic faces of the demo: counts, image size and how strong the expressions are."""
+
+    num_train: int = 6000
+    num_test: int = 1400
+    num_unlabeled: int = 10000
+    num_identities: int = 600
+    size: int = 64
+    intensity: float = 2.5
+    background: float = 0.3
+
+    def face_config(self) -> SyntheticFaceConfig:
+        return SyntheticFaceConfig(size=self.size, intensity=self.intensity, background=self.background)
+
+
+#: SSFER's recipe (DESIGN.md section 4) scaled to ten minutes of a 2-core CPU: the TrainConfig settings of every
+#: arm. A 4-block ViT on 64x64 faces; MAE 9 epochs on the 10k unlabeled faces; stage 1 at batch 32 for 40 epochs
+#: of the 300 labeled images (360 steps), with the EMA decay, learning rates and layer decay a model this small and
+#: a schedule this short need; stage 2 at 32 labeled + 32 unlabeled images per step for 2 passes over the unlabeled
+#: pool, with FixMatch's unlabeled loss weight 1 (SSFER's 5 cost 5-6 points here). docs/demo.md: how it was chosen.
+DEMO_RECIPE: dict[str, Any] = {
+    "data.format": "synthetic", "data.image_size": 64, "data.num_workers": 0,
+    "model.name": "vit_demo", "model.drop_path": 0.0,
+    "pretrain.epochs": 9, "pretrain.batch_size": 64, "pretrain.optim.lr": 1.5e-3, "pretrain.optim.warmup_epochs": 1,
+    "stage1.epochs": 40, "stage1.batch_size": 32, "stage1.ema_decay": 0.99, "stage1.optim.lr": 1e-3,
+    "stage1.optim.warmup_epochs": 2, "stage1.optim.layer_decay": 0.75,
+    "stage2.epochs": 2, "stage2.batch_size": 32, "stage2.unlabeled_batch_size": 32, "stage2.ema_decay": 0.99,
+    "stage2.optim.lr": 3e-4, "stage2.optim.schedule": "cosine", "stage2.optim.milestones": (),
+    "stage2.unlabeled_weight": 1.0,
+    "run.tensorboard": False, "run.log_every": 50, "run.eval_every": 1000, "run.save_every": 1000,
+    "run.keep_checkpoints": 1, "run.print_every": 0,
+}  # fmt: skip
+
+#: ``--quick``: the same pipeline on a few hundred 32x32 faces, for a smoke test (under a minute).
+QUICK_RECIPE: dict[str, Any] = {
+    **DEMO_RECIPE,
+    "data.image_size": 32,
+    "pretrain.epochs": 1, "pretrain.batch_size": 32,
+    "stage1.epochs": 3, "stage1.batch_size": 8, "stage1.optim.warmup_epochs": 1,
+    "stage2.epochs": 1, "stage2.batch_size": 8, "stage2.unlabeled_batch_size": 8, "stage2.optim.milestones": (),
+}  # fmt: skip
+_QUICK_DATA = DataRecipe(num_train=700, num_test=140, num_unlabeled=320, num_identities=40, size=32)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs: where, which seeds, full or quick, and overrides of :data:`DEMO_RECIPE`."""
+
+    out_dir: Path = Path("runs/demo")  #: results, and each seed's runs under ``seed<S>/``
+    data_dir: Path | None = None  #: the synthetic faces (cached; default ``out_dir/faces`` or ``faces-quick``)
+    seeds: tuple[int, ...] = (0,)
+    quick: bool = False  #: a tiny version of everything (the CLI smoke test)
+    labeled_fraction: float = 0.05
+    device: str = "auto"
+    loader: str = "auto"
+    resume: bool = False  #: continue a killed demo (each arm from its last checkpoint) instead of starting afresh
+    arms: tuple[str, ...] = tuple(a.key for a in ARMS)  #: a subset of :data:`ARMS` to run
+    overrides: Mapping[str, Any] = field(default_factory=dict)  #: TrainConfig settings over the recipe
+    faces: DataRecipe | None = None  #: the synthetic faces (default: :class:`DataRecipe`, or the quick one)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be non-negative ints, got {self.seeds!r}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds!r}")
+        if not 0.0 < self.labeled_fraction < 1.0:
+            raise ValueError(f"labeled_fraction must be in (0, 1), got {self.labeled_fraction!r}")
+        unknown = [a for a in self.arms if a not in _ARM]
+        if unknown or not self.arms:
+            raise ValueError(f"arms must be a non-empty subset of {[a.key for a in ARMS]}, got {list(self.arms)}")
+        if "semisup" in self.arms and "mixup" not in self.arms:
+            raise ValueError("arm 'semisup' starts from arm 'mixup''s model: include 'mixup' in arms")
+        keys = set(config_keys(TrainConfig))
+        bad = [k for k in self.overrides if k.replace("__", ".") not in keys]
+        if bad:
+            raise ValueError(f"overrides: unknown TrainConfig setting(s) {bad} (e.g. 'stage1.epochs')")
+
+    @property
+    def data(self) -> DataRecipe:
+        if self.faces is not None:
+            return self.faces
+        return _QUICK_DATA if self.quick else DataRecipe()
+
+    @property
+    def faces_dir(self) -> Path:
+        return (
+            Path(self.data_dir)
+            if self.data_dir is not None
+            else self.out_dir / ("faces-quick" if self.quick else "faces")
+        )
+
+
+@dataclass
+class ArmResult:
+    """An arm's test scores and wall time for one seed."""
+
+    arm: str
+    seed: int
+    accuracy: float
+    mean_class_accuracy: float
+    macro_f1: float
+    seconds: float
+    labeled: int
+
+
+@dataclass
+class DemoResult:
+    """Every arm's scores per seed, each stage's wall time, and what the data was."""
+
+    rows: list[ArmResult]
+    stage_seconds: dict[str, float]  #: ``data``, ``mae/seed<S>``, ``<arm>/seed<S>``, ``total``
+    data: dict[str, Any]
+    seeds: tuple[int, ...]
+    labeled_fraction: float
+
+    def scores(self, arm: str, key: str = "accuracy") -> list[float]:
+        """``key`` of ``arm`` for each seed, in seed order."""
+        by_seed = {r.seed: getattr(r, key) for r in self.rows if r.arm == arm}
+        return [by_seed[s] for s in self.seeds if s in by_seed]
+
+    def mean(self, arm: str, key: str = "accuracy") -> float:
+        values = self.scores(arm, key)
+        return statistics.fmean(values) if values else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": [asdict(r) for r in self.rows], "stage_seconds": self.stage_seconds, "data": self.data,
+                "seeds": list(self.seeds), "labeled_fraction": self.labeled_fraction}  # fmt: skip
+
+
+def arm_config(
+    cfg: DemoConfig, arm: Arm, seed: int, pretrained: Path | None, *, steps: tuple[int, int] | None = None
+) -> TrainConfig:
+    """The TrainConfig of ``arm`` for ``seed``: the recipe, the arm's switches, then ``cfg.overrides``.
+
+    The ceiling (``all_labels``) trains as many optimizer steps as the full method's two stages together:
+    ``steps`` is ``(stage-1 steps per epoch with the labeled fraction, stage-2 steps per epoch)``; its epochs and
+    warmup are converted to epochs of the whole training set (its learning rate schedule has the same shape in steps).
+    """
+    recipe = QUICK_RECIPE if cfg.quick else DEMO_RECIPE
+    faces = cfg.faces_dir
+    seed_dir = cfg.out_dir / f"seed{seed}"
+    values: dict[str, Any] = {
+        **recipe,
+        "data.root": str(faces), "data.unlabeled_root": str(faces / "unlabeled"), "data.loader": cfg.loader,
+        "data.seed": seed, "run.seed": seed, "run.device": cfg.device, "run.output_dir": str(seed_dir / arm.key),
+        "stage1.mixup": arm.mixup, "model.pretrained": None if pretrained is None else str(pretrained),
+    }  # fmt: skip
+    if arm.all_labels:
+        values["data.labeled_fraction"] = 1.0
+    else:  # the 5% arms share one split file
+        values["data.labeled_fraction"] = cfg.labeled_fraction
+        values["data.split_file"] = str(seed_dir / f"split-{cfg.labeled_fraction:g}.json")
+    if not arm.pretrained:  # layer-wise lr decay is for fine-tuning a pretrained encoder, not for training from scratch
+        values["stage1.optim.layer_decay"] = None
+    values.update({k.replace("__", "."): v for k, v in cfg.overrides.items()})
+    config = build_config(TrainConfig, overrides=_as_text(values))
+    if arm.all_labels and steps is not None:
+        config = _ceiling_budget(config, *steps, num_train=cfg.data.num_train)
+    return config
+
+
+def _ceiling_budget(config: TrainConfig, stage1_steps: int, stage2_steps: int, num_train: int) -> TrainConfig:
+    """``config`` (stage 1 on all labels) with as many steps as stage 1 + stage 2 of the labeled-fraction arms."""
+    s1, s2 = config.stage1, config.stage2
+    total = s1.epochs * stage1_steps + s2.epochs * stage2_steps
+    per_epoch = max(1, num_train // s1.batch_size)
+    epochs = max(1, round(total / per_epoch))
+    warmup = s1.optim.warmup_epochs * stage1_steps / per_epoch
+    return build_config(TrainConfig, overrides={"stage1.epochs": epochs, "stage1.optim.warmup_epochs": warmup},
+                        data=config.data, model=config.model, run=config.run, pretrain=config.pretrain,
+                        stage1=config.stage1, stage2=config.stage2)  # fmt: skip
+
+
+def _as_text(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Tuples as the comma lists the config parser reads (an empty tuple stays a tuple)."""
+    return {k: (",".join(str(x) for x in v) if isinstance(v, tuple) and v else v) for k, v in values.items()}
+
+
+def _pretrain_config(cfg: DemoConfig, seed: int) -> TrainConfig:
+    base = arm_config(cfg, _ARM["pretrain"], seed, None)
+    return build_config(TrainConfig, overrides={"run.output_dir": str(cfg.out_dir / f"seed{seed}" / "mae")},
+                        data=base.data, model=base.model, run=base.run, pretrain=base.pretrain)  # fmt: skip
+
+
+def _scores(metrics: Mapping[str, Any], arm: str, seed: int, seconds: float, labeled: int) -> ArmResult:
+    return ArmResult(arm, seed, float(metrics["accuracy"]), float(metrics["mean_class_accuracy"]),
+                     float(metrics["macro_f1"]), seconds, labeled)  # fmt: skip
+
+
+def _fresh(path: Path, resume: bool) -> None:
+    """Start a seed's runs afresh (its checkpoints would make every stage resume, i.e. do nothing)."""
+    if not resume and path.exists():
+        shutil.rmtree(path)
+
+
+def check_config(cfg: DemoConfig) -> None:
+    """Build every arm's TrainConfig once, so that a bad override fails before anything runs (ConfigError)."""
+    for arm in ARMS:
+        arm_config(cfg, arm, cfg.seeds[0], cfg.out_dir / "mae.pth")
+    _pretrain_config(cfg, cfg.seeds[0])
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)  # each step's line as it finishes, also into a pipe or a log file
+
+
+def run_demo(cfg: DemoConfig | None = None, echo: Callable[[str], None] = _print) -> DemoResult:
+    """Run the ablation for every seed of ``cfg``; ``echo`` receives one line per finished step."""
+    cfg = cfg or DemoConfig()
+    check_config(cfg)
+    t_start = time.perf_counter()
+    d = cfg.data
+    echo(f"ferfast demo: SSFER on synthetic faces, {cfg.labeled_fraction:.0%} of the labels, seeds "
+         f"{', '.join(map(str, cfg.seeds))}{' (quick)' if cfg.quick else ''}")  # fmt: skip
+    t0 = time.perf_counter()
+    write_synthetic_dataset(cfg.faces_dir, num_train=d.num_train, num_test=d.num_test, num_unlabeled=d.num_unlabeled,
+                            num_identities=d.num_identities, config=d.face_config())  # fmt: skip
+    stage_seconds = {"data": time.perf_counter() - t0}
+    echo(f"[data] {d.num_train} training, {d.num_test} test (unseen identities) and {d.num_unlabeled} unlabeled "
+         f"faces of {d.size}x{d.size} in {cfg.faces_dir} ({stage_seconds['data']:.0f} s)")  # fmt: skip
+    rows: list[ArmResult] = []
+    for seed in cfg.seeds:
+        _fresh(cfg.out_dir / f"seed{seed}", cfg.resume)
+        rows += _run_seed(cfg, seed, stage_seconds, echo)
+    stage_seconds["total"] = time.perf_counter() - t_start
+    result = DemoResult(rows, stage_seconds, {**asdict(d), "faces_dir": str(cfg.faces_dir)}, tuple(cfg.seeds),
+                        cfg.labeled_fraction)  # fmt: skip
+    table = format_table(result)
+    write_text_atomic(cfg.out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    write_text_atomic(cfg.out_dir / "results.md", table + "\n")
+    echo("")
+    echo(table)
+    return result
+
+
+def _run_seed(cfg: DemoConfig, seed: int, stage_seconds: dict[str, float], echo: Callable[[str], None]) -> list:
+    """Pretrain once, then every arm of ``cfg`` for ``seed``."""
+    rows: list[ArmResult] = []
+    wanted = [_ARM[k] for k in cfg.arms]
+    mae: Path | None = None
+    if any(a.pretrained for a in wanted):
+        pcfg = _pretrain_config(cfg, seed)
+        t0 = time.perf_counter()
+        mae = run_pretrain(pcfg)
+        stage_seconds[f"mae/seed{seed}"] = dt = time.perf_counter() - t0
+        echo(f"[seed {seed}] MAE pretraining: {pcfg.pretrain.epochs} epochs on {cfg.data.num_unlabeled} unlabeled "
+             f"faces ({dt:.0f} s)")  # fmt: skip
+    stage1_models = {}
+    steps = None  # (stage-1, stage-2) steps per epoch of the labeled-fraction arms: the ceiling's budget
+    for arm in wanted:
+        if arm.all_labels and steps is None:
+            steps = _fraction_steps(cfg, seed, mae)
+        acfg = arm_config(cfg, arm, seed, mae if arm.pretrained else None, steps=steps)
+        t0 = time.perf_counter()
+        data = prepare_data(acfg)
+        if not arm.all_labels:
+            steps = (
+                len(data.labeled) // acfg.stage1.batch_size,
+                len(data.unlabeled) // acfg.stage2.unlabeled_batch_size,
+            )
+        if arm.semisup:
+            model = run_stage2(acfg, data, stage1_models["mixup"]).module
+        else:
+            model = run_stage1(acfg, data).module
+            stage1_models[arm.key] = model
+        seconds = time.perf_counter() - t0
+        metrics = evaluate(model, data.test, acfg, Path(acfg.run.output_dir) / "eval")
+        stage_seconds[f"{arm.key}/seed{seed}"] = seconds
+        row = _scores(metrics, arm.key, seed, seconds, len(data.labeled))
+        rows.append(row)
+        echo(f"[seed {seed}] {arm.label}: accuracy {row.accuracy:.1%}, mean class accuracy "
+             f"{row.mean_class_accuracy:.1%} ({row.labeled} labeled images, {seconds:.0f} s)")  # fmt: skip
+    return rows
+
+
+def _fraction_steps(cfg: DemoConfig, seed: int, mae: Path | None) -> tuple[int, int]:
+    """Steps per epoch of stage 1 and stage 2 with the labeled fraction (for a ceiling run without those arms)."""
+    acfg = arm_config(cfg, _ARM["mixup"], seed, mae)
+    data = prepare_data(acfg)
+    return len(data.labeled) // acfg.stage1.batch_size, len(data.unlabeled) // acfg.stage2.unlabeled_batch_size
+
+
+def format_table(result: DemoResult) -> str:
+    """The ablation as a Markdown table: accuracy and mean class accuracy per arm (per seed and their mean)."""
+    seeds = result.seeds
+    arms = [a for a in ARMS if result.scores(a.key)]
+    many = len(seeds) > 1
+    head = ["method", "labels"]
+    for s in seeds if many else ():
+        head += [f"acc s{s}", f"mca s{s}"]
+    head += ["accuracy" + (" (mean)" if many else ""), "mean class acc" + (" (mean)" if many else ""), "time"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for arm in arms:
+        labels = "100%" if arm.all_labels else f"{result.labeled_fraction:.0%}"
+        cells = [arm.label, labels]
+        for s in seeds if many else ():
+            row = next((r for r in result.rows if r.arm == arm.key and r.seed == s), None)
+            cells += ["-", "-"] if row is None else [f"{row.accuracy:.1%}", f"{row.mean_class_accuracy:.1%}"]
+        seconds = statistics.fmean(r.seconds for r in result.rows if r.arm == arm.key)
+        cells += [f"{result.mean(arm.key):.1%}", f"{result.mean(arm.key, 'mean_class_accuracy'):.1%}",
+                  f"{seconds:.0f} s"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    out = ["SSFER ablation on synthetic faces (test split: identities unseen in training)", "", *lines, ""]
+    out += _summary(result)
+    times = [f"{k} {v:.0f} s" for k, v in result.stage_seconds.items()]
+    out.append("wall time: " + ", ".join(times))
+    return "\n".join(out)
+
+
+def _summary(result: DemoResult) -> list[str]:
+    """The method's story in numbers: each part's gain, the gap to scratch and to the fully supervised ceiling."""
+    acc = {a.key: result.mean(a.key) for a in ARMS}
+    lines = []
+    steps = [("pretrain", "scratch", "MAE pretraining"), ("mixup", "pretrain", "face-IoU Mixup"),
+             ("semisup", "mixup", "FixMatch")]  # fmt: skip
+    gains = [f"{name} {100 * (acc[a] - acc[b]):+.1f}" for a, b, name in steps if not math.isnan(acc[a] - acc[b])]
+    if gains:
+        lines.append("gain of each part (accuracy points" + (", mean over seeds" if len(result.seeds) > 1 else "")
+                     + "): " + ", ".join(gains))  # fmt: skip
+    if not math.isnan(acc["semisup"] - acc["scratch"]):
+        lines.append(f"full method vs supervised from scratch: {100 * (acc['semisup'] - acc['scratch']):+.1f} points")
+    if not math.isnan(acc["semisup"] / acc["full"]):
+        per_seed = ""
+        if len(result.seeds) > 1:
+            by_seed = {r.seed: {} for r in result.rows}
+            for r in result.rows:
+                by_seed[r.seed][r.arm] = r.accuracy
+            ratios = [
+                f"s{s} {v['semisup'] / v['full']:.1%}" for s, v in by_seed.items() if {"semisup", "full"} <= set(v)
+            ]
+            per_seed = f" ({', '.join(ratios)})"
+        lines.append(f"full method with {result.labeled_fraction:.0%} of the labels reaches "
+                     f"{acc['semisup'] / acc['full']:.1%} of the fully supervised accuracy{per_seed}")  # fmt: skip
+    return lines
