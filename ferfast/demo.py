@@ -42,6 +42,8 @@ __all__ = [
     "DEMO_RECIPE",
     "QUICK_RECIPE",
     "Arm",
+    "ArmResult",
+    "DataRecipe",
     "DemoConfig",
     "DemoResult",
     "check_config",
@@ -190,10 +192,14 @@ class DemoResult:
     seeds: tuple[int, ...]
     labeled_fraction: float
 
+    def row(self, arm: str, seed: int) -> ArmResult | None:
+        """The result of ``arm`` for ``seed``, if it ran."""
+        return next((r for r in self.rows if r.arm == arm and r.seed == seed), None)
+
     def scores(self, arm: str, key: str = "accuracy") -> list[float]:
         """``key`` of ``arm`` for each seed, in seed order."""
-        by_seed = {r.seed: getattr(r, key) for r in self.rows if r.arm == arm}
-        return [by_seed[s] for s in self.seeds if s in by_seed]
+        rows = [self.row(arm, s) for s in self.seeds]
+        return [getattr(r, key) for r in rows if r is not None]
 
     def mean(self, arm: str, key: str = "accuracy") -> float:
         values = self.scores(arm, key)
@@ -371,7 +377,7 @@ def format_table(result: DemoResult) -> str:
         labels = "100%" if arm.all_labels else f"{result.labeled_fraction:.0%}"
         cells = [arm.label, labels]
         for s in seeds if many else ():
-            row = next((r for r in result.rows if r.arm == arm.key and r.seed == s), None)
+            row = result.row(arm.key, s)
             cells += ["-", "-"] if row is None else [f"{row.accuracy:.1%}", f"{row.mean_class_accuracy:.1%}"]
         seconds = statistics.fmean(r.seconds for r in result.rows if r.arm == arm.key)
         cells += [f"{result.mean(arm.key):.1%}", f"{result.mean(arm.key, 'mean_class_accuracy'):.1%}",
@@ -399,12 +405,8 @@ def _summary(result: DemoResult) -> list[str]:
     if not math.isnan(acc["semisup"] / acc["full"]):
         per_seed = ""
         if len(result.seeds) > 1:
-            by_seed = {r.seed: {} for r in result.rows}
-            for r in result.rows:
-                by_seed[r.seed][r.arm] = r.accuracy
-            ratios = [
-                f"s{s} {v['semisup'] / v['full']:.1%}" for s, v in by_seed.items() if {"semisup", "full"} <= set(v)
-            ]
+            pairs = [(s, result.row("semisup", s), result.row("full", s)) for s in result.seeds]
+            ratios = [f"s{s} {m.accuracy / f.accuracy:.1%}" for s, m, f in pairs if m is not None and f is not None]
             per_seed = f" ({', '.join(ratios)})"
         lines.append(f"full method with {result.labeled_fraction:.0%} of the labels reaches "
                      f"{acc['semisup'] / acc['full']:.1%} of the fully supervised accuracy{per_seed}")  # fmt: skip

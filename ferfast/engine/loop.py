@@ -56,9 +56,13 @@ BEST_KEY = "best"
 RANK_RNG_KEY = "rank_rng"
 
 
-def _positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def _check_int(value: Any, name: str, *, minimum: int = 1, allow_none: bool = False) -> None:
+    """An int (not a bool) of at least ``minimum`` (1: positive, 0: non-negative), or None if allowed."""
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be a {kind} int{' or None' if allow_none else ''}, got {value!r}")
 
 
 @dataclass
@@ -84,18 +88,14 @@ class FitConfig:
     max_rollbacks: int = 3  #: give up after this many rollbacks in one run
 
     def __post_init__(self) -> None:
-        _positive_int(self.epochs, "epochs")
-        _positive_int(self.accum_steps, "accum_steps")
-        _positive_int(self.save_every, "save_every")
-        _positive_int(self.eval_every, "eval_every")
-        if isinstance(self.print_every, bool) or not isinstance(self.print_every, int) or self.print_every < 0:
-            raise ValueError(f"print_every must be a non-negative int, got {self.print_every!r}")
+        for name in ("epochs", "accum_steps", "save_every", "eval_every"):
+            _check_int(getattr(self, name), name)
+        _check_int(self.print_every, "print_every", minimum=0)
+        _check_int(self.keep, "keep", minimum=0, allow_none=True)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"clip_grad must be > 0 or None, got {self.clip_grad!r}")
-        if self.keep is not None and (isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 0):
-            raise ValueError(f"keep must be a non-negative int or None, got {self.keep!r}")
         self.output_dir = Path(self.output_dir)
 
     def due(self, epoch: int, every: int) -> bool:
