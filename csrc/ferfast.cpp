@@ -38,7 +38,8 @@ TORCH_LIBRARY(ferfast, m) {
   m.def("_unshuffle_tokens_backward(Tensor grad, Tensor ids_restore, int num_prefix_tokens, int num_visible) "
         "-> (Tensor, Tensor)");
 
-  // MAE forward_loss fused with its gradient: returns (loss: float32 scalar (float64 if an input is), grad_pred: d loss / d pred,
+  // MAE forward_loss fused with its gradient: returns (loss: float32 scalar (float64 if an input is), grad_pred:
+  // mask * (pred - target), d loss / d pred without its factor 2 / (P * sum(mask)), which backward applies;
   // an empty tensor when compute_grad is false).
   m.def("masked_patch_mse(Tensor imgs, Tensor pred, Tensor mask, int patch_size, bool norm_pix_loss, "
         "bool compute_grad) -> (Tensor, Tensor)");
@@ -52,11 +53,13 @@ TORCH_LIBRARY(ferfast, m) {
   m.def("face_mixup_out(Tensor x, Tensor lam, Tensor perm, Tensor(a!) out) -> ()");
   // timm's mixup_target with partner perm: [B, K] float32 (float64 for float64 lam).
   m.def("mixup_soft_targets(Tensor y, int num_classes, Tensor lam, Tensor perm, float label_smoothing) -> Tensor");
-  // SSFER's loss fused with its gradients: (loss, grad_real, grad_mixed); the gradients are empty unless compute_grad.
+  // SSFER's loss fused with its gradients: (loss, grad_real, grad_mixed); the gradients are empty unless compute_grad,
+  // and are B * d loss / d logits in float32 (float64 for float64 logits); backward applies grad_loss / B.
   m.def("facemix_loss(Tensor logits_real, Tensor logits_mixed, Tensor y, Tensor y_soft, Tensor iou, Tensor perm, "
         "bool compute_grad) -> (Tensor loss, Tensor grad_real, Tensor grad_mixed)");
 
-  // FixMatch's unlabeled loss (SSFER stage 2) fused with its gradient.
+  // FixMatch's unlabeled loss (SSFER stage 2) fused with its gradient (grad_strong = B * d loss / d logits_strong,
+  // float32, float64 for float64 logits).
   m.def("fixmatch_loss(Tensor logits_weak, Tensor logits_strong, float threshold, bool compute_grad) -> "
         "(Tensor loss, Tensor mask_rate, Tensor pseudo_labels, Tensor mask, Tensor grad_strong)");
 }

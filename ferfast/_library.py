@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
 from ferfast.reference.dtypes import acc_dtype
 from ferfast.reference.masking import num_kept
@@ -62,6 +61,10 @@ def masked_patch_mse_fake(
     return pred.new_empty((), dtype=torch.float64 if wide else torch.float32), grad
 
 
+def scale_grad_fake(grad: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    return grad.new_empty(grad.shape, dtype=dtype)
+
+
 def box_iou_fake(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]), dtype=acc_dtype(boxes1))
 
@@ -85,10 +88,11 @@ def mixup_soft_targets_fake(y: Tensor, num_classes: int, lam: Tensor, perm: Tens
 def facemix_loss_fake(
     logits_real: Tensor, logits_mixed: Tensor, y: Tensor, y_soft: Tensor, iou: Tensor, perm: Tensor, compute_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    loss = logits_real.new_empty((), dtype=acc_dtype(logits_real, logits_mixed))
-    if compute_grad:  # the kernels write contiguous gradients
-        return loss, logits_real.new_empty(logits_real.shape), logits_mixed.new_empty(logits_mixed.shape)
-    return loss, logits_real.new_empty((0,)), logits_mixed.new_empty((0,))
+    acc = acc_dtype(logits_real, logits_mixed)
+    loss = logits_real.new_empty((), dtype=acc)
+    # B * d loss / d logits, contiguous, in the accumulation dtype
+    shape = logits_real.shape if compute_grad else (0,)
+    return loss, logits_real.new_empty(shape, dtype=acc), logits_real.new_empty(shape, dtype=acc)
 
 
 def fixmatch_loss_fake(
@@ -96,7 +100,7 @@ def fixmatch_loss_fake(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     acc = acc_dtype(logits_weak, logits_strong)
     b = logits_weak.shape[0]
-    grad = logits_strong.new_empty(logits_strong.shape) if compute_grad else logits_strong.new_empty((0,))
+    grad = logits_strong.new_empty(logits_strong.shape if compute_grad else (0,), dtype=acc)
     return (
         logits_weak.new_empty((), dtype=acc),
         logits_weak.new_empty((), dtype=acc),
@@ -147,15 +151,44 @@ def _make_unshuffle_tokens_backward(backward_op: Callable) -> Callable:
     return backward
 
 
-def _scaled(grad: Tensor | None, grad_loss: Tensor) -> Tensor | None:
-    """A gradient computed in forward, times ``grad_loss``. The common ``loss.backward()`` (``grad_loss == 1``)
-    skips that full pass over the gradient, except while tracing (``aot_function``/``make_fx`` use fakes)."""
-    if grad is None:
-        return None
-    tracing = torch.compiler.is_compiling() or is_fake(grad_loss)
-    if not tracing and float(grad_loss) == 1.0:
-        return grad
-    return grad * grad_loss.to(grad.dtype)
+def scale_grad_torch(grad: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(grad * scale).to(dtype)`` with fp32 math (fp64 when an argument is fp64), in plain torch.
+
+    The backward multiply of the C++ backends and the reference; the Triton backend fuses it into one
+    pass (``ferfast_triton::_scale_grad``), where eager torch makes three for fp16/bf16 gradients.
+    """
+    acc = torch.float64 if torch.float64 in (grad.dtype, scale.dtype, dtype) else torch.float32
+    out = grad * scale.to(acc) if grad.dtype == acc else grad.to(acc) * scale.to(acc)
+    return out.to(dtype)
+
+
+#: ``(grad, scale, dtype) -> (grad * scale).to(dtype)`` computed in fp32/fp64: :func:`scale_grad_torch` or a
+#: backend's fused op.
+ScaleFn = Callable[[Tensor, Tensor, torch.dtype], Tensor]
+
+
+def scale_grad(
+    grad: Tensor,
+    grad_loss: Tensor,
+    factor: float,
+    denom: Tensor | None = None,
+    dtype: torch.dtype | None = None,
+    scale_fn: ScaleFn = scale_grad_torch,
+) -> Tensor:
+    """``grad * (grad_loss * factor / denom)`` computed in float32 (float64 for float64 ``grad``), rounded once to
+    ``dtype`` (default ``grad``'s).
+
+    The fused losses store un-normalised gradients (``mask * (pred - target)`` in ``pred``'s dtype; ``B`` times
+    the logits' gradients in float32); their small normalising factors (``2 / (P * denom)`` is ~7e-8 at
+    ViT-B/16 batch 256) and a GradScaler's ``grad_loss`` (65536) meet here, in fp32, so fp16 gradients neither
+    flush to zero nor overflow. ``grad_loss`` and ``denom`` stay on the device: no host read, whatever their
+    values (no ``grad_loss == 1`` shortcut).
+    """
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    scale = grad_loss.to(acc) * factor
+    if denom is not None:
+        scale = scale / denom.to(acc)
+    return scale_fn(grad, scale, grad.dtype if dtype is None else dtype)
 
 
 def _masked_patch_mse_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
@@ -166,15 +199,21 @@ def _masked_patch_mse_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tenso
     # it, and don't let autograd fill a zero gradient for it (a full extra pass over memory).
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(output[1])
+    # The op's grad_pred is mask * (pred - target); d loss / d pred also has the factor 2 / (P * denom).
+    denom = inputs[2].sum(dtype=torch.float64)
+    ctx.save_for_backward(output[1], torch.where(denom == 0, torch.ones_like(denom), denom))
+    ctx.pdim = inputs[1].shape[-1]
 
 
-def _masked_patch_mse_backward(ctx: Any, grad_loss: Tensor, _grad_grad: Tensor):
-    """The gradient was computed in forward; backward only scales it (Liger's fused-CE idea)."""
-    (grad_pred,) = ctx.saved_tensors
-    if grad_loss is None:
-        return None, None, None, None, None, None
-    return None, _scaled(grad_pred, grad_loss), None, None, None, None
+def _make_masked_patch_mse_backward(scale_fn: ScaleFn) -> Callable:
+    def backward(ctx: Any, grad_loss: Tensor, _grad_grad: Tensor):
+        """The un-normalised gradient was computed in forward; backward applies ``2 * grad_loss / (P * denom)``."""
+        grad_pred, denom = ctx.saved_tensors
+        if grad_loss is None:
+            return None, None, None, None, None, None
+        return None, scale_grad(grad_pred, grad_loss, 2.0 / ctx.pdim, denom, scale_fn=scale_fn), None, None, None, None
+
+    return backward
 
 
 def _face_mixup_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -211,13 +250,29 @@ def _facemix_loss_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor, T
     ctx.mark_non_differentiable(output[1], output[2])
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(output[1], output[2])
+    ctx.batch = inputs[0].shape[0]
+    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
 
 
-def _facemix_loss_backward(ctx: Any, grad_loss: Tensor, _g1: Tensor, _g2: Tensor):
-    grad_real, grad_mixed = ctx.saved_tensors
-    if grad_loss is None:
-        return (None,) * 7
-    return _scaled(grad_real, grad_loss), _scaled(grad_mixed, grad_loss), None, None, None, None, None
+def _make_facemix_loss_backward(scale_fn: ScaleFn) -> Callable:
+    def backward(ctx: Any, grad_loss: Tensor, _g1: Tensor, _g2: Tensor):
+        """The op's gradients are ``B * d loss / d logits`` in float32; backward applies ``grad_loss / B``."""
+        grad_real, grad_mixed = ctx.saved_tensors
+        if grad_loss is None:
+            return (None,) * 7
+        inv_b = 1.0 / ctx.batch
+        real_dtype, mixed_dtype = ctx.dtypes
+        return (
+            scale_grad(grad_real, grad_loss, inv_b, dtype=real_dtype, scale_fn=scale_fn),
+            scale_grad(grad_mixed, grad_loss, inv_b, dtype=mixed_dtype, scale_fn=scale_fn),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+    return backward
 
 
 def _fixmatch_loss_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -227,13 +282,20 @@ def _fixmatch_loss_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(output[4])
+    ctx.batch = inputs[0].shape[0]
+    ctx.strong_dtype = inputs[1].dtype
 
 
-def _fixmatch_loss_backward(ctx: Any, grad_loss: Tensor, *_unused: Tensor):
-    (grad_strong,) = ctx.saved_tensors
-    if grad_loss is None:
-        return None, None, None, None
-    return None, _scaled(grad_strong, grad_loss), None, None
+def _make_fixmatch_loss_backward(scale_fn: ScaleFn) -> Callable:
+    def backward(ctx: Any, grad_loss: Tensor, *_unused: Tensor):
+        """The op's gradient is ``B * d loss / d logits_strong`` in float32; backward applies ``grad_loss / B``."""
+        (grad_strong,) = ctx.saved_tensors
+        if grad_loss is None:
+            return None, None, None, None
+        grad = scale_grad(grad_strong, grad_loss, 1.0 / ctx.batch, dtype=ctx.strong_dtype, scale_fn=scale_fn)
+        return None, grad, None, None
+
+    return backward
 
 
 #: Ops of the face-IoU Mixup and FixMatch family and their fake kernels (registered by :func:`register_op`).
@@ -249,8 +311,13 @@ MIXUP_FAKES: dict[str, Callable] = {
 
 
 def register_op(namespace: str, backward_ops: dict[str, Callable], with_fake: bool = True) -> None:
-    """Register fake kernels (optional) and autograd formulas on ``namespace::<op>``."""
+    """Register fake kernels (optional) and autograd formulas on ``namespace::<op>``.
+
+    ``backward_ops`` holds the backend's backward kernels: ``patchify_gather`` and ``unshuffle_tokens``, and
+    optionally ``scale_grad`` (a fused :data:`ScaleFn` for the losses' backward; default :func:`scale_grad_torch`).
+    """
     lib = f"{namespace}::"
+    scale_fn = backward_ops.get("scale_grad", scale_grad_torch)
     if with_fake:
         torch.library.register_fake(lib + "random_masking")(random_masking_fake)
         torch.library.register_fake(lib + "patchify_gather")(patchify_gather_fake)
@@ -269,24 +336,28 @@ def register_op(namespace: str, backward_ops: dict[str, Callable], with_fake: bo
         setup_context=_unshuffle_tokens_setup,
     )
     torch.library.register_autograd(
-        lib + "masked_patch_mse", _masked_patch_mse_backward, setup_context=_masked_patch_mse_setup
+        lib + "masked_patch_mse", _make_masked_patch_mse_backward(scale_fn), setup_context=_masked_patch_mse_setup
     )
-    register_mixup_ops(namespace, with_fake)
+    register_mixup_ops(namespace, with_fake, scale_fn)
 
 
-def register_mixup_ops(namespace: str, with_fake: bool = True) -> None:
+def register_mixup_ops(namespace: str, with_fake: bool = True, scale_fn: ScaleFn = scale_grad_torch) -> None:
     """Fake kernels (optional) and autograd of the face-IoU Mixup / FixMatch ops on ``namespace::<op>``.
 
     Their backward formulas are plain torch (``face_mixup``) or scale gradients computed in forward
-    (the losses), so every backend shares them; box IoU and soft targets have no gradient.
+    (the losses, with ``scale_fn``), so every backend shares them; box IoU and soft targets have no gradient.
     """
     lib = f"{namespace}::"
     if with_fake:
         for name, fake in MIXUP_FAKES.items():
             torch.library.register_fake(lib + name)(fake)
     torch.library.register_autograd(lib + "face_mixup", _face_mixup_backward, setup_context=_face_mixup_setup)
-    torch.library.register_autograd(lib + "facemix_loss", _facemix_loss_backward, setup_context=_facemix_loss_setup)
-    torch.library.register_autograd(lib + "fixmatch_loss", _fixmatch_loss_backward, setup_context=_fixmatch_loss_setup)
+    torch.library.register_autograd(
+        lib + "facemix_loss", _make_facemix_loss_backward(scale_fn), setup_context=_facemix_loss_setup
+    )
+    torch.library.register_autograd(
+        lib + "fixmatch_loss", _make_fixmatch_loss_backward(scale_fn), setup_context=_fixmatch_loss_setup
+    )
 
 
 def register_native_ops() -> None:

@@ -2,7 +2,8 @@
 //   -> (loss, grad_real, grad_mixed)
 // loss = [sum_i CE_soft(mixed_i, y_soft_i) + sum_i (1 - iou_i) (CE(real_i, y_i) + CE(real_perm(i), y_perm(i)))] / B
 //      = sum_j [CE_soft(mixed_j) + w_j CE(real_j)] / B,  w_j = (1 - iou_j) + sum_{i: perm(i) = j} (1 - iou_i).
-// loss is float32 (float64 for float64 logits); the gradients (empty unless compute_grad) are in the logits' dtypes.
+// loss is float32 (float64 for float64 logits); the gradients (empty unless compute_grad) are B * d loss / d logits,
+// float32 (float64 for float64 logits): backward applies grad_loss / B and rounds to the logits' dtype.
 #pragma once
 #include "ops/common.h"
 

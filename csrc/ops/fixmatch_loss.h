@@ -2,7 +2,8 @@
 //   -> (loss, mask_rate, pseudo_labels[B] int64, mask[B], grad_strong)
 // pseudo_label = first argmax of logits_weak; mask = (max softmax(weak) >= threshold);
 // loss = sum_i mask_i CE(strong_i, pseudo_label_i) / B. loss, mask_rate and mask are float32
-// (float64 for float64 logits); grad_strong (empty unless compute_grad) is in logits_strong's dtype.
+// (float64 for float64 logits); grad_strong (empty unless compute_grad) is B * d loss / d logits_strong,
+// float32 (float64 for float64 logits): backward applies grad_loss / B and rounds to logits_strong's dtype.
 #pragma once
 #include "ops/common.h"
 

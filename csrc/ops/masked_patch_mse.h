@@ -1,5 +1,7 @@
 // masked_patch_mse(imgs[B,C,H,W], pred[B,L,p*p*C], mask[B,L], p, norm_pix_loss, compute_grad)
-//   -> (loss: float32 scalar, grad_pred: d loss / d pred in pred's dtype, or empty)
+//   -> (loss: float32 scalar, grad_pred in pred's dtype (or empty): the UN-normalised gradient
+//       mask * (pred - target); d loss / d pred = grad_pred * 2 / (P * max(sum(mask), 1)), a factor
+//       that backward applies with grad_loss in fp32, so fp16 gradients neither flush nor overflow)
 #pragma once
 #include "ops/common.h"
 

@@ -1,5 +1,6 @@
 """ferfast's fused ops: the only place that chooses among backends (see ``ferfast.backends``)."""
 
+from ferfast.ops._checks import set_value_checks, value_checks
 from ferfast.ops.box_iou import box_iou, paired_box_iou
 from ferfast.ops.face_iou_mixup import FaceIoUMixup, FaceMixBatch
 from ferfast.ops.face_mixup import face_mixup, mixup_soft_targets
@@ -26,5 +27,7 @@ __all__ = [
     "paired_box_iou",
     "patchify_gather",
     "random_masking",
+    "set_value_checks",
     "unshuffle_tokens",
+    "value_checks",
 ]

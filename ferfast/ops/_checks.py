@@ -1,11 +1,19 @@
 """Argument checks shared by the public ops: clear ``TypeError``/``ValueError`` naming the argument.
 
-Only metadata is inspected (shape, dtype, device), so the checks never synchronise a GPU.
+Two kinds. Metadata checks (shape, dtype, device) always run and never read a tensor. Value checks
+(index ranges, box corners, ``lam`` in [0, 1]) read tensors back to the host, which synchronises a
+GPU, so they run only where :func:`values_checked` says: ``validate=True``; or ``validate=None``
+(the default) with every tensor on the CPU while :func:`value_checks` is on (the default). Never on
+CUDA tensors unless asked, never while ``torch.compile`` traces, never for the ``cpu`` backend
+(its C++ kernels check the values as they read them). ``value_checks(False)`` makes a CPU run
+read exactly what a GPU run reads: nothing (the engine's "no host reads per step" tests use it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -78,15 +86,36 @@ def unit_interval(value: object, name: str) -> float:
     return float(value)
 
 
+_CPU_VALUE_CHECKS = True
+
+
+def set_value_checks(enabled: bool) -> bool:
+    """Turn the default (``validate=None``) value checks on CPU tensors on or off; returns the previous setting."""
+    global _CPU_VALUE_CHECKS
+    previous, _CPU_VALUE_CHECKS = _CPU_VALUE_CHECKS, bool(enabled)
+    return previous
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """``with value_checks(False):`` runs CPU tensors through the ops reading no values, as on a GPU."""
+    previous = set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        set_value_checks(previous)
+
+
 def values_checked(validate: bool | None, *tensors: Tensor, backend: str = "reference") -> bool:
     """Whether to check tensor *values* (index ranges, box corners, ``lam``) in Python: ``validate=None``
-    checks CPU tensors only, where it is cheap; on a GPU it would synchronise, so it runs only with
-    ``validate=True``. Never while ``torch.compile`` traces, and not for the ``cpu`` backend, whose
-    C++ kernels check the values themselves as they read them (raising the same ``ValueError``)."""
+    checks CPU tensors only (where it is cheap) while :func:`value_checks` is on; on a GPU it would
+    synchronise, so it runs only with ``validate=True``. Never while ``torch.compile`` traces, and not
+    for the ``cpu`` backend, whose C++ kernels check the values themselves as they read them (raising
+    the same ``ValueError``)."""
     if torch.compiler.is_compiling() or backend == "cpu":
         return False
     if validate is None:
-        return all(t.device.type == "cpu" for t in tensors)
+        return _CPU_VALUE_CHECKS and all(t.device.type == "cpu" for t in tensors)
     return bool(validate)
 
 

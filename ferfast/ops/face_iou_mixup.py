@@ -18,11 +18,19 @@ Two semantics:
   terms (the released code runs the network twice on the same tensor; the passes differ only
   by dropout). The batch must be even, as SSFER asserts. Boxes come from the batch (the
   loader carries them through augmentation) rather than from a detector run on mixed images.
+
+No host synchronisation on a GPU: ``lam`` and a random pairing are drawn on the host from this
+module's numpy generator (so a resumed run repeats them) and reach the device through pinned
+memory with ``non_blocking=True`` (a batch-mode ``lam`` is a fill kernel's argument); the flip
+pairing is an ``arange`` and the fallback box a cached device constant. Nothing reads a tensor
+back: the module's own ``lam``/``perm`` are valid by construction (``validate=False``), and the
+batch's labels and boxes get value checks only on CPU tensors, while
+:func:`ferfast.ops.value_checks` is on (see :mod:`ferfast.ops._checks`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +51,19 @@ RELATIVE_FALLBACK_BOX = tuple(v / 224 for v in SSFER_FALLBACK_BOX)
 
 MODES = ("batch", "pair", "elem")
 PAIRINGS = ("flip", "random")
+
+
+def host_to_device(
+    values: np.ndarray | Sequence[float], device: torch.device, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Host values as a tensor on ``device`` without blocking: CUDA copies go through pinned memory with
+    ``non_blocking=True`` (the caching host allocator keeps the pinned block until the copy is done)."""
+    src = torch.from_numpy(values) if isinstance(values, np.ndarray) else torch.tensor(values)
+    if dtype is not None:
+        src = src.to(dtype)
+    if device.type != "cuda":
+        return src.to(device)
+    return src.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -143,6 +164,7 @@ class FaceIoUMixup(nn.Module):
         if len(fallback_box) != 4 or fallback_box[2] < fallback_box[0] or fallback_box[3] < fallback_box[1]:
             raise ValueError(f"fallback_box must be xyxy with x2 >= x1 and y2 >= y1, got {fallback_box!r}")
         self.fallback_box = tuple(float(v) for v in fallback_box)
+        self._fallback_cache: dict[torch.device, Tensor] = {}
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         self.rng = np.random.default_rng(seed)
@@ -164,7 +186,20 @@ class FaceIoUMixup(nn.Module):
         """The partner of each image: ``B-1-i`` (``flip``) or a permutation drawn from the generator (``random``)."""
         if self.pairing == "flip":
             return flip_perm(batch, device)
-        return torch.from_numpy(self.rng.permutation(batch)).to(device)
+        return host_to_device(self.rng.permutation(batch).astype(np.int64), device)
+
+    def lam_tensor(self, lam: np.ndarray | float, device: torch.device) -> Tensor:
+        """:meth:`sample_lam`'s draw as a float32 device tensor (0-d or ``[B]``), with no blocking copy."""
+        if isinstance(lam, float):
+            return torch.full((), lam, dtype=torch.float32, device=device)  # the value is a kernel argument
+        return host_to_device(lam, device, torch.float32)
+
+    def fallback_boxes(self, device: torch.device) -> Tensor:
+        """``fallback_box`` as a ``[4]`` float32 tensor on ``device``, copied once per device and cached."""
+        box = self._fallback_cache.get(device)
+        if box is None:
+            box = self._fallback_cache[device] = host_to_device(list(self.fallback_box), device, torch.float32)
+        return box
 
     def forward(self, batch: Mapping[str, Tensor]) -> FaceMixBatch:
         """``batch``: ``images`` [B, ...], ``labels`` [B] int64, optional ``boxes`` [B, 4] xyxy face boxes."""
@@ -181,7 +216,7 @@ class FaceIoUMixup(nn.Module):
             raise ValueError(f"ssfer_compat=True needs an even batch (SSFER's Mixup asserts it), got {b}")
         perm = self.sample_perm(b, x.device)
         boxes = batch.get("boxes")
-        fallback = torch.tensor(self.fallback_box, device=x.device)
+        fallback = self.fallback_boxes(x.device)
         if boxes is None:
             boxes = fallback.expand(b, 4)
         else:
@@ -190,18 +225,18 @@ class FaceIoUMixup(nn.Module):
                 raise ValueError(f"boxes must have shape [{b}, 4] (xyxy face boxes), got {tuple(boxes.shape)}")
             boxes = boxes.to(device=x.device, dtype=torch.float32)
             boxes = torch.where(torch.isnan(boxes).any(dim=1, keepdim=True), fallback, boxes)
+        # Value checks (CPU tensors only, see ferfast.ops._checks) stay on for the batch's boxes and labels;
+        # lam and perm are this module's own draws, valid by construction.
         iou = paired_box_iou(boxes, perm, backend=self.backend)
-        lam_np = self.sample_lam(b)
-        lam = lam_np if isinstance(lam_np, float) else torch.from_numpy(lam_np).to(x.device)
+        lam = self.lam_tensor(self.sample_lam(b), x.device)
         targets = mixup_soft_targets(y, self.num_classes, lam, perm, self.label_smoothing, backend=self.backend)
         if self.ssfer_compat:
-            with torch.no_grad():
-                x.copy_(face_mixup(x, lam, perm, backend=self.backend))  # SSFER mixes the batch in place
+            with torch.no_grad():  # SSFER mixes the batch in place
+                x.copy_(face_mixup(x, lam, perm, backend=self.backend, validate=False))
             images = x
         else:
-            images = face_mixup(x, lam, perm, with_originals=self.with_originals, backend=self.backend)
-        lam_t = torch.as_tensor(lam, dtype=torch.float32, device=x.device)
-        return FaceMixBatch(images, y, targets, iou, perm, lam_t, self.ssfer_compat, self.backend)
+            images = face_mixup(x, lam, perm, with_originals=self.with_originals, backend=self.backend, validate=False)
+        return FaceMixBatch(images, y, targets, iou, perm, lam, self.ssfer_compat, self.backend)
 
     def extra_repr(self) -> str:
         return (

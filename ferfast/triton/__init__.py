@@ -10,6 +10,11 @@ The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``
 before ``triton`` is first imported). Interpreted kernels cannot be traced, so there the
 ops are opaque ``custom_op``s with the fake kernels of :mod:`ferfast._library`
 (see :func:`ferfast.triton.utils.define_op`).
+
+Every kernel launch goes through :func:`ferfast.triton.utils.launch`, which runs it under
+``torch.cuda.device`` of its first tensor argument (Triton launches on the current device, so a
+``cuda:1`` tensor would otherwise run on ``cuda:0``). The losses' backward multiply is the Triton
+op ``_scale_grad`` (one pass; the C++ backends use torch ops).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ferfast import _library
-from ferfast.triton import boxes, masking, mixup, patch_loss, ssl
+from ferfast.triton import boxes, masking, mixup, patch_loss, scale, ssl
 from ferfast.triton.boxes import box_iou, paired_box_iou
 from ferfast.triton.masking import (
     patchify_gather,
@@ -28,6 +33,7 @@ from ferfast.triton.masking import (
 )
 from ferfast.triton.mixup import face_mixup, face_mixup_out, facemix_loss, mixup_soft_targets
 from ferfast.triton.patch_loss import masked_patch_mse
+from ferfast.triton.scale import scale_grad
 from ferfast.triton.ssl import fixmatch_loss
 from ferfast.triton.utils import INTERPRETED
 
@@ -47,6 +53,8 @@ __all__ = [
     "patchify_gather",
     "patchify_gather_backward",
     "random_masking",
+    "scale",
+    "scale_grad",
     "ssl",
     "unshuffle_tokens",
     "unshuffle_tokens_backward",
@@ -57,6 +65,9 @@ _library.register_op(
     {
         "patchify_gather": torch.ops.ferfast_triton._patchify_gather_backward.default,
         "unshuffle_tokens": torch.ops.ferfast_triton._unshuffle_tokens_backward.default,
+        "scale_grad": torch.ops.ferfast_triton._scale_grad.default,  # the losses' backward, in one pass
     },
     with_fake=INTERPRETED,
 )
+if INTERPRETED:
+    torch.library.register_fake("ferfast_triton::_scale_grad")(_library.scale_grad_fake)

@@ -17,7 +17,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from ferfast.reference.dtypes import acc_dtype
 from ferfast.triton.utils import (
@@ -29,6 +28,7 @@ from ferfast.triton.utils import (
     check_same_device,
     define_op,
     div_acc,
+    launch,
     next_power_of_2,
     to_acc,
 )
@@ -129,7 +129,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         block_m = min(next_power_of_2(m), 64)
         grid = (cdiv(n, block_n), cdiv(m, block_m))
         check(grid[1] <= 65535, f"boxes2 has too many boxes for one launch: {m}")
-        wrap_triton(_box_iou_kernel)[grid](
+        launch(_box_iou_kernel, grid)(
             boxes1, boxes2, out, n, m, WIDE=wide, BLOCK_N=block_n, BLOCK_M=block_m, num_warps=4
         )
     return out
@@ -145,7 +145,7 @@ def paired_box_iou(boxes: Tensor, perm: Tensor) -> Tensor:
     out = boxes.new_empty((b,), dtype=acc_dtype(boxes))
     if b > 0:
         block = min(next_power_of_2(b), 1024)
-        wrap_triton(_paired_box_iou_kernel)[(cdiv(b, block),)](
+        launch(_paired_box_iou_kernel, (cdiv(b, block),))(
             boxes, perm, out, b, WIDE=boxes.dtype == torch.float64, BLOCK=block, num_warps=4
         )
     return out

@@ -30,7 +30,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from ferfast.reference.masking import num_kept
 from ferfast.triton.utils import (
@@ -43,6 +42,7 @@ from ferfast.triton.utils import (
     check_patch_grid,
     check_same_device,
     define_op,
+    launch,
     next_power_of_2,
     to_acc,
 )
@@ -135,7 +135,7 @@ def random_masking(noise: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor, Te
         block_i = min(next_power_of_2(length), 64)
         block_j = min(next_power_of_2(length), 64)
         grid = (b, cdiv(length, block_i))
-        wrap_triton(_random_masking_kernel)[grid](
+        launch(_random_masking_kernel, grid)(
             noise,
             ids_keep,
             mask,
@@ -253,7 +253,7 @@ def patchify_gather(imgs: Tensor, ids_keep: Tensor, patch_size: int) -> Tensor:
     if out.numel() > 0:
         block, num_warps = calculate_settings(min(pdim, 4096))
         grid = (b * k, cdiv(pdim, block))
-        wrap_triton(_patchify_gather_kernel)[grid](
+        launch(_patchify_gather_kernel, grid)(
             imgs, ids_keep, out, k, c, h, w, p, gw, gh * gw, pdim, BLOCK=block, num_warps=num_warps
         )
     return out
@@ -287,7 +287,7 @@ def patchify_gather_backward(
     if out.numel() > 0:
         block, num_warps = calculate_settings(min(pdim, 2048))
         grid = (b * length, cdiv(pdim, block))
-        wrap_triton(_patchify_gather_backward_kernel)[grid](
+        launch(_patchify_gather_backward_kernel, grid)(
             grad,
             ids_keep,
             out,
@@ -444,7 +444,7 @@ def unshuffle_tokens(x: Tensor, mask_token: Tensor, ids_restore: Tensor, num_pre
     if out.numel() > 0:
         block_d, num_warps = calculate_settings(min(dim, 1024))
         grid = (b * rows, cdiv(dim, block_d))
-        wrap_triton(_unshuffle_tokens_kernel)[grid](
+        launch(_unshuffle_tokens_kernel, grid)(
             x, token, ids_restore, out, n, length, dim, num_prefix_tokens, BLOCK_D=block_d, num_warps=num_warps
         )
     return out
@@ -481,7 +481,7 @@ def unshuffle_tokens_backward(
     if grad_x.numel() > 0:
         block_d, num_warps = calculate_settings(min(dim, 1024))
         grid = (b * n, cdiv(dim, block_d))
-        wrap_triton(_unshuffle_tokens_backward_kernel)[grid](
+        launch(_unshuffle_tokens_backward_kernel, grid)(
             grad,
             ids_restore,
             grad_x,
@@ -497,7 +497,7 @@ def unshuffle_tokens_backward(
     if partial.numel() > 0:
         block_d = min(next_power_of_2(dim), 128)
         grid = (b, cdiv(dim, block_d))
-        wrap_triton(_unshuffle_token_grad_kernel)[grid](
+        launch(_unshuffle_token_grad_kernel, grid)(
             grad,
             ids_restore,
             partial,

@@ -13,7 +13,8 @@
   next_power_of_2(K)``). It computes its real-image weight ``w_j = (1 - iou_j) + sum_{i: perm_i
   == j} (1 - iou_i)`` by scanning ``perm`` in blocks (deterministic, no atomics), both
   cross-entropies with their log-sum-exps, the row's loss ``CE_soft(mixed_j) + w_j CE(real_j)``
-  into a per-row buffer, and both gradients (Liger's fused-CE idea: backward only scales them).
+  into a per-row buffer, and both gradients times ``B`` in float32 (Liger's fused-CE idea; backward
+  applies ``grad_loss / B`` in fp32 and rounds once to the logits' dtype: fp16 + GradScaler safe).
   The buffer is summed by a deterministic torch ``sum`` in float64, all on device: no host
   synchronisation.
 
@@ -32,7 +33,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
-from torch.library import wrap_triton
 
 from ferfast.reference.dtypes import acc_dtype
 from ferfast.triton.utils import (
@@ -48,6 +48,7 @@ from ferfast.triton.utils import (
     check_same_device,
     define_op,
     div_acc,
+    launch,
     next_power_of_2,
     softmax_parts,
     to_acc,
@@ -119,7 +120,7 @@ def _launch_face_mixup(x: Tensor, lam: Tensor, perm: Tensor, out: Tensor, with_o
     block, num_warps = calculate_settings(min(d, MIXUP_BLOCK))
     grid = (b, cdiv(d, block))
     check(grid[1] <= _MAX_GRID_Y, f"x has too many elements per sample for one launch: {d}")
-    wrap_triton(_face_mixup_kernel)[grid](
+    launch(_face_mixup_kernel, grid)(
         x,
         lam,
         perm,
@@ -229,7 +230,7 @@ def mixup_soft_targets(y: Tensor, num_classes: int, lam: Tensor, perm: Tensor, l
         lam = lam.to(acc).reshape(-1).contiguous()
         block_k, num_warps = calculate_settings(min(num_classes, 1024))
         grid = (b, cdiv(num_classes, block_k))
-        wrap_triton(_mixup_soft_targets_kernel)[grid](
+        launch(_mixup_soft_targets_kernel, grid)(
             y.contiguous(),
             lam,
             perm.contiguous(),
@@ -295,10 +296,8 @@ def _facemix_loss_kernel(
     tl.store(partial_ptr + j, ce_soft + w * ce_real)
     if COMPUTE_GRAD:
         g_real = w * (div_acc(e_real, s_real, WIDE) - tl.where(is_label, 1.0, 0.0))
-        g_real = div_acc(g_real, B * 1.0, WIDE)  # B * 1.0: a float (B may be the constexpr 1)
         tl.store(grad_real_ptr + row, cast_rn(g_real, grad_real_ptr.dtype.element_ty), mask=valid)
         g_mixed = div_acc(e_mixed, s_mixed, WIDE) * tl.sum(y_soft, axis=0) - y_soft
-        g_mixed = div_acc(g_mixed, B * 1.0, WIDE)
         tl.store(grad_mixed_ptr + row, cast_rn(g_mixed, grad_mixed_ptr.dtype.element_ty), mask=valid)
 
 
@@ -349,14 +348,12 @@ def facemix_loss(
     acc = acc_dtype(logits_real, logits_mixed)
     logits_real = logits_real.contiguous()
     logits_mixed = logits_mixed.contiguous()
-    if compute_grad:
-        grad_real = torch.empty_like(logits_real)
-        grad_mixed = torch.empty_like(logits_mixed)
-    else:
-        grad_real = logits_real.new_empty((0,))
-        grad_mixed = logits_mixed.new_empty((0,))
+    # B * d loss / d logits, kept in the accumulation dtype ([B, K] is small): backward rounds once
+    grad_shape = (b, k) if compute_grad else (0,)
+    grad_real = logits_real.new_empty(grad_shape, dtype=acc)
+    grad_mixed = logits_real.new_empty(grad_shape, dtype=acc)
     partial = logits_real.new_empty((b,), dtype=acc)
-    wrap_triton(_facemix_loss_kernel)[(b,)](
+    launch(_facemix_loss_kernel, (b,))(
         logits_real,
         logits_mixed,
         y.contiguous(),

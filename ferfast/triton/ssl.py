@@ -6,7 +6,8 @@ the weak row it takes the pseudo-label, the *first* index of the largest logit (
 NaN when there is one, as ``torch.argmax``), and the confidence ``max softmax = 1 / sum_k
 exp(weak_k - max)``; the mask is ``confidence >= threshold``. From the strong row it takes the
 cross-entropy ``lse(strong) - strong[pseudo]`` and, with ``compute_grad``, writes
-``d loss / d strong = mask * (softmax(strong) - onehot(pseudo)) / B`` (backward only scales it).
+``B * d loss / d strong = mask * (softmax(strong) - onehot(pseudo))`` in float32 (backward applies
+``grad_loss / B`` in fp32 and rounds once to the logits' dtype: fp16 + GradScaler safe).
 The per-sample ``mask * CE`` and the mask are summed by deterministic torch ``sum``s in float64,
 all on device: no host synchronisation.
 
@@ -21,7 +22,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from ferfast.triton.utils import (
     calculate_settings,
@@ -32,6 +32,7 @@ from ferfast.triton.utils import (
     check_same_device,
     define_op,
     div_acc,
+    launch,
     softmax_parts,
     to_acc,
 )
@@ -76,7 +77,6 @@ def _fixmatch_loss_kernel(
     tl.store(pseudo_ptr + i, pseudo.to(tl.int64))
     if COMPUTE_GRAD:
         grad = mask * (div_acc(e_strong, s_strong, WIDE) - tl.where(is_label, 1.0, 0.0))
-        grad = div_acc(grad, B * 1.0, WIDE)  # B * 1.0: a float (B may be the constexpr 1)
         tl.store(grad_ptr + row, cast_rn(grad, grad_ptr.dtype.element_ty), mask=valid)
 
 
@@ -106,9 +106,10 @@ def fixmatch_loss(
     logits_strong = logits_strong.contiguous()
     pseudo = logits_weak.new_empty((b,), dtype=torch.long)
     mask = logits_weak.new_empty((b,), dtype=acc)
-    grad = torch.empty_like(logits_strong) if compute_grad else logits_strong.new_empty((0,))
+    # B * d loss / d strong, kept in the accumulation dtype ([B, K] is small): backward rounds once
+    grad = logits_strong.new_empty((b, k) if compute_grad else (0,), dtype=acc)
     partial = logits_weak.new_empty((b,), dtype=acc)
-    wrap_triton(_fixmatch_loss_kernel)[(b,)](
+    launch(_fixmatch_loss_kernel, (b,))(
         logits_weak,
         logits_strong,
         pseudo,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op
+from torch.library import triton_op, wrap_triton
 
 __all__ = [
     "INTERPRETED",
@@ -25,7 +27,9 @@ __all__ = [
     "check_perm",
     "check_same_device",
     "define_op",
+    "device_guard",
     "div_acc",
+    "launch",
     "next_power_of_2",
     "softmax_parts",
     "to_acc",
@@ -120,6 +124,32 @@ def check_patch_grid(imgs: Tensor, patch_size: int) -> tuple[int, int]:
         f"imgs height and width ({imgs.shape[2]}, {imgs.shape[3]}) must be divisible by patch_size {patch_size}",
     )
     return imgs.shape[2] // patch_size, imgs.shape[3] // patch_size
+
+
+# ---- launches ----------------------------------------------------------------------------------
+
+
+def device_guard(ref: Tensor | None) -> contextlib.AbstractContextManager:
+    """``torch.cuda.device(ref.device)`` for a CUDA tensor (Triton launches on the *current* device and
+    stream, so a ``cuda:1`` tensor would otherwise run on ``cuda:0``); a no-op for CPU tensors (interpreter)."""
+    if ref is not None and ref.device.type == "cuda":
+        return torch.cuda.device(ref.device)
+    return contextlib.nullcontext()
+
+
+def launch(kernel: Any, grid: Any) -> Callable[..., None]:
+    """``wrap_triton(kernel)[grid]`` run under :func:`device_guard` of its first tensor argument.
+
+    Every kernel launch of ``ferfast.triton`` goes through here (``tests/ops/test_triton_device_guard.py``
+    checks it), so no launch can forget the guard.
+    """
+
+    def run(*args: Any, **kwargs: Any) -> None:
+        ref = next((a for a in args if isinstance(a, Tensor)), None)
+        with device_guard(ref):
+            wrap_triton(kernel)[grid](*args, **kwargs)
+
+    return run
 
 
 # ---- device helpers ----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 // sum_i (1 - iou_i) (CE(real_i) + CE(real_perm(i))) is regrouped per row as sum_j w_j CE(real_j) with
 // w_j = (1 - iou_j) + sum_{i: perm(i) = j} (1 - iou_i), so every row is independent: one pass computes
 // its log-sum-exps, its loss terms and both gradient rows. Row partials are summed in a fixed order.
+// The gradient rows are B * d loss / d logits in the accumulation dtype (fp32; [B, K] is small): backward
+// applies grad_loss / B in fp32 and rounds once to the logits' dtype (fp16 + GradScaler safe).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
@@ -42,8 +44,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> facemix_loss_cpu(const at::Tensor
   const int64_t* pp = perm.const_data_ptr<int64_t>();
   cpu::check_index_values(yp, B, K, "y", "class labels");
   cpu::check_index_values(pp, B, B, "perm", "partner indices");
-  at::Tensor grad_real = compute_grad ? at::empty_like(real) : real.new_empty({0});
-  at::Tensor grad_mixed = compute_grad ? at::empty_like(mixed) : mixed.new_empty({0});
+  // [B, K] gradients kept in the accumulation dtype: a softmax of 1e-9 survives, and backward rounds once.
+  const auto grad_opts = real.options().dtype(acc);
+  at::Tensor grad_real = compute_grad ? at::empty({B, K}, grad_opts) : at::empty({0}, grad_opts);
+  at::Tensor grad_mixed = compute_grad ? at::empty({B, K}, grad_opts) : at::empty({0}, grad_opts);
   std::vector<double> partial(B);
   FERFAST_DISPATCH_FLOATING(real.scalar_type(), "facemix_loss_cpu", [&] {
     using acc_t = cpu::acc_type_t<scalar_t>;
@@ -54,9 +58,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> facemix_loss_cpu(const at::Tensor
     const scalar_t* zr = real.const_data_ptr<scalar_t>();
     const scalar_t* zm = mixed.const_data_ptr<scalar_t>();
     const acc_t* t = y_soft.const_data_ptr<acc_t>();
-    scalar_t* gr = compute_grad ? grad_real.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gm = compute_grad ? grad_mixed.mutable_data_ptr<scalar_t>() : nullptr;
-    const acc_t inv_b = acc_t(1) / static_cast<acc_t>(B);
+    acc_t* gr = compute_grad ? grad_real.mutable_data_ptr<acc_t>() : nullptr;
+    acc_t* gm = compute_grad ? grad_mixed.mutable_data_ptr<acc_t>() : nullptr;
     at::parallel_for(0, B, std::max<int64_t>(1, 32768 / K), [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         const scalar_t* r = zr + j * K;
@@ -74,11 +77,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> facemix_loss_cpu(const at::Tensor
         }
         partial[j] = static_cast<double>(ce_soft + w[j] * ce_real);
         if (compute_grad) {
-          const acc_t cr = w[j] * inv_b / sr, cm = tsum * inv_b / sm;
+          const acc_t cr = w[j] / sr, cm = tsum / sm;
           for (int64_t k = 0; k < K; ++k) {
             const acc_t pr = std::exp(static_cast<acc_t>(r[k]) - mr) * cr;
-            gr[j * K + k] = static_cast<scalar_t>(k == yp[j] ? pr - w[j] * inv_b : pr);
-            gm[j * K + k] = static_cast<scalar_t>(std::exp(static_cast<acc_t>(m[k]) - mm) * cm - tj[k] * inv_b);
+            gr[j * K + k] = k == yp[j] ? pr - w[j] : pr;
+            gm[j * K + k] = std::exp(static_cast<acc_t>(m[k]) - mm) * cm - tj[k];
           }
         }
       }

@@ -1,5 +1,7 @@
 // fixmatch_loss on the CPU: pseudo-labels, confidence mask and masked cross-entropy (and its gradient)
-// in one pass over each row of the weak (teacher) and strong (student) logits.
+// in one pass over each row of the weak (teacher) and strong (student) logits. The gradient is stored
+// as B * d loss / d logits_strong in the accumulation dtype (fp32; [B, K] is small): backward applies
+// grad_loss / B in fp32 and rounds once to logits_strong's dtype (fp16 + GradScaler safe).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
@@ -25,7 +27,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_
   const int64_t B = weak.size(0), K = weak.size(1);
   at::Tensor pseudo = at::empty({B}, weak.options().dtype(at::kLong));
   at::Tensor mask = at::empty({B}, weak.options());
-  at::Tensor grad = compute_grad ? at::empty_like(strong) : strong.new_empty({0});
+  // [B, K] gradient kept in the accumulation dtype (see the file comment).
+  at::Tensor grad = compute_grad ? at::empty({B, K}, weak.options()) : at::empty({0}, weak.options());
   std::vector<double> partial(B);
   auto run = [&](auto acc_tag, auto strong_tag) {
     using a_t = decltype(acc_tag);
@@ -34,8 +37,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_
     const s_t* st = strong.const_data_ptr<s_t>();
     int64_t* pl = pseudo.mutable_data_ptr<int64_t>();
     a_t* mk = mask.mutable_data_ptr<a_t>();
-    s_t* g = compute_grad ? grad.mutable_data_ptr<s_t>() : nullptr;
-    const a_t inv_b = a_t(1) / static_cast<a_t>(B);
+    a_t* g = compute_grad ? grad.mutable_data_ptr<a_t>() : nullptr;
     const a_t thr = static_cast<a_t>(threshold);
     at::parallel_for(0, B, std::max<int64_t>(1, 32768 / K), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
@@ -58,10 +60,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_
         const a_t ce = ms + std::log(ss) - static_cast<a_t>(s[arg]);
         partial[i] = static_cast<double>(keep * ce);
         if (g != nullptr) {
-          const a_t c = keep * inv_b / ss;
+          const a_t c = keep / ss;
           for (int64_t k = 0; k < K; ++k) {
             const a_t p = std::exp(static_cast<a_t>(s[k]) - ms) * c;
-            g[i * K + k] = static_cast<s_t>(k == arg ? p - keep * inv_b : p);
+            g[i * K + k] = k == arg ? p - keep : p;
           }
         }
       }

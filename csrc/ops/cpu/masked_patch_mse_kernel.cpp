@@ -4,7 +4,9 @@
 // targets are gathered from NCHW into nhwpqc order in a small cache-resident buffer (the
 // patchified target is never materialised in memory), reading each image row front to back.
 // Then, per masked patch: mean and unbiased variance (norm_pix_loss), squared error against
-// pred, and d loss / d pred written once. Unmasked patches read nothing and get zero gradient.
+// pred, and the un-normalised gradient w * (pred - target) written once (backward applies
+// 2 * grad_loss / (P * denom) in fp32: folded in here, it is fp16-subnormal at ViT-B scale).
+// Unmasked patches read nothing and get zero gradient.
 // Per-strip partial losses are summed in a fixed order, so the result does not depend on the
 // number of threads. The all-fp32 path is compiled for AVX-512, AVX2 and baseline x86-64 and
 // picked at load time (GCC target_clones).
@@ -119,12 +121,12 @@ inline __attribute__((always_inline)) double strip_loss(const img_t* __restrict 
     const pred_t* __restrict pr = pred + idx * P;
     acc_t sq = 0;
     if (grad) {
-      const acc_t coef = acc_t(2) * w / (static_cast<acc_t>(P) * static_cast<acc_t>(a.denom));
+      const acc_t coef = w;  // the stored gradient is un-normalised (see the file comment)
 #pragma omp simd reduction(+ : sq)
       for (int64_t e = 0; e < P; ++e) {
         const acc_t d = static_cast<acc_t>(pr[e]) - (t[e] - mean) * inv_std;
         sq += d * d;
-        t[e] = d * coef;  // the buffer now holds the gradient row
+        t[e] = d * coef;  // the buffer now holds the (un-normalised) gradient row
       }
       write_row(grad + idx * P, t, P);
     } else {

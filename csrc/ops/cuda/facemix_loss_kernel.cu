@@ -12,7 +12,9 @@
 //     row, K looped lane-strided (any K): max, then sum exp (warp reductions), giving
 //     ce_real = (max - real[y]) + log(sum) and ce_soft = sum_k t_k (max - mixed_k) + log(sum) * sum_k t_k
 //     (no cancellation between a large lse and sum t z). A third pass writes the gradients:
-//     grad_real = w_j (softmax(real_j) - onehot(y_j)) / B, grad_mixed = (softmax(mixed_j) sum_k t_k - t_j) / B.
+//     grad_real = w_j (softmax(real_j) - onehot(y_j)), grad_mixed = softmax(mixed_j) sum_k t_k - t_j: B times
+//     d loss / d logits, in the accumulation dtype (fp32; [B, K] is small), so that a softmax of 1e-9 survives;
+//     backward applies grad_loss / B in fp32 and rounds once to the logits' dtype (fp16 + GradScaler safe).
 //     Lane 0 stores the row's ce_soft + w_j ce_real to an fp64 buffer.
 //  2. finalize_kernel: one block sums the B row losses in a fixed order, in fp64, and divides by B.
 #include <ATen/ops/empty.h>
@@ -46,12 +48,11 @@ __global__ void __launch_bounds__(kThreads)
     facemix_rows_kernel(const real_t* __restrict__ real, const mixed_t* __restrict__ mixed,
                         const int64_t* __restrict__ y, const acc_t* __restrict__ y_soft,
                         const acc_t* __restrict__ iou, const int64_t* __restrict__ perm, int64_t B, int64_t K,
-                        real_t* __restrict__ grad_real, mixed_t* __restrict__ grad_mixed,
+                        acc_t* __restrict__ grad_real, acc_t* __restrict__ grad_mixed,
                         double* __restrict__ row_loss) {
   __shared__ int64_t s_perm[kTile];
   __shared__ acc_t s_weight[kTile];  // 1 - iou_i
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const acc_t inv_b = acc_t(1) / static_cast<acc_t>(B);
 
   // The loop bounds are uniform over the block (every thread reaches the __syncthreads).
   for (int64_t group = static_cast<int64_t>(blockIdx.x) * kWarps; group < B;
@@ -114,18 +115,18 @@ __global__ void __launch_bounds__(kThreads)
     if (lane == 0) row_loss[j] = static_cast<double>(ce_soft + w * ce_real);
 
     if (grad_real != nullptr) {
-      const acc_t coef_r = w * inv_b;
+      const acc_t coef_r = w;
       const acc_t inv_sr = acc_t(1) / sr;
-      real_t* gr = grad_real + j * K;
+      acc_t* gr = grad_real + j * K;
       for (int64_t k = lane; k < K; k += kWarpSize) {
         const acc_t p = device_exp(static_cast<acc_t>(zr[k]) - mr) * inv_sr;
-        gr[k] = static_cast<real_t>((p - (k == yj ? acc_t(1) : acc_t(0))) * coef_r);
+        gr[k] = (p - (k == yj ? acc_t(1) : acc_t(0))) * coef_r;
       }
       const acc_t inv_sm = acc_t(1) / sm;
-      mixed_t* gm = grad_mixed + j * K;
+      acc_t* gm = grad_mixed + j * K;
       for (int64_t k = lane; k < K; k += kWarpSize) {
         const acc_t p = device_exp(static_cast<acc_t>(zm[k]) - mm) * inv_sm;
-        gm[k] = static_cast<mixed_t>((p * ts - t[k]) * inv_b);
+        gm[k] = p * ts - t[k];
       }
     }
   }
@@ -158,8 +159,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> facemix_loss_cuda(const at::Tenso
   const at::Tensor iou = iou_in.to(acc_dtype).contiguous();
   const int64_t B = real.size(0), K = real.size(1);  // both > 0 (checked)
 
-  at::Tensor grad_real = compute_grad ? at::empty_like(real) : at::empty({0}, real.options());
-  at::Tensor grad_mixed = compute_grad ? at::empty_like(mixed) : at::empty({0}, mixed.options());
+  // The gradients are small ([B, K]) and kept in the accumulation dtype (see the file comment).
+  const auto grad_opts = real.options().dtype(acc_dtype);
+  at::Tensor grad_real = compute_grad ? at::empty({B, K}, grad_opts) : at::empty({0}, grad_opts);
+  at::Tensor grad_mixed = compute_grad ? at::empty({B, K}, grad_opts) : at::empty({0}, grad_opts);
   at::Tensor loss = at::empty({}, real.options().dtype(acc_dtype));
   at::Tensor row_loss = at::empty({B}, real.options().dtype(at::kDouble));
 
@@ -175,8 +178,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> facemix_loss_cuda(const at::Tenso
       facemix_rows_kernel<real_t, mixed_t, acc_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
           real.const_data_ptr<real_t>(), mixed.const_data_ptr<mixed_t>(), y.const_data_ptr<int64_t>(),
           y_soft.const_data_ptr<acc_t>(), iou.const_data_ptr<acc_t>(), perm.const_data_ptr<int64_t>(), B, K,
-          compute_grad ? grad_real.mutable_data_ptr<real_t>() : nullptr,
-          compute_grad ? grad_mixed.mutable_data_ptr<mixed_t>() : nullptr, row_loss.mutable_data_ptr<double>());
+          compute_grad ? grad_real.mutable_data_ptr<acc_t>() : nullptr,
+          compute_grad ? grad_mixed.mutable_data_ptr<acc_t>() : nullptr, row_loss.mutable_data_ptr<double>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       finalize_kernel<acc_t><<<1, kFinalThreads, 0, stream>>>(row_loss.const_data_ptr<double>(), B,
                                                               loss.mutable_data_ptr<acc_t>());

@@ -10,7 +10,9 @@
 //     at the argmax), mask = maxprob >= threshold (threshold rounded to the accumulation dtype, as
 //     torch compares a float32 tensor with a Python float). Strong logits: max, sum exp, then
 //     ce = (max - strong[pseudo]) + log(sum); lane 0 stores pseudo, mask and mask * ce (fp64
-//     buffer); a third pass writes grad_strong = mask (softmax(strong) - onehot(pseudo)) / B.
+//     buffer); a third pass writes grad_strong = mask (softmax(strong) - onehot(pseudo)), B times the
+//     gradient, in the accumulation dtype (fp32; [B, K] is small); backward applies grad_loss / B in fp32
+//     and rounds once to logits_strong's dtype (fp16 + GradScaler safe).
 //  2. finalize_kernel: one block sums the B values of mask * ce and of mask in a fixed order, in
 //     fp64, and divides by B.
 #include <ATen/ops/empty.h>
@@ -58,9 +60,8 @@ template <typename weak_t, typename strong_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     fixmatch_rows_kernel(const weak_t* __restrict__ weak, const strong_t* __restrict__ strong, int64_t B, int64_t K,
                          acc_t threshold, int64_t* __restrict__ pseudo_out, acc_t* __restrict__ mask_out,
-                         double* __restrict__ row_loss, strong_t* __restrict__ grad) {
+                         double* __restrict__ row_loss, acc_t* __restrict__ grad) {
   const int lane = threadIdx.x % kWarpSize;
-  const acc_t inv_b = acc_t(1) / static_cast<acc_t>(B);
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize; row < B;
        row += static_cast<int64_t>(gridDim.x) * kWarps) {  // warp-uniform
     // Pseudo-label: first index of the largest weak logit.
@@ -97,12 +98,12 @@ __global__ void __launch_bounds__(kThreads)
       row_loss[row] = static_cast<double>(ce * mask);
     }
     if (grad != nullptr) {
-      const acc_t coef = mask * inv_b;
+      const acc_t coef = mask;
       const acc_t inv_ss = acc_t(1) / ss;
-      strong_t* g = grad + row * K;
+      acc_t* g = grad + row * K;
       for (int64_t k = lane; k < K; k += kWarpSize) {
         const acc_t p = device_exp(static_cast<acc_t>(zs[k]) - ms) * inv_ss;
-        g[k] = static_cast<strong_t>((p - (k == pseudo ? acc_t(1) : acc_t(0))) * coef);
+        g[k] = (p - (k == pseudo ? acc_t(1) : acc_t(0))) * coef;
       }
     }
   }
@@ -143,7 +144,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_
   at::Tensor rate = at::empty({}, acc_opts);
   at::Tensor pseudo = at::empty({B}, weak.options().dtype(at::kLong));
   at::Tensor mask = at::empty({B}, acc_opts);
-  at::Tensor grad = compute_grad ? at::empty_like(strong) : at::empty({0}, strong.options());
+  // [B, K] gradient kept in the accumulation dtype (see the file comment).
+  at::Tensor grad = compute_grad ? at::empty({B, K}, acc_opts) : at::empty({0}, acc_opts);
   at::Tensor row_loss = at::empty({B}, weak.options().dtype(at::kDouble));
 
   const int64_t blocks =
@@ -158,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_
       fixmatch_rows_kernel<weak_t, strong_t, acc_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
           weak.const_data_ptr<weak_t>(), strong.const_data_ptr<strong_t>(), B, K, static_cast<acc_t>(threshold),
           pseudo.mutable_data_ptr<int64_t>(), mask.mutable_data_ptr<acc_t>(), row_loss.mutable_data_ptr<double>(),
-          compute_grad ? grad.mutable_data_ptr<strong_t>() : nullptr);
+          compute_grad ? grad.mutable_data_ptr<acc_t>() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       finalize_kernel<acc_t><<<1, kFinalThreads, 0, stream>>>(row_loss.const_data_ptr<double>(),
                                                               mask.const_data_ptr<acc_t>(), B,

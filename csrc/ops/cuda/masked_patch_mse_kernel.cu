@@ -2,8 +2,8 @@
 //
 // Three launches on the current stream, no host synchronisation:
 //  1. mask_sum_kernel: denominator partials, G blocks each summing a fixed slice of the mask in
-//     fp64 (G depends only on B*L). Every consumer sums the G partials with the same warp
-//     reduction, so all of them see the bitwise same denominator.
+//     fp64 (G depends only on B*L), summed by finalize_loss_kernel with a fixed-order warp
+//     reduction. (Backward recomputes the denominator for the gradient's factor.)
 //  2. masked_patch_mse_kernel: a block (T threads, T*kElems >= P) per patch. Blocks walk
 //     contiguous chunks of patches (one wave of resident blocks); thread t owns elements
 //     e = t + s*T (s < kElems) of every patch, so pred reads and grad writes are coalesced, and the
@@ -13,7 +13,9 @@
 //     reductions, so loads stay in flight across __syncthreads. norm_pix_loss uses two block
 //     reductions (mean, then the unbiased variance of the deviations, as the CPU kernel does);
 //     the squared error is a third. Each patch's w * mean_e (pred - target)^2 goes to a per-patch
-//     fp64 buffer (0 for unmasked patches, which read nothing and get a zero gradient).
+//     fp64 buffer (0 for unmasked patches, which read nothing and get a zero gradient). The stored
+//     gradient is un-normalised, w * (pred - target): backward applies 2 * grad_loss / (P * denom)
+//     in fp32 (folded in here, that factor is ~7e-8 at ViT-B/16 batch 256, fp16-subnormal).
 //     Patches bigger than kElems*1024 elements (512 for fp64) take masked_patch_mse_loop_kernel,
 //     which re-reads the target from imgs for each reduction pass instead of keeping it in
 //     registers.
@@ -81,8 +83,7 @@ template <typename img_t, typename pred_t, typename acc_t>
 __global__ void __launch_bounds__(max_threads<acc_t>())
     masked_patch_mse_kernel(const img_t* __restrict__ imgs, const pred_t* __restrict__ pred,
                             const acc_t* __restrict__ mask, pred_t* __restrict__ grad, double* __restrict__ patch_loss,
-                            const double* __restrict__ denom_partial, int denom_blocks, MseGeometry g, int64_t chunk,
-                            bool norm_pix) {
+                            MseGeometry g, int64_t chunk, bool norm_pix) {
   // 0: sum, 1: squared deviations, 2/3: squared error (alternating; see the hazard note below).
   __shared__ acc_t red[4][kWarpSize];
   const int T = blockDim.x, tid = threadIdx.x;
@@ -90,8 +91,6 @@ __global__ void __launch_bounds__(max_threads<acc_t>())
   const int64_t q_end = min(q + chunk, g.num_patches);
   if (q >= q_end) return;  // uniform over the block
 
-  const double denom = sum_denom_partials(denom_partial, denom_blocks);
-  const acc_t safe_denom = static_cast<acc_t>(denom == 0.0 ? 1.0 : denom);  // MAE: 0/0 = NaN; ferfast: 0
   const int P = g.P;
   const int64_t HW = g.H * g.W, CHW = g.C * HW;
 
@@ -177,7 +176,7 @@ __global__ void __launch_bounds__(max_threads<acc_t>())
         const acc_t var = block_sum_all(ss, red[1]) / static_cast<acc_t>(P - 1);  // unbiased, as torch.var
         inv_std = acc_t(1) / device_sqrt(var + static_cast<acc_t>(kNormPixEps));
       }
-      const acc_t coef = acc_t(2) * w_cur / (static_cast<acc_t>(P) * safe_denom);
+      const acc_t coef = w_cur;  // un-normalised gradient (see the file comment)
       acc_t sq = 0;
 #pragma unroll
       for (int s = 0; s < kElems; ++s) {
@@ -214,12 +213,9 @@ template <typename img_t, typename pred_t, typename acc_t>
 __global__ void __launch_bounds__(kLoopThreads)
     masked_patch_mse_loop_kernel(const img_t* __restrict__ imgs, const pred_t* __restrict__ pred,
                                  const acc_t* __restrict__ mask, pred_t* __restrict__ grad,
-                                 double* __restrict__ patch_loss, const double* __restrict__ denom_partial,
-                                 int denom_blocks, MseGeometry g, bool norm_pix) {
+                                 double* __restrict__ patch_loss, MseGeometry g, bool norm_pix) {
   __shared__ acc_t red[4][kWarpSize];
   const int T = blockDim.x, tid = threadIdx.x, P = g.P;
-  const double denom = sum_denom_partials(denom_partial, denom_blocks);
-  const acc_t safe_denom = static_cast<acc_t>(denom == 0.0 ? 1.0 : denom);
   const int64_t HW = g.H * g.W, CHW = g.C * HW;
   int phase = 0;
   for (int64_t q = blockIdx.x; q < g.num_patches; q += gridDim.x) {
@@ -249,7 +245,7 @@ __global__ void __launch_bounds__(kLoopThreads)
       const acc_t var = block_sum_all(ss, red[1]) / static_cast<acc_t>(P - 1);
       inv_std = acc_t(1) / device_sqrt(var + static_cast<acc_t>(kNormPixEps));
     }
-    const acc_t coef = acc_t(2) * w / (static_cast<acc_t>(P) * safe_denom);
+    const acc_t coef = w;  // un-normalised gradient
     const pred_t* pr = pred + q * P;
     acc_t sq = 0;
     for (int e = tid; e < P; e += T) {
@@ -333,15 +329,14 @@ std::tuple<at::Tensor, at::Tensor> masked_patch_mse_cuda(const at::Tensor& imgs_
           const int64_t chunk = ceil_div(N, std::min(N, resident));
           const int64_t blocks = ceil_div(N, chunk);
           kernel<<<static_cast<unsigned int>(blocks), threads, 0, stream>>>(
-              imgs.const_data_ptr<img_t>(), pred.const_data_ptr<pred_t>(), mask_p, grad_p, patch_loss, denom_partial,
-              denom_blocks, g, chunk, norm_pix);
+              imgs.const_data_ptr<img_t>(), pred.const_data_ptr<pred_t>(), mask_p, grad_p, patch_loss, g, chunk,
+              norm_pix);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         } else {
           auto kernel = masked_patch_mse_loop_kernel<img_t, pred_t, acc_t>;
           const int64_t blocks = std::min(N, resident_sms * blocks_per_sm(kernel, kLoopThreads));
           kernel<<<static_cast<unsigned int>(blocks), kLoopThreads, 0, stream>>>(
-              imgs.const_data_ptr<img_t>(), pred.const_data_ptr<pred_t>(), mask_p, grad_p, patch_loss, denom_partial,
-              denom_blocks, g, norm_pix);
+              imgs.const_data_ptr<img_t>(), pred.const_data_ptr<pred_t>(), mask_p, grad_p, patch_loss, g, norm_pix);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       }
