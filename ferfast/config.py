@@ -71,6 +71,8 @@ DatasetFormat = Literal[
 #: ``data.unlabeled_format`` values (unlabeled face collections).
 UnlabeledFormat = Literal["auto", "folder", "filelist", "mxrec"]
 LoaderBackend = Literal["auto", "dali", "torch"]
+DaliDevice = Literal["auto", "cpu", "gpu"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 NonFinitePolicy = Literal["stop", "rollback"]
@@ -321,6 +323,11 @@ class DataConfig(_Section):
         default="auto", metadata=_doc("data loader: dali, torch, or auto (DALI when installed)")
     )
     num_workers: int = field(default=4, metadata=_doc("worker processes of the torch loader"))
+    dali_device: DaliDevice = field(
+        default="auto",
+        metadata=_doc("where the DALI loader decodes and augments: gpu (nvjpeg 'mixed' decoding), cpu, or auto "
+                      "(gpu when torch sees one); the torch loader always works on the CPU"),
+    )  # fmt: skip
 
     def validate(self) -> None:
         _in_unit(self, "labeled_fraction", low_open=True, high_open=False)
@@ -542,18 +549,33 @@ class RunConfig(_Section):
     device: Device = field(default="auto", metadata=_doc("auto (cuda when available), cpu or cuda"))
     precision: Precision = field(
         default="auto",
-        metadata=_doc("autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16 (with a GradScaler) or fp32"),
-    )
+        metadata=_doc("autocast dtype: bf16, fp16 (with a GradScaler), fp32, or auto: bf16 on a GPU that supports "
+                      "it; on the CPU bf16 only with native bf16 units (AMX/AVX512-BF16) when a short measurement "
+                      "of the model finds it faster, else fp32 (the choice is printed at start-up)"),
+    )  # fmt: skip
     compile: bool = field(default=False, metadata=_doc("torch.compile the model (the training step is unchanged)"))
+    compile_mode: CompileMode = field(
+        default="default",
+        metadata=_doc("torch.compile mode with run.compile: default, reduce-overhead (CUDA graphs of the forward "
+                      "and backward passes on a GPU; needs a step without host synchronisation, as ferfast's are) "
+                      "or max-autotune"),
+    )  # fmt: skip
     resume: Path | None = field(
         default=None,
         metadata=_doc("checkpoint of the first stage run to resume from, when its output folder has none of its own "
                       "(a run always continues from its own checkpoint-last.pth)"),
     )  # fmt: skip
     nonfinite: NonFinitePolicy = field(
-        default="stop", metadata=_doc("on a NaN/inf loss: stop, or rollback to the last checkpoint")
-    )
-    log_every: int = field(default=20, metadata=_doc("log metrics every N steps"))
+        default="stop",
+        metadata=_doc("on a NaN/inf loss: stop, or rollback to the last checkpoint; checked on the device and read "
+                      "every run.log_every steps and at each epoch's end (before its checkpoint), so a bad loss "
+                      "is caught up to log_every - 1 steps later, and those steps' weights are never saved"),
+    )  # fmt: skip
+    log_every: int = field(
+        default=20,
+        metadata=_doc("log the metrics (means since the last record) every N steps; the only steps that read "
+                      "tensors on the host"),
+    )  # fmt: skip
     print_every: int = field(
         default=1, metadata=_doc("print a one-line summary every N epochs and after the last (0: never)")
     )

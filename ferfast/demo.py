@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ferfast._io import write_text_atomic
 from ferfast.config import TrainConfig, build_config, config_keys
 from ferfast.data import write_synthetic_dataset
@@ -228,6 +230,8 @@ def arm_config(
         "data.seed": seed, "run.seed": seed, "run.device": cfg.device, "run.output_dir": str(seed_dir / arm.key),
         "stage1.mixup": arm.mixup, "model.pretrained": None if pretrained is None else str(pretrained),
     }  # fmt: skip
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        values["run.precision"] = "fp32"  # the documented results; "auto" may measure bf16 faster on some CPUs
     if arm.all_labels:
         values["data.labeled_fraction"] = 1.0
     else:  # the 5% arms share one split file

@@ -107,6 +107,7 @@ def test_python_api_finetune_and_load_model(synth, tmp_path):
 def test_predict_matches_the_evaluation_view_and_finds_faces(synth, tmp_path, capsys):
     from ferfast.data import build_loader, open_dataset
     from ferfast.data.augment import AugmentConfig
+    from ferfast.data.normalize import normalize_images
 
     result = ferfast.finetune(
         stages=("stage1",), data__root=str(synth), data__image_size=32, data__loader="torch", data__num_workers=0,
@@ -119,8 +120,8 @@ def test_predict_matches_the_evaluation_view_and_finds_faces(synth, tmp_path, ca
     model, names = ferfast.load_model(result["checkpoint"])
     (batch,) = list(build_loader("eval", test.subset(range(6)), backend="torch", batch_size=6, num_workers=0,
                                  config=AugmentConfig(image_size=32)))  # fmt: skip
-    with torch.no_grad():
-        expected = model(batch["images"]).softmax(-1)
+    with torch.no_grad():  # the loaders' images (uint8, or floats already normalised), normalised as training does
+        expected = model(normalize_images(batch["images"])).softmax(-1)
     for r, p in zip(plain, expected):
         assert r["box"] is None and r["label"] == names[int(p.argmax())]
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

@@ -63,6 +63,7 @@ def test_defaults_are_the_papers_recipes():
     assert isinstance(aug, AugmentConfig) and (aug.image_size, aug.scale, aug.flip_prob) == (224, (0.2, 1.0), 0.5)
     assert aug.mean == FACE_MEAN
     assert (cfg.run.precision, cfg.run.device, cfg.run.compile, cfg.run.nonfinite) == ("auto", "auto", False, "stop")
+    assert (cfg.run.compile_mode, cfg.data.dali_device) == ("default", "auto")
 
 
 def test_format_choices_match_the_dataset_formats():
@@ -223,6 +224,8 @@ def test_overrides_convert_every_supported_type():
         (["--run.compile", "maybe"], "run.compile", "a boolean"),
         (["--run.device", "tpu"], "run.device", "one of auto, cpu, cuda"),
         (["--run.precision", "int8"], "run.precision", "one of auto, bf16, fp16, fp32"),
+        (["--run.compile_mode", "fast"], "run.compile_mode", "one of default, reduce-overhead, max-autotune"),
+        (["--data.dali_device", "cuda"], "data.dali_device", "one of auto, cpu, gpu"),
         (["--stage1.optim.betas", "0.9"], "stage1.optim.betas", "2 comma-separated values"),
         (["--stage1.optim.betas", "0.9,x"], "stage1.optim.betas[1]", "a number"),
         (["--run.output_dir", ""], "run.output_dir", "a path"),
@@ -409,3 +412,9 @@ def test_bad_config_path_names_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         config_from_args(TrainConfig, parser.parse_args(["--config", str(bad)]), parser)
     assert "argument --config: stage1.epochs: must be > 0" in capsys.readouterr().err
+
+
+def test_the_gpu_path_settings_parse():
+    cfg = build_config(TrainConfig, overrides=["--run.compile_mode", "reduce-overhead", "--data.dali_device=gpu"])
+    assert cfg.run.compile_mode == "reduce-overhead" and cfg.data.dali_device == "gpu"
+    assert config_from_dict(TrainConfig, config_to_dict(cfg)) == cfg

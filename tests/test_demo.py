@@ -97,3 +97,11 @@ def test_quick_demo_from_the_command_line(tmp_path):
         assert (tmp_path / "seed0" / arm.key / "eval" / "confusion.png").is_file()
     assert (Path(result["data"]["faces_dir"]) / "synthetic.json").is_file()
     assert (tmp_path / "results.md").read_text().startswith("SSFER ablation")
+
+
+def test_the_demo_trains_in_fp32_on_the_cpu(tmp_path):
+    """Its documented results are fp32's: run.precision=auto could measure bf16 faster on a CPU with bf16 units."""
+    assert arm_config(DemoConfig(out_dir=tmp_path, device="cpu"), ARM["full"], 0, None).run.precision == "fp32"
+    assert arm_config(DemoConfig(out_dir=tmp_path, device="cuda"), ARM["full"], 0, None).run.precision == "auto"
+    pinned = DemoConfig(out_dir=tmp_path, device="cpu", overrides={"run.precision": "bf16"})
+    assert arm_config(pinned, ARM["mixup"], 0, None).run.precision == "bf16"  # an override still wins

@@ -8,10 +8,15 @@
 //
 // Inputs (per sample): 0 image HWC uint8 (C = 3); 1 window float32 [4] = left, top, width, height in
 // pixels; 2 mirror int32 [1] (non-zero: horizontal flip).
-// Output: normalize=True: float32 CHW [3, size, size], (v - mean) / std (mean and std in 0-255 units);
-//         normalize=False: uint8 HWC [size, size, 3] (rounded, clamped), for ops that need pixels next.
+// Output: (v - mean) / std (mean and std in 0-255 units; the defaults 0 and 1 leave pixel values) as
+//   dtype=FLOAT: float32, unrounded;
+//   dtype=UINT8: uint8, rounded to nearest and clamped to [0, 255] (torchvision's uint8 resized_crop, +-1 where
+//                a value sits at .5: torchvision rounds fixed-point sums, this operator float ones),
+// in output_layout "CHW" ([3, size, size], what torch takes) or "HWC" ([size, size, 3], for ops that need
+// pixels next).
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "dali/pipeline/operator/operator.h"
@@ -77,10 +82,11 @@ static void compute_taps(AxisTaps &t, double start, double extent, int out_size,
   }
 }
 
-// One image: crop window wv = (left, top, width, height) of src [H, W, 3] -> dst (float CHW normalised with
-// v * scale[c] + bias[c], or uint8 HWC). Compiled for AVX2 and for baseline x86-64; the loader picks at run time.
+// One image: crop window wv = (left, top, width, height) of src [H, W, 3] -> dst, v * scale[c] + bias[c] as float
+// or as rounded, clamped uint8 (to_u8), planar CHW or interleaved HWC (chw). Compiled for AVX2 and for baseline
+// x86-64; the loader picks at run time.
 __attribute__((target_clones("avx2", "default"))) static void resized_crop_sample(
-  const uint8_t *src, int H, int W, const float *wv, bool flip, int S, bool normalize, const float *scale_c,
+  const uint8_t *src, int H, int W, const float *wv, bool flip, int S, bool to_u8, bool chw, const float *scale_c,
   const float *bias_c, void *dst) {
   const double left = std::clamp<double>(wv[0], 0, W - 1), top = std::clamp<double>(wv[1], 0, H - 1);
   const double ww = std::clamp<double>(wv[2], 1, W - left), hh = std::clamp<double>(wv[3], 1, H - top);
@@ -118,8 +124,8 @@ __attribute__((target_clones("avx2", "default"))) static void resized_crop_sampl
   std::vector<float> acc_buf(S);
   float *__restrict acc = acc_buf.data();
   for (int c = 0; c < 3; c++) {
-    const float scale = normalize ? scale_c[c] : 1.f;
-    const float bias = normalize ? bias_c[c] : 0.f;
+    const float scale = scale_c[c];
+    const float bias = bias_c[c];
     const float *tc = tmp.data() + c * plane;
     for (int y = 0; y < S; y++) {
       const float *k = ty.w.data() + static_cast<size_t>(y) * TY;
@@ -130,12 +136,15 @@ __attribute__((target_clones("avx2", "default"))) static void resized_crop_sampl
         const float *__restrict tj = t + static_cast<size_t>(j) * S;
         for (int x = 0; x < S; x++) acc[x] += kj * tj[x];
       }
-      if (normalize) {
-        float *__restrict o = static_cast<float *>(dst) + (static_cast<size_t>(c) * S + y) * S;
-        for (int x = 0; x < S; x++) o[x] = acc[x];
+      // Element (c, y, x) sits at base + x * step: CHW planes, or HWC pixels.
+      const size_t base = chw ? (static_cast<size_t>(c) * S + y) * S : static_cast<size_t>(y) * S * 3 + c;
+      const int step = chw ? 1 : 3;
+      if (to_u8) {
+        uint8_t *__restrict u = static_cast<uint8_t *>(dst) + base;
+        for (int x = 0; x < S; x++) u[step * x] = static_cast<uint8_t>(std::clamp(std::nearbyint(acc[x]), 0.f, 255.f));
       } else {
-        uint8_t *u = static_cast<uint8_t *>(dst) + static_cast<size_t>(y) * S * 3 + c;
-        for (int x = 0; x < S; x++) u[3 * x] = static_cast<uint8_t>(std::clamp(std::nearbyint(acc[x]), 0.f, 255.f));
+        float *__restrict o = static_cast<float *>(dst) + base;
+        for (int x = 0; x < S; x++) o[step * x] = acc[x];
       }
     }
   }
@@ -146,10 +155,13 @@ class ResizedCropNormalize : public ::dali::Operator<::dali::CPUBackend> {
   explicit ResizedCropNormalize(const ::dali::OpSpec &spec)
       : ::dali::Operator<::dali::CPUBackend>(spec),
         size_(spec.GetArgument<int>("size")),
-        normalize_(spec.GetArgument<bool>("normalize")),
+        dtype_(spec.GetArgument<::dali::DALIDataType>("dtype")),
+        layout_(spec.GetArgument<std::string>("output_layout")),
         mean_(spec.GetRepeatedArgument<float>("mean")),
         std_(spec.GetRepeatedArgument<float>("std")) {
     DALI_ENFORCE(size_ > 0, "size must be positive");
+    DALI_ENFORCE(dtype_ == DALI_FLOAT || dtype_ == DALI_UINT8, "dtype must be FLOAT or UINT8");
+    DALI_ENFORCE(layout_ == "CHW" || layout_ == "HWC", "output_layout must be \"CHW\" or \"HWC\"");
     DALI_ENFORCE(mean_.size() == 3 && std_.size() == 3, "mean and std must have 3 values (RGB)");
     for (float s : std_) DALI_ENFORCE(s > 0, "std must be positive");
   }
@@ -164,11 +176,8 @@ class ResizedCropNormalize : public ::dali::Operator<::dali::CPUBackend> {
       DALI_ENFORCE(sh.size() == 3 && sh[2] == 3, "image must be HWC with 3 channels");
     }
     output_desc.resize(1);
-    if (normalize_) {
-      output_desc[0] = {::dali::uniform_list_shape(n, ::dali::TensorShape<3>{3, size_, size_}), DALI_FLOAT};
-    } else {
-      output_desc[0] = {::dali::uniform_list_shape(n, ::dali::TensorShape<3>{size_, size_, 3}), DALI_UINT8};
-    }
+    const auto shape = layout_ == "CHW" ? ::dali::TensorShape<3>{3, size_, size_} : ::dali::TensorShape<3>{size_, size_, 3};
+    output_desc[0] = {::dali::uniform_list_shape(n, shape), dtype_};
     return true;
   }
 
@@ -177,6 +186,7 @@ class ResizedCropNormalize : public ::dali::Operator<::dali::CPUBackend> {
     const auto &win = ws.Input<::dali::CPUBackend>(1);
     const auto &mir = ws.Input<::dali::CPUBackend>(2);
     auto &out = ws.Output<::dali::CPUBackend>(0);
+    out.SetLayout(layout_);
     auto &tp = ws.GetThreadPool();
     const int n = in.num_samples();
     for (int i = 0; i < n; i++) {
@@ -192,13 +202,15 @@ class ResizedCropNormalize : public ::dali::Operator<::dali::CPUBackend> {
     auto sh = in.tensor_shape(i);
     const float scale[3] = {1.f / std_[0], 1.f / std_[1], 1.f / std_[2]};
     const float bias[3] = {-mean_[0] / std_[0], -mean_[1] / std_[1], -mean_[2] / std_[2]};
-    void *dst = normalize_ ? static_cast<void *>(out.mutable_tensor<float>(i)) : out.mutable_tensor<uint8_t>(i);
+    const bool to_u8 = dtype_ == DALI_UINT8;
+    void *dst = to_u8 ? static_cast<void *>(out.mutable_tensor<uint8_t>(i)) : out.mutable_tensor<float>(i);
     resized_crop_sample(in.tensor<uint8_t>(i), static_cast<int>(sh[0]), static_cast<int>(sh[1]), win.tensor<float>(i),
-                        mir.tensor<int32_t>(i)[0] != 0, size_, normalize_, scale, bias, dst);
+                        mir.tensor<int32_t>(i)[0] != 0, size_, to_u8, layout_ == "CHW", scale, bias, dst);
   }
 
   int size_;
-  bool normalize_;
+  ::dali::DALIDataType dtype_;
+  std::string layout_;
   std::vector<float> mean_, std_;
 };
 
@@ -212,6 +224,8 @@ DALI_SCHEMA(FerfastResizedCropNormalize)
     .NumInput(3)
     .NumOutput(1)
     .AddArg("size", "Output height and width.", DALI_INT32)
-    .AddOptionalArg("normalize", "Output float32 CHW (v - mean) / std; else uint8 HWC.", true)
+    .AddOptionalTypeArg("dtype", "Output type: FLOAT ((v - mean) / std, unrounded) or UINT8 (rounded, clamped).",
+                        DALI_FLOAT)
+    .AddOptionalArg("output_layout", "\"CHW\" (planar, torch's layout) or \"HWC\".", std::string("CHW"))
     .AddOptionalArg("mean", "Per-channel mean (0-255 units).", std::vector<float>{0.f, 0.f, 0.f})
     .AddOptionalArg("std", "Per-channel standard deviation (0-255 units).", std::vector<float>{1.f, 1.f, 1.f});

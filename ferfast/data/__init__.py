@@ -2,8 +2,9 @@
 
 DESIGN.md section 3. Every format builds a :class:`FaceDataset` (encoded images, labels in the
 canonical class order :data:`CANONICAL_CLASSES`, face boxes); :func:`build_loader` turns datasets
-into batches ``{images, labels, boxes, index, ...}`` for the four uses (pretrain, stage 1,
-stage 2, eval) with DALI or torch; :func:`split_labeled` draws SSFER's label fractions;
+into batches ``{images, labels, boxes, index, ...}`` (uint8 images, normalised on the training
+device by :func:`normalize_images`) for the four uses (pretrain, stage 1, stage 2, eval) with DALI or
+torch; :func:`split_labeled` draws SSFER's label fractions;
 :mod:`ferfast.data.synthetic` draws faces so that everything runs without the licensed datasets.
 """
 
@@ -43,8 +44,9 @@ from ferfast.data.formats import (
     detect_format,
     open_dataset,
 )
-from ferfast.data.loaders import build_loader, make_plan
-from ferfast.data.plan import STAGES, LoaderPlan
+from ferfast.data.loaders import DEVICES, build_loader, make_plan, resolve_dali_device
+from ferfast.data.normalize import normalize_images
+from ferfast.data.plan import IMAGE_KEYS, STAGES, LoaderPlan
 from ferfast.data.rand_augment import (
     RAND_AUGMENT_OPS,
     RandAugmentDraws,
@@ -67,12 +69,14 @@ from ferfast.data.torch_loader import TorchFaceLoader
 __all__ = [
     "BOX_SIDECAR",
     "CANONICAL_CLASSES",
+    "DEVICES",
     "EXPRESSION_PARAMS",
     "EXPRESSION_PROTOTYPES",
     "FACE_MEAN",
     "FACE_STD",
     "FER7_CLASSES",
     "FER8_CLASSES",
+    "IMAGE_KEYS",
     "RAFDB",
     "RAND_AUGMENT_OPS",
     "STAGES",
@@ -115,8 +119,10 @@ __all__ = [
     "load_unreadable",
     "make_identities",
     "make_plan",
+    "normalize_images",
     "open_dataset",
     "render_faces",
+    "resolve_dali_device",
     "save_box_sidecar",
     "save_split",
     "split_labeled",

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ferfast._io import write_text_atomic
 from ferfast.data.base import FaceDataset
@@ -83,8 +83,31 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
+#: EXIF orientations other than "as stored" (1): the decoded image is flipped/rotated to its displayed form.
+_REORIENTED = frozenset(range(2, 9))
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """The image as displayed: its EXIF orientation applied (``ImageOps.exif_transpose``), as DALI's decoders do.
+
+    One rule for every loader: DALI applies the tag by default, so PIL must too, and the size probe
+    (:func:`ferfast.data.imageio.probe_image`) reports the displayed size. A malformed EXIF block is ignored.
+    """
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:
+        return image
+    if orientation not in _REORIENTED:
+        return image
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        return image
+
+
 def _decode(data: bytes) -> tuple[np.ndarray | None, str | None]:
-    """Decode fully to HWC uint8 RGB; returns the array, or None and the short reason it cannot be decoded."""
+    """Decode fully to HWC uint8 RGB, EXIF orientation applied; returns the array, or None and the short reason it
+    cannot be decoded."""
     if not data:
         return None, "empty file"
     try:
@@ -102,7 +125,7 @@ def _decode(data: bytes) -> tuple[np.ndarray | None, str | None]:
     if image.width <= 0 or image.height <= 0:
         return None, f"zero-size image ({image.width}x{image.height})"
     try:
-        return _to_rgb_array(image), None
+        return _to_rgb_array(_apply_exif_orientation(image)), None
     except Exception as e:  # an exotic mode PIL cannot convert
         return None, _short(f"cannot convert mode {image.mode} to RGB ({e})")
 
@@ -130,7 +153,8 @@ def check_image(data: bytes) -> str | None:
 
 
 def decode_rgb(data: bytes, name: str) -> np.ndarray:
-    """Decode an encoded image to an ``[H, W, 3]`` uint8 RGB array (grey, CMYK, palette and alpha converted).
+    """Decode an encoded image to an ``[H, W, 3]`` uint8 RGB array (grey, CMYK, palette and alpha converted), as
+    displayed: its EXIF orientation applied, as DALI's decoders do.
 
     Raises :class:`UnreadableImageError` naming ``name`` when it cannot be decoded.
     """

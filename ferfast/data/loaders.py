@@ -8,7 +8,9 @@
 ``eval``     the whole image resized, dataset order, no augmentation, last batch kept
 ===========  ===================================================================================
 
-The batch format is described in :mod:`ferfast.data.plan`; both backends deliver it.
+The batch format is described in :mod:`ferfast.data.plan`; both backends deliver it: uint8 images
+(normalise them on the training device with :func:`ferfast.data.normalize_images`), labels, boxes and
+indices.
 """
 
 from __future__ import annotations
@@ -22,9 +24,22 @@ from ferfast.data.plan import STAGES, LoaderPlan, Stream
 from ferfast.data.sampling import ShardedBatches
 from ferfast.data.torch_loader import TorchFaceLoader
 
-__all__ = ["BACKENDS", "build_loader", "make_plan"]
+__all__ = ["BACKENDS", "DEVICES", "build_loader", "make_plan", "resolve_dali_device"]
 
 BACKENDS = ("auto", "dali", "torch")
+#: Where the DALI loader decodes and augments (``data.dali_device`` in a run's config).
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def resolve_dali_device(device: str) -> str:
+    """``"cpu"`` or ``"gpu"`` for a DALI ``device`` setting; ``"auto"`` is the GPU when torch sees one."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -89,17 +104,23 @@ def build_loader(
     device: str = "auto",
     num_workers: int = 2,
     pin_memory: bool = False,
+    normalize: bool = False,
     **plan_kwargs: Any,
 ) -> DaliFaceLoader | TorchFaceLoader:
     """A loader for ``stage`` (``pretrain``, ``stage1``, ``stage2``, ``eval``) over ``dataset``.
 
     Args:
         backend: ``"dali"``, ``"torch"`` or ``"auto"`` (DALI when installed, else torch).
-        device: where DALI decodes and augments: ``"gpu"`` (``mixed`` decoding), ``"cpu"``, or ``"auto"``
-            (the GPU when torch sees one). The torch loader always works on the CPU (move the batch with
-            ``.to(device, non_blocking=True)``; ``pin_memory=True`` makes that copy asynchronous).
+        device: where DALI decodes and augments (:data:`DEVICES`): ``"gpu"`` (``mixed`` decoding; images come
+            out on the current CUDA device, ready on the stream current when a batch is drawn), ``"cpu"``, or
+            ``"auto"`` (the GPU when torch sees one). The torch loader always works on the CPU (move the batch
+            with ``.to(device, non_blocking=True)``; ``pin_memory=True`` makes that copy asynchronous), and
+            accepts ``"auto"`` and ``"cpu"``.
         num_workers: the torch loader's worker processes (DALI uses threads).
-        pin_memory: the torch loader returns page-locked batches, for ``.to("cuda", non_blocking=True)``.
+        pin_memory: CPU batches come page-locked (both backends; needs CUDA, ignored without it), for
+            ``.to("cuda", non_blocking=True)``. The DALI GPU loader pins its CPU outputs (labels, boxes) anyway.
+        normalize: float32 normalised images (``(x / 255 - mean) / std``, the old format) instead of uint8;
+            for callers that do not normalise themselves (the engine normalises on its device).
         plan_kwargs: ``batch_size``, ``unlabeled_batch_size``, ``config`` (:class:`AugmentConfig`),
             ``seed``, ``rank``, ``world_size``, ``shuffle``, ``drop_last`` (see :func:`make_plan`).
 
@@ -110,17 +131,13 @@ def build_loader(
     plan = make_plan(stage, dataset, unlabeled=unlabeled, **plan_kwargs)
     if backend == "auto":
         backend = "dali" if dali_available() else "torch"
-    if device not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if backend == "dali":
-        if device == "auto":
-            import torch
-
-            device = "gpu" if torch.cuda.is_available() else "cpu"
         sizes = {s.batches.batch_size for s in plan.streams}
         if len(sizes) > 1:
             raise ValueError(f"the DALI loader needs equal labeled and unlabeled batch sizes, got {sorted(sizes)}")
-        return DaliFaceLoader(plan, device=device)
+        return DaliFaceLoader(plan, device=resolve_dali_device(device), pin_memory=pin_memory, normalize=normalize)
     if device == "gpu":
         raise ValueError("the torch loader decodes on the CPU; use device='cpu' or 'auto' (or backend='dali')")
-    return TorchFaceLoader(plan, num_workers=num_workers, pin_memory=pin_memory)
+    return TorchFaceLoader(plan, num_workers=num_workers, pin_memory=pin_memory, normalize=normalize)

@@ -10,15 +10,26 @@ deliver the same images, labels, crops, flips and boxes for the same seed.
 Batch format (a dict of tensors, the engine's one input format):
 
 =================  ======================================================================
-``images``         ``[B, 3, S, S]`` float32, normalised (the labeled/only stream's view)
+``images``         ``[B, 3, S, S]`` **uint8** RGB pixels (the labeled/only stream's view), not
+                   normalised: the engine normalises on its device after the copy, with
+                   :func:`ferfast.data.normalize_images` (``(x / 255 - mean) / std``, the
+                   plan's ``config.mean``/``config.std``). ``normalize=True`` on a loader gives
+                   float32 normalised images instead (the old format)
 ``labels``         ``[B]`` int64 class indices (-1 = no label); ``soft_labels`` ``[B, K]`` when the
                    dataset has them (FERPlus probability mode)
 ``boxes``          ``[B, 4]`` float32 relative xyxy face boxes in the view's coordinates
 ``index``          ``[B]`` int64 dataset indices (after any skip of an unreadable image)
-``images_weak``,   stage 2's unlabeled views (``[U, 3, S, S]``), ``boxes_weak`` (the strong
-``images_strong``  view has none: RandAugment's shears and rotations move the face) and
-                   ``index_unlabeled`` ``[U]``
+``images_weak``,   stage 2's unlabeled views (``[U, 3, S, S]`` uint8, like ``images``),
+``images_strong``  ``boxes_weak`` (the strong view has none: RandAugment's shears and
+                   rotations move the face) and ``index_unlabeled`` ``[U]``
 =================  ======================================================================
+
+Where the tensors live: the torch loader and the DALI loader with ``device="cpu"`` deliver CPU tensors
+(page-locked with ``pin_memory=True`` where CUDA is available, so ``.to(device, non_blocking=True)`` is
+asynchronous; the engine may do that copy on a side stream). The DALI loader with ``device="gpu"`` delivers
+the image keys on the current CUDA device, ready in stream order on the stream that was current when the
+batch was drawn (no host synchronisation), everything else on the CPU. Every image is as displayed: its
+EXIF orientation applied (sizes, crop windows and boxes too).
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from ferfast.data.base import FaceDataset
 from ferfast.data.rand_augment import RandAugmentDraws, draw_rand_augment
 from ferfast.data.sampling import ShardedBatches, batch_rng
 
-__all__ = ["STAGES", "VIEWS", "LoaderPlan", "PlanLoader", "Stream", "ViewDraws"]
+__all__ = ["IMAGE_KEYS", "STAGES", "VIEWS", "LoaderPlan", "PlanLoader", "Stream", "ViewDraws"]
 
 #: The four uses of a loader.
 STAGES = ("pretrain", "stage1", "stage2", "eval")
@@ -43,6 +54,8 @@ VIEWS = {
     "weak": ("images_weak", "boxes_weak"),
     "strong": ("images_strong", None),  # RandAugment's geometric ops move the face: no box is claimed
 }
+#: The batch keys that hold images (uint8 ``[B, 3, S, S]`` unless a loader was asked to normalise).
+IMAGE_KEYS = ("images", "images_weak", "images_strong")
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """The torch/torchvision loader: executes a :class:`~ferfast.data.plan.LoaderPlan` with ``transforms.v2``.
 
 Used where DALI is not installed (DALI is an optional extra). Each worker builds whole batches:
-decode (PIL), crop and resize (bicubic, antialiased) and flip with ``transforms.v2.functional`` on
-the image and its ``tv_tensors.BoundingBoxes`` together, RandAugment for the strong view
-(torchvision's ops with the plan's draws, on the crop before the resize), then normalises the batch
-at once. Same batches, crops, flips, RandAugment ops and boxes as the DALI loader for the same seed.
+decode (PIL, EXIF orientation applied), crop and resize (bicubic, antialiased) and flip with
+``transforms.v2.functional`` on the image and its ``tv_tensors.BoundingBoxes`` together, RandAugment for
+the strong view (torchvision's ops with the plan's draws, on the crop before the resize), and stacks the
+views as uint8 (normalisation happens on the training device: :func:`ferfast.data.normalize_images`;
+``normalize=True`` restores normalised float32 batches). Same batches, crops, flips, RandAugment ops and
+boxes as the DALI loader for the same seed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from torchvision.transforms.v2 import functional as F
 from ferfast.data.augment import AugmentConfig
 from ferfast.data.check import SkipCounter, UnreadableImageError, decode_rgb
 from ferfast.data.imageio import read_probed
-from ferfast.data.plan import VIEWS, LoaderPlan, PlanLoader
+from ferfast.data.normalize import normalize_images
+from ferfast.data.plan import IMAGE_KEYS, VIEWS, LoaderPlan, PlanLoader
 from ferfast.data.rand_augment import apply_rand_augment_torch
 
 __all__ = ["TorchFaceLoader", "decode_rgb_tensor", "load_step"]
@@ -65,15 +68,26 @@ def _make_view(
     return out, (box.as_subclass(torch.Tensor)[0] / size).clamp_(0.0, 1.0)
 
 
-def _normalize(batch: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
-    """uint8 ``[B, 3, S, S]`` -> float32 ``(x / 255 - mean) / std``."""
-    mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    inv_std = 1.0 / (torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-    return batch.float().sub_(mean).mul_(inv_std)
+def normalize_batch(batch: dict, config: AugmentConfig) -> dict:
+    """The batch with its uint8 image keys normalised to float32 ``(x / 255 - mean) / std`` (``normalize=True``)."""
+    for key in IMAGE_KEYS:
+        if key in batch:
+            batch[key] = normalize_images(batch[key], config.mean, config.std)
+    return batch
 
 
-def load_step(plan: LoaderPlan, epoch: int, step: int, skipped: SkipCounter, cache: dict | None = None) -> dict:
-    """Build the batch of ``step`` of ``epoch``: every stream's images, views, labels, boxes and indices."""
+def load_step(
+    plan: LoaderPlan,
+    epoch: int,
+    step: int,
+    skipped: SkipCounter,
+    cache: dict | None = None,
+    normalize: bool = False,
+) -> dict:
+    """Build the batch of ``step`` of ``epoch``: every stream's images (uint8), views, labels, boxes and indices.
+
+    ``normalize``: float32 normalised images instead of uint8 (the old format).
+    """
     cfg = plan.config
     out: dict[str, torch.Tensor] = {}
     for k, (stream, idx) in enumerate(zip(plan.streams, plan.step_indices(epoch, step, cache))):
@@ -111,7 +125,7 @@ def load_step(plan: LoaderPlan, epoch: int, step: int, skipped: SkipCounter, cac
                 views.append(v)
                 boxes.append(b)
             img_key, box_key = VIEWS[view]
-            out[img_key] = _normalize(torch.stack(views), cfg)
+            out[img_key] = torch.stack(views)
             if box_key is not None and boxes:
                 out[box_key] = torch.stack(boxes)
         out[stream.index_key] = torch.from_numpy(used_arr)
@@ -119,14 +133,15 @@ def load_step(plan: LoaderPlan, epoch: int, step: int, skipped: SkipCounter, cac
             out["labels"] = torch.from_numpy(ds.labels[used_arr])
             if ds.soft_labels is not None:
                 out["soft_labels"] = torch.from_numpy(ds.soft_labels[used_arr])
-    return out
+    return normalize_batch(out, cfg) if normalize else out
 
 
 class _Steps(Dataset):
     """Map-style dataset whose items are whole batches, keyed by ``(epoch, step)`` (built in the worker)."""
 
-    def __init__(self, plan: LoaderPlan) -> None:
+    def __init__(self, plan: LoaderPlan, normalize: bool = False) -> None:
         self.plan = plan
+        self.normalize = normalize
         self.skipped = SkipCounter(f"images in the torch loader ({plan.stage})")
         self._cache: dict = {}
 
@@ -135,7 +150,7 @@ class _Steps(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, step = key
-        return load_step(self.plan, epoch, step, self.skipped, self._cache)
+        return load_step(self.plan, epoch, step, self.skipped, self._cache, self.normalize)
 
 
 class _StepSampler(Sampler):
@@ -155,6 +170,14 @@ class TorchFaceLoader(PlanLoader):
 
     Call :meth:`set_epoch` before each epoch (as with ``DistributedSampler``); ``start_step``
     resumes an epoch in the middle (a resumed run sees the remaining batches unchanged).
+
+    Args:
+        plan: what to load (see :func:`ferfast.data.build_loader`).
+        num_workers: worker processes building whole batches (0: in the calling process).
+        pin_memory: return page-locked batches (torch's pin-memory thread pins them off the training
+            thread), so ``.to("cuda", non_blocking=True)`` is asynchronous; needs CUDA, ignored without it.
+        normalize: float32 normalised images (the old batch format) instead of uint8.
+        persistent_workers, prefetch_factor: as in ``torch.utils.data.DataLoader``.
     """
 
     backend = "torch"
@@ -165,19 +188,22 @@ class TorchFaceLoader(PlanLoader):
         *,
         num_workers: int = 2,
         pin_memory: bool = False,
+        normalize: bool = False,
         persistent_workers: bool = True,
         prefetch_factor: int = 2,
     ) -> None:
         if not (isinstance(num_workers, int) and num_workers >= 0):
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         super().__init__(plan)
-        self._steps = _Steps(plan)
+        self.normalize = bool(normalize)
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self._steps = _Steps(plan, self.normalize)
         self._loader = DataLoader(
             self._steps,
             batch_size=None,
             sampler=_StepSampler(self),
             num_workers=num_workers,
-            pin_memory=pin_memory,
+            pin_memory=self.pin_memory,
             persistent_workers=persistent_workers and num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
         )

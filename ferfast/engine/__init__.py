@@ -51,6 +51,8 @@ from ferfast.engine.logging import (
 )
 from ferfast.engine.loop import BEST_KEY, RANK_RNG_KEY, FitConfig, fit
 from ferfast.engine.metrics import classification_metrics, confusion_matrix, confusion_png_size, save_confusion_png
+from ferfast.engine.precision import choose_precision, resolve_precision
+from ferfast.engine.prefetch import DevicePrefetcher, prepare_batch
 from ferfast.engine.schedule import cosine_with_warmup, scaled_lr, set_lr, step_decay
 from ferfast.engine.stages import FERData, evaluate, prepare_data, run_pretrain, run_stage1, run_stage2
 from ferfast.engine.steps import PRECISIONS, StepOutput, autocast, pretrain_step, stage1_step, stage2_step, to_device
@@ -62,6 +64,7 @@ __all__ = [
     "LOG_FILE",
     "PRECISIONS",
     "RANK_RNG_KEY",
+    "DevicePrefetcher",
     "DistInfo",
     "FERData",
     "FitConfig",
@@ -78,6 +81,7 @@ __all__ = [
     "capture_rng",
     "check_finite",
     "checkpoint_path",
+    "choose_precision",
     "classification_metrics",
     "cleanup",
     "confusion_matrix",
@@ -96,10 +100,12 @@ __all__ = [
     "link_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "prepare_batch",
     "prepare_data",
     "pretrain_step",
     "progress",
     "prune_checkpoints",
+    "resolve_precision",
     "restore_rng",
     "run_pretrain",
     "run_stage1",

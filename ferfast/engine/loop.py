@@ -10,9 +10,13 @@ uninterrupted run.
 
 Distributed (``torchrun``; a process group of two or more): :func:`fit` wraps the model in
 ``DistributedDataParallel`` (``device_ids`` on CUDA), skips the gradient all-reduce on accumulation micro-batches
-(``no_sync``), clips gradients and updates the EMA on the bare module, and averages each step's loss and
-statistics over the ranks, so that every rank takes the same non-finite decision and rank 0 logs the global
-batch's values. Only rank 0 writes checkpoints and logs and prints; the others wait for it at the end of each
+(``no_sync``), clips gradients and updates the EMA on the bare module, and averages the summed statistics and
+non-finite-loss flags over the ranks whenever it reads them (every ``log_every`` steps and at the end of an epoch),
+so that every rank takes the same non-finite decision and rank 0 logs the global batch's values.
+
+No host synchronisation per step: the batches arrive through :class:`~ferfast.engine.prefetch.DevicePrefetcher`
+(copied ahead on a side stream, normalised on the device), and the steps' statistics stay on the device until a
+log step. Only rank 0 writes checkpoints and logs and prints; the others wait for it at the end of each
 epoch. Each rank's loss is the mean over its local batch (FixMatch's too); DDP averages the gradients, which for
 equal local batches (the loaders' ``drop_last``) is the gradient of the global batch's mean loss.
 """
@@ -23,6 +27,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ferfast.data.augment import FACE_MEAN, FACE_STD
 from ferfast.engine.checkpoint import (
     BEST_CHECKPOINT,
     capture_rng,
@@ -43,9 +49,10 @@ from ferfast.engine.checkpoint import (
 )
 from ferfast.engine.dist import all_gather_objects, all_reduce_mean, barrier, get_rank, get_world_size, is_main_process
 from ferfast.engine.ema import ModelEma
-from ferfast.engine.logging import MetricLogger, NonFiniteLossError, check_finite, epoch_summary, progress
+from ferfast.engine.logging import MetricLogger, NonFiniteLossError, epoch_summary, progress
+from ferfast.engine.prefetch import DevicePrefetcher
 from ferfast.engine.schedule import set_lr
-from ferfast.engine.steps import PRECISIONS, StepOutput, autocast, to_device
+from ferfast.engine.steps import PRECISIONS, StepOutput, autocast
 from ferfast.models.checkpoint import unwrap_model
 
 __all__ = ["BEST_KEY", "RANK_RNG_KEY", "FitConfig", "fit"]
@@ -54,6 +61,10 @@ __all__ = ["BEST_KEY", "RANK_RNG_KEY", "FitConfig", "fit"]
 BEST_KEY = "best"
 #: checkpoint entry of a distributed run: every rank's random states, in rank order
 RANK_RNG_KEY = "rank_rng"
+#: what :class:`FitConfig` does on a non-finite loss
+NONFINITE_POLICIES = ("stop", "rollback")
+#: torch.compile's modes that :class:`FitConfig` accepts
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def _check_int(value: Any, name: str, *, minimum: int = 1, allow_none: bool = False) -> None:
@@ -75,14 +86,26 @@ class FitConfig:
     precision: str = "fp32"  #: "bf16" or "fp16" autocast (fp16 with a GradScaler), or "fp32"
     clip_grad: float | None = None  #: max gradient norm, or None
     accum_steps: int = 1  #: gradient accumulation (optimizer steps every accum_steps batches)
-    nonfinite: str = "stop"  #: a NaN/inf loss "stop"s the run, or "rollback"s to the last checkpoint
-    log_every: int = 20  #: a JSON-lines record every this many batches (0: epoch records only)
+    #: a NaN/inf loss "stop"s the run, or "rollback"s to the last checkpoint. The loss is not read every step (that
+    #: would synchronise the host with the device): its finiteness accumulates on the device and is checked every
+    #: ``log_every`` steps and at the end of each epoch, before the epoch's checkpoint is written; the steps between a
+    #: non-finite loss and that check still run (their weights are never saved), and the error names the first one.
+    nonfinite: str = "stop"
+    #: a JSON-lines record every this many batches, with the means over those batches (0: epoch records only); the
+    #: statistics are read from the device only then
+    log_every: int = 20
     keep: int | None = 2  #: numbered checkpoints kept besides checkpoint-last.pth (None: all, 0: none)
     save_every: int = 1  #: a numbered checkpoint-<epoch>.pth every this many epochs and after the last
     eval_every: int = 1  #: run fit's ``evaluate`` every this many epochs and after the last
     best_metric: str = "val_accuracy"  #: the ``evaluate`` score (higher is better) that picks checkpoint-best.pth
     compile: bool = False  #: torch.compile the model the step runs
     compile_backend: str = "inductor"  #: torch.compile's backend
+    #: torch.compile's mode with inductor: "default", "reduce-overhead" (CUDA graphs: the step must not synchronise,
+    #: which ferfast's steps do not) or "max-autotune"
+    compile_mode: str = "default"
+    image_mean: tuple[float, ...] = FACE_MEAN  #: the loader's normalisation, applied to uint8 images on the device
+    image_std: tuple[float, ...] = FACE_STD
+    precision_note: str = ""  #: why this precision (e.g. how "auto" chose it), for the start-up line
     show_progress: bool | None = None  #: progress bar (None: on a terminal, rank 0); False also silences the summaries
     print_every: int = 1  #: print the one-line epoch summary every this many epochs and after the last (0: never)
     max_rollbacks: int = 3  #: give up after this many rollbacks in one run
@@ -91,9 +114,14 @@ class FitConfig:
         for name in ("epochs", "accum_steps", "save_every", "eval_every"):
             _check_int(getattr(self, name), name)
         _check_int(self.print_every, "print_every", minimum=0)
+        _check_int(self.log_every, "log_every", minimum=0)
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
         _check_int(self.keep, "keep", minimum=0, allow_none=True)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"clip_grad must be > 0 or None, got {self.clip_grad!r}")
         self.output_dir = Path(self.output_dir)
@@ -117,9 +145,15 @@ def _training_module(
 ) -> tuple[nn.Module, DistributedDataParallel | None]:
     """The module the step runs (compiled when asked, then DDP-wrapped in a group of 2+) and its DDP wrapper.
 
-    The compiled module goes inside DDP (nanoGPT's order), so that ``no_sync`` stays on the outer wrapper.
+    The compiled module goes inside DDP (nanoGPT's order), so that ``no_sync`` stays on the outer wrapper. With
+    ``compile_mode="reduce-overhead"`` on a GPU, inductor replays the forward and backward passes as CUDA graphs;
+    the loop marks each iteration's start (``torch.compiler.cudagraph_mark_step_begin``).
     """
-    net = torch.compile(model, backend=cfg.compile_backend) if cfg.compile else model
+    net = model
+    if cfg.compile:
+        # a mode is inductor's; other backends (aot_eager, eager: tests) take none
+        mode = cfg.compile_mode if cfg.compile_backend == "inductor" else None
+        net = torch.compile(model, backend=cfg.compile_backend, mode=mode)
     if isinstance(model, DistributedDataParallel):  # wrapped by the caller
         return net, model
     if get_world_size() == 1:
@@ -133,14 +167,85 @@ def _grad_sync(ddp: DistributedDataParallel | None, sync: bool) -> contextlib.Ab
     return contextlib.nullcontext() if ddp is None or sync else ddp.no_sync()
 
 
-def _mean_over_ranks(out: StepOutput, device: torch.device) -> tuple[Tensor | float, dict[str, float]]:
-    """The step's loss and statistics averaged over the processes in one all-reduce (as they are in one process)."""
-    if get_world_size() == 1:
-        return out.loss, out.stats
-    keys = list(out.stats)
-    values = [float(out.loss.detach()), *(float(out.stats[k]) for k in keys)]
-    mean = all_reduce_mean(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
-    return mean[0], dict(zip(keys, mean[1:]))
+class _DeviceStats:
+    """The steps' statistics summed on the device; the host reads them only in :meth:`read`.
+
+    Every step adds one row, ``[loss is non-finite, *stats]``, to a float64 running sum with one ``torch.stack`` and
+    one in-place add (no host synchronisation), and keeps the first step whose loss was not finite in a device
+    scalar. :meth:`read` (at log steps and at the end of the epoch) all-reduces the sums over the ranks (so that
+    every rank takes the same non-finite decision and rank 0 logs the global batch's values) and copies them to
+    the host: one synchronisation.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.keys: list[str] | None = None
+        self.steps = 0
+        self._sums: Tensor | None = None
+        self._first_bad: Tensor | None = None
+        self._logged_sums: list[float] | None = None  # host sums at the previous log record
+        self._logged_steps = 0
+
+    def _scalar(self, key: str, value: Tensor | float) -> Tensor:
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"step statistic {key!r} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+            return value.detach().reshape(()).to(device=self.device, dtype=torch.float32)
+        return torch.full((), float(value), dtype=torch.float32, device=self.device)
+
+    def add(self, loss: Tensor, stats: Mapping[str, Tensor | float], step: int) -> None:
+        """Add one step's loss flag and statistics (``step``: the global step, for the non-finite message)."""
+        if self.keys is None:
+            self.keys = list(stats)
+        elif list(stats) != self.keys:
+            raise ValueError(f"a step returned the statistics {list(stats)}, earlier steps {self.keys}")
+        loss = loss.detach()
+        bad = (~torch.isfinite(loss)).any()
+        row = torch.stack([bad.to(device=self.device, dtype=torch.float32),
+                           *(self._scalar(k, v) for k, v in stats.items())])  # fmt: skip
+        if self._sums is None:
+            self._sums = torch.zeros(row.shape, dtype=torch.float64, device=self.device)
+            self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._sums += row
+        bad = bad.to(self.device)
+        self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
+        self.steps += 1
+
+    def read(self) -> tuple[int, int, dict[str, float]]:
+        """``(non-finite steps, first such step of this rank or -1, sums per key)``, averaged over the ranks."""
+        if self._sums is None or self._first_bad is None or self.keys is None:
+            return 0, -1, {}
+        sums = all_reduce_mean(self._sums) if get_world_size() > 1 else self._sums
+        host = torch.cat([sums, self._first_bad.to(torch.float64).reshape(1)]).tolist()  # the one sync
+        nonfinite, values, first_bad = host[0], host[1:-1], int(host[-1])
+        # summed over the ranks' means, a flag counts 1/world: any rank's non-finite loss is seen by all
+        return (math.ceil(nonfinite) if nonfinite > 0 else 0), first_bad, dict(zip(self.keys, values))
+
+    def window_means(self, sums: Mapping[str, float]) -> dict[str, float]:
+        """The means over the steps since the previous call (``sums`` from :meth:`read`)."""
+        now = [sums[k] for k in self.keys or []]
+        before = self._logged_sums or [0.0] * len(now)
+        n = max(self.steps - self._logged_steps, 1)
+        self._logged_sums, self._logged_steps = now, self.steps
+        return {k: (a - b) / n for k, a, b in zip(self.keys or [], now, before)}
+
+    def epoch_means(self, sums: Mapping[str, float]) -> dict[str, float]:
+        """The means over every step of the epoch (``sums`` from :meth:`read`)."""
+        return {k: v / max(self.steps, 1) for k, v in sums.items()}
+
+
+def _nonfinite_seen(policy: str, stage: str, epoch: int, count: int, first_bad: int, step: int) -> bool:
+    """React to ``count`` non-finite losses found by a read at global ``step``: ``"stop"`` raises
+    :class:`NonFiniteLossError`; ``"rollback"`` warns and returns True (the caller reloads its last checkpoint)."""
+    first = f"first at step {first_bad}" if first_bad >= 0 else "on another rank"
+    where = f"{stage}: {count} non-finite loss(es) in epoch {epoch} up to step {step} ({first})"
+    if policy == "stop":
+        raise NonFiniteLossError(
+            f"{where}; lower the learning rate, enable gradient clipping, or run with the rollback policy to "
+            "reload the last checkpoint"
+        )
+    warnings.warn(f"{where}: rolling back to the last checkpoint", stacklevel=3)
+    return True
 
 
 def _make_scaler(
@@ -268,39 +373,67 @@ def _train_one_epoch(
     stage: str,
 ) -> dict[str, float] | None:
     """One pass over ``loader`` (MAE's ``train_one_epoch``): the epoch's mean statistics and its last learning rate,
-    or None when a non-finite loss asks for a rollback."""
+    or None when a non-finite loss asks for a rollback.
+
+    Nothing in a step reads a tensor on the host: the statistics and the loss's finiteness accumulate on the device
+    (:class:`_DeviceStats`) and are read every ``log_every`` steps (a log record, the progress bar's numbers, the
+    non-finite check) and at the end of the epoch.
+    """
     loader.set_epoch(epoch)
     net.train()
     optimizer, steps = state.optimizer, len(loader)
-    sums: dict[str, float] = {}
-    seen, lr = 0, 0.0
+    stats = _DeviceStats(device)
+    lr = 0.0
     optimizer.zero_grad(set_to_none=True)
     bar = progress(loader, desc=f"{stage} epoch {epoch + 1}/{cfg.epochs}", total=steps, enabled=cfg.show_progress,
                    leave=False)  # the epoch summary line stays instead
-    for i, batch in enumerate(bar):
+    graphs = cfg.compile and cfg.compile_mode == "reduce-overhead" and device.type == "cuda"
+    for i, batch in enumerate(bar):  # on the device, images normalised (DevicePrefetcher)
         global_step = epoch * steps + i
         if i % cfg.accum_steps == 0:
             lr = set_lr(optimizer, cfg.lr_at(epoch + i / steps))
         sync = (i + 1) % cfg.accum_steps == 0 or i + 1 == steps
-        batch = to_device(batch, device)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last one's graph outputs are free
         with _grad_sync(ddp, sync):
             with autocast(device, cfg.precision):
                 out = step_fn(net, batch)
-            loss, stats = _mean_over_ranks(out, device)
-            if not check_finite(loss, global_step, cfg.nonfinite, epoch=epoch):
-                return None
+            stats.add(out.loss, out.stats, global_step)
             scaled = out.loss / cfg.accum_steps
             (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
         if sync:
             _optimizer_step(optimizer, state.model, state.scaler, cfg.clip_grad)
             if state.ema is not None:
                 state.ema.update(state.model)
-        for key, value in stats.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
-        seen += 1
-        if logger is not None and cfg.log_every and (i + 1) % cfg.log_every == 0:
-            logger.log({"stage": stage, "epoch": epoch, "lr": lr, **stats}, step=global_step, prefix=stage)
-    return {**{k: v / max(seen, 1) for k, v in sums.items()}, "lr": float(lr)}
+        if cfg.log_every and (i + 1) % cfg.log_every == 0 and i + 1 < steps:
+            nonfinite, first_bad, sums = stats.read()  # every rank: the read is collective under DDP
+            if nonfinite and _nonfinite_seen(cfg.nonfinite, stage, epoch, nonfinite, first_bad, global_step):
+                return None
+            means = stats.window_means(sums)
+            if logger is not None:
+                logger.log({"stage": stage, "epoch": epoch, "lr": lr, **means}, step=global_step, prefix=stage)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
+    nonfinite, first_bad, sums = stats.read()
+    if nonfinite and _nonfinite_seen(cfg.nonfinite, stage, epoch, nonfinite, first_bad, epoch * steps + steps - 1):
+        return None
+    if cfg.log_every and steps % cfg.log_every == 0:  # the last step is a log step too: one read serves both
+        means = stats.window_means(sums)
+        if logger is not None:
+            logger.log({"stage": stage, "epoch": epoch, "lr": lr, **means}, step=epoch * steps + steps - 1,
+                       prefix=stage)  # fmt: skip
+    return {**stats.epoch_means(sums), "lr": float(lr)}
+
+
+def start_line(cfg: FitConfig, device: torch.device, steps_per_epoch: int, start_epoch: int = 0) -> str:
+    """The start-up summary :func:`fit` prints: device, precision (and why), compilation, steps and where it starts."""
+    precision = cfg.precision + (f" ({cfg.precision_note})" if cfg.precision_note else "")
+    compiled = "off"
+    if cfg.compile:
+        compiled = cfg.compile_backend + (f", mode {cfg.compile_mode}" if cfg.compile_backend == "inductor" else "")
+    where = f"resuming at epoch {start_epoch + 1}" if start_epoch else "from the start"
+    world = f" x {get_world_size()} processes" if get_world_size() > 1 else ""
+    return (f"device {device}{world} | precision {precision} | compile {compiled} | {cfg.epochs} epochs of "
+            f"{steps_per_epoch} steps, {where}")  # fmt: skip
 
 
 def fit(
@@ -325,8 +458,11 @@ def fit(
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``config.epochs`` epochs of ``loader`` with ``step_fn``; returns one record per epoch run.
 
-    ``loader`` has ``set_epoch(epoch)``, ``len()`` and yields batch dicts (the ferfast loaders); ``step_fn`` gets the
-    module to run (compiled and/or DDP-wrapped, see the module docstring). ``resume``: continue from
+    ``loader`` has ``set_epoch(epoch)``, ``len()`` and yields batch dicts (the ferfast loaders, uint8 or normalised
+    float images, pinned for an asynchronous copy); :class:`~ferfast.engine.prefetch.DevicePrefetcher` copies the
+    next batch to ``device`` while a step runs and normalises its images there (``config.image_mean/image_std``),
+    so ``step_fn`` gets batches on the device with float images, and the module to run (compiled and/or
+    DDP-wrapped, see the module docstring). ``resume``: continue from
     ``output_dir``'s own last checkpoint when there is one (a killed run); otherwise from ``resume_from`` when given
     (a checkpoint of the same ``stage``). ``evaluate(epoch) -> scores`` runs every ``eval_every`` epochs and after
     the last (on every rank: it may be collective); its scores join the epoch record and the log, and
@@ -345,6 +481,9 @@ def fit(
     if steps_per_epoch == 0:
         raise ValueError("the loader yields no batch per epoch (dataset smaller than one batch with drop_last?)")
     net, ddp = _training_module(model, device, cfg)
+    batches = DevicePrefetcher(loader, device, cfg.image_mean, cfg.image_std)
+    if is_main_process() and cfg.show_progress is not False and cfg.print_every and start_epoch < cfg.epochs:
+        print(f"{stage}: {start_line(cfg, device, steps_per_epoch, start_epoch)}", flush=True)
     history: list[dict[str, float]] = []
     rollbacks = 0
     epoch = start_epoch
@@ -352,7 +491,7 @@ def fit(
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         t0 = time.perf_counter()
-        means = _train_one_epoch(step_fn, net, ddp, state, loader, cfg, device, epoch, logger, stage)
+        means = _train_one_epoch(step_fn, net, ddp, state, batches, cfg, device, epoch, logger, stage)
         if means is None:  # a non-finite loss, and the rollback policy
             rollbacks += 1
             last = latest_checkpoint(cfg.output_dir)

@@ -38,19 +38,30 @@ from ferfast.data import (
     FaceDataset,
     LabelSplit,
     build_loader,
+    dali_available,
     detect_format,
     load_split,
     open_dataset,
     save_split,
     split_labeled,
 )
-from ferfast.engine.dist import all_gather_tensor, barrier, get_rank, get_world_size, is_distributed, is_main_process
+from ferfast.engine.dist import (
+    all_gather_tensor,
+    barrier,
+    broadcast_object,
+    get_rank,
+    get_world_size,
+    is_distributed,
+    is_main_process,
+)
 from ferfast.engine.ema import ModelEma
 from ferfast.engine.logging import MetricLogger
 from ferfast.engine.loop import FitConfig, fit
 from ferfast.engine.metrics import classification_metrics, save_confusion_png
+from ferfast.engine.precision import choose_precision, resolve_precision
+from ferfast.engine.prefetch import DevicePrefetcher
 from ferfast.engine.schedule import cosine_with_warmup, step_decay
-from ferfast.engine.steps import StepOutput, pretrain_step, stage1_step, stage2_step, to_device
+from ferfast.engine.steps import StepOutput, pretrain_step, stage1_step, stage2_step
 from ferfast.models import create_model, load_pretrained
 from ferfast.ops import FaceIoUMixup
 
@@ -83,13 +94,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("run.device is 'cuda' but torch sees no CUDA GPU")
     return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 autocast on a GPU, fp32 on the CPU (bf16 is slower for small models on the CPU)."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
 
 
 def _check_launch() -> None:
@@ -252,14 +256,52 @@ def lr_function(optim: OptimConfig, epochs: int, base_lr: float) -> Callable[[fl
 # ------------------------------------------------------------------------------------------ the drivers
 
 
-def _fit_config(cfg: TrainConfig, optim: OptimConfig, epochs: int, base_lr: float, out: Path, device) -> FitConfig:
+#: images per step of ``run.precision=auto``'s CPU measurement (ViT-B/16: ~2 s a step on 2 cores). Smaller batches
+#: misjudge small models: on an AVX512-BF16 CPU the demo's classifier measured no bf16 gain at 2 images, 1.1x at 8
+#: and 1.25x at 32 (its training batch)
+PROBE_BATCH = 8
+
+
+def _precision_probe(model: nn.Module, cfg: TrainConfig, device: torch.device, mae: bool) -> Callable[[], Tensor]:
+    """``run.precision=auto``'s measurement on the CPU: the model's forward on random images, returning a loss."""
+    shape = (PROBE_BATCH, 3, cfg.data.image_size, cfg.data.image_size)
+
+    def probe() -> Tensor:
+        images = torch.randn(shape, device=device)
+        if mae:
+            return model(images, mask_ratio=cfg.pretrain.mask_ratio)[0]
+        return model(images).float().logsumexp(-1).mean()
+
+    return probe
+
+
+def _fit_config(cfg: TrainConfig, optim: OptimConfig, epochs: int, base_lr: float, out: Path, device: torch.device,
+                model: nn.Module, *, mae: bool = False) -> FitConfig:  # fmt: skip
+    """:func:`fit`'s settings for a stage; resolves ``run.precision=auto`` (measuring ``model`` where it must)."""
+    precision, why = choose_precision(cfg.run.precision, device, _precision_probe(model, cfg, device, mae),
+                                      zero_grad=lambda: model.zero_grad(set_to_none=True))  # fmt: skip
+    if get_world_size() > 1:  # a measurement may differ between the ranks: rank 0's choice holds for all
+        precision, why = broadcast_object((precision, why))
+    augment = cfg.data.augment()
     return FitConfig(
         epochs=epochs, lr_at=lr_function(optim, epochs, base_lr), output_dir=out,
-        precision=resolve_precision(cfg.run.precision, device), clip_grad=optim.clip_grad,
+        precision=precision, precision_note=why, clip_grad=optim.clip_grad,
         accum_steps=optim.accum_steps, nonfinite=cfg.run.nonfinite, log_every=cfg.run.log_every,
         keep=cfg.run.keep_checkpoints, save_every=cfg.run.save_every, eval_every=cfg.run.eval_every,
-        compile=cfg.run.compile, print_every=cfg.run.print_every,
+        compile=cfg.run.compile, compile_mode=cfg.run.compile_mode, print_every=cfg.run.print_every,
+        image_mean=augment.mean, image_std=augment.std,
     )  # fmt: skip
+
+
+def _loader(stage: str, dataset: FaceDataset, cfg: TrainConfig, device: torch.device, **kwargs):
+    """``build_loader`` with the run's loader settings: page-locked batches when training on CUDA (asynchronous
+    copies), DALI on ``data.dali_device``."""
+    dali = cfg.data.loader == "dali" or (cfg.data.loader == "auto" and dali_available())
+    if cfg.data.dali_device == "gpu" and not dali:
+        why = "data.loader is torch" if cfg.data.loader == "torch" else "DALI is not installed"
+        raise ConfigError("data.dali_device", f"is gpu, but {why}: the torch loader decodes on the CPU")
+    return build_loader(stage, dataset, backend=cfg.data.loader, device=cfg.data.dali_device,
+                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", **kwargs)  # fmt: skip
 
 
 def _resume_from(cfg: TrainConfig) -> Path | None:
@@ -280,7 +322,7 @@ def _validator(model: nn.Module, dataset: FaceDataset, cfg: TrainConfig) -> Call
     device = resolve_device(cfg.run.device)
 
     def scores(epoch: int) -> dict[str, float]:
-        y_true, y_pred = _predictions(model.to(device).eval(), loader, len(dataset), device)
+        y_true, y_pred = _predictions(model.to(device).eval(), loader, len(dataset))
         m = classification_metrics(y_true, y_pred, len(dataset.class_names))
         return {f"val_{k}": float(m[k]) for k in ("accuracy", "mean_class_accuracy", "macro_f1")}
 
@@ -301,14 +343,14 @@ def run_pretrain(cfg: TrainConfig) -> Path:
     p = cfg.pretrain
     mae = build_mae(cfg).to(device)
     _seed_training_draws(cfg.run.seed)
-    loader = build_loader("pretrain", faces, backend=cfg.data.loader, batch_size=p.batch_size,
-                          num_workers=cfg.data.num_workers, config=cfg.data.augment(), seed=cfg.run.seed)  # fmt: skip
+    loader = _loader("pretrain", faces, cfg, device, batch_size=p.batch_size, config=cfg.data.augment(),
+                     seed=cfg.run.seed)  # fmt: skip
     opt, lr = make_optimizer(mae, p.optim, effective_batch_size(p.batch_size, p.optim))
     out = Path(cfg.run.output_dir) / "pretrain"
+    fit_cfg = _fit_config(cfg, p.optim, p.epochs, lr, out, device, mae, mae=True)
     with _logger(cfg, out) as logger:
-        fit(lambda m, b: pretrain_step(m, b, p.mask_ratio), mae, opt, loader, _fit_config(cfg, p.optim, p.epochs, lr,
-            out, device), device=device, args=config_to_dict(cfg), logger=logger, resume_from=_resume_from(cfg),
-            stage="pretrain")  # fmt: skip
+        fit(lambda m, b: pretrain_step(m, b, p.mask_ratio), mae, opt, loader, fit_cfg, device=device,
+            args=config_to_dict(cfg), logger=logger, resume_from=_resume_from(cfg), stage="pretrain")  # fmt: skip
     return out / "checkpoint-last.pth"
 
 
@@ -333,14 +375,15 @@ def run_stage1(cfg: TrainConfig, data: FERData, pretrained: Path | None = None) 
         if s.mixup:
             return stage1_step(m, b, mixup)
         loss = nn.functional.cross_entropy(m(b["images"]), b["labels"], label_smoothing=s.label_smoothing)
-        return StepOutput(loss, {"loss": float(loss.detach())})
+        return StepOutput(loss, {"loss": loss.detach()})
 
-    loader = build_loader("stage1", data.labeled, backend=cfg.data.loader, batch_size=s.batch_size,
-                          num_workers=cfg.data.num_workers, config=cfg.data.augment(), seed=cfg.run.seed)  # fmt: skip
+    loader = _loader("stage1", data.labeled, cfg, device, batch_size=s.batch_size, config=cfg.data.augment(),
+                     seed=cfg.run.seed)  # fmt: skip
     opt, lr = make_optimizer(model, s.optim, effective_batch_size(s.batch_size, s.optim))
     out = Path(cfg.run.output_dir) / "stage1"
+    fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, model)
     with _logger(cfg, out) as logger:
-        fit(step, model, opt, loader, _fit_config(cfg, s.optim, s.epochs, lr, out, device), device=device, ema=ema,
+        fit(step, model, opt, loader, fit_cfg, device=device, ema=ema,
             args=config_to_dict(cfg), class_names=list(data.class_names), logger=logger,
             resume_from=_resume_from(cfg), evaluate=_validator(ema.module, data.validation, cfg),
             on_epoch_start=reseed, stage="stage1")  # fmt: skip
@@ -357,10 +400,9 @@ def run_stage2(cfg: TrainConfig, data: FERData, start: nn.Module) -> ModelEma:
     student.load_state_dict(start.state_dict())
     teacher = ModelEma(student, s.ema_decay)
     _seed_training_draws(cfg.run.seed + 1)
-    loader = build_loader("stage2", data.labeled, unlabeled=data.unlabeled, backend=cfg.data.loader,
-                          batch_size=s.batch_size, unlabeled_batch_size=s.unlabeled_batch_size,
-                          num_workers=cfg.data.num_workers, config=cfg.data.augment(s.rand_augment()),
-                          seed=cfg.run.seed + 1)  # fmt: skip
+    loader = _loader("stage2", data.labeled, cfg, device, unlabeled=data.unlabeled, batch_size=s.batch_size,
+                     unlabeled_batch_size=s.unlabeled_batch_size, config=cfg.data.augment(s.rand_augment()),
+                     seed=cfg.run.seed + 1)  # fmt: skip
 
     def step(m: nn.Module, b: dict) -> StepOutput:
         return stage2_step(m, teacher.module, b, threshold=s.threshold, unlabeled_weight=s.unlabeled_weight,
@@ -368,8 +410,9 @@ def run_stage2(cfg: TrainConfig, data: FERData, start: nn.Module) -> ModelEma:
 
     opt, lr = make_optimizer(student, s.optim, effective_batch_size(s.batch_size, s.optim))
     out = Path(cfg.run.output_dir) / "stage2"
+    fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, student)
     with _logger(cfg, out) as logger:
-        fit(step, student, opt, loader, _fit_config(cfg, s.optim, s.epochs, lr, out, device), device=device,
+        fit(step, student, opt, loader, fit_cfg, device=device,
             ema=teacher, args=config_to_dict(cfg), class_names=list(data.class_names), logger=logger,
             resume_from=_resume_from(cfg), evaluate=_validator(teacher.module, data.validation, cfg),
             stage="stage2")  # fmt: skip
@@ -379,14 +422,17 @@ def run_stage2(cfg: TrainConfig, data: FERData, start: nn.Module) -> ModelEma:
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def _eval_loader(dataset: FaceDataset, cfg: TrainConfig):
-    """Whole images resized, in dataset order, sharded over the ranks (padded by wrapping around)."""
-    return build_loader("eval", dataset, backend=cfg.data.loader, batch_size=EVAL_BATCH_SIZE,
-                        num_workers=cfg.data.num_workers, config=cfg.data.augment())  # fmt: skip
+def _eval_loader(dataset: FaceDataset, cfg: TrainConfig) -> DevicePrefetcher:
+    """Whole images resized, in dataset order, sharded over the ranks (padded by wrapping around), on the run's
+    device with their images normalised (the next batch copied while one is evaluated, on CUDA)."""
+    device = resolve_device(cfg.run.device)
+    augment = cfg.data.augment()
+    loader = _loader("eval", dataset, cfg, device, batch_size=EVAL_BATCH_SIZE, config=augment)
+    return DevicePrefetcher(loader, device, augment.mean, augment.std)
 
 
 @torch.no_grad()
-def _predictions(model: nn.Module, loader, num_images: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _predictions(model: nn.Module, loader: DevicePrefetcher, num_images: int) -> tuple[Tensor, Tensor]:
     """True and predicted labels of the ``num_images`` images in dataset order, gathered from every rank's shard.
 
     The eval plan gives rank ``r`` the positions ``r, r + world, ...`` (``DistributedSampler``'s rule, padded by
@@ -394,8 +440,7 @@ def _predictions(model: nn.Module, loader, num_images: int, device: torch.device
     """
     loader.set_epoch(0)
     preds, labels = [], []
-    for batch in loader:
-        batch = to_device(batch, device)
+    for batch in loader:  # on the device, images normalised (a DevicePrefetcher)
         preds.append(model(batch["images"]).argmax(-1))
         labels.append(batch["labels"])
 
@@ -413,7 +458,7 @@ def evaluate(model: nn.Module, dataset: FaceDataset, cfg: TrainConfig, out_dir: 
     """
     device = resolve_device(cfg.run.device)
     model = model.to(device).eval()
-    y_true, y_pred = _predictions(model, _eval_loader(dataset, cfg), len(dataset), device)
+    y_true, y_pred = _predictions(model, _eval_loader(dataset, cfg), len(dataset))
     metrics = classification_metrics(y_true, y_pred, len(dataset.class_names))
     result = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in metrics.items()}
     result["class_names"] = list(dataset.class_names)

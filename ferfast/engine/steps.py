@@ -1,15 +1,22 @@
 """One training step of each stage, as plain functions: batch in, loss (and statistics) out.
 
 The loops (pretrain, stage 1, stage 2) call these; so do the tests, which compare them with
-literal transcriptions of SSFER's steps. A batch is the loaders' dict (``ferfast.data``); models
+literal transcriptions of SSFER's steps. A batch is the loaders' dict (``ferfast.data``) on the training
+device with its images normalised (:class:`~ferfast.engine.prefetch.DevicePrefetcher` does both); models
 are ``nn.Module``s: a classifier ``model(images) -> logits``, and for pretraining an MAE whose
 ``forward(images, mask_ratio) -> (loss, pred, mask)``.
+
+No step reads a tensor on the host: the statistics are detached 0-d tensors on the batch's device, which
+:func:`~ferfast.engine.fit` sums on the device and reads every ``log_every`` steps, so that a GPU never waits for
+the Python side (and a step can be captured in a CUDA graph).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,15 +34,19 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class StepOutput:
-    """A step's loss (to backpropagate) and its scalar statistics (for the logs)."""
+    """A step's loss (to backpropagate) and its scalar statistics (for the logs).
+
+    ``stats`` values are detached 0-d tensors on the step's device (Python numbers are accepted too, but reading
+    a tensor into one synchronises the host with the device: the built-in steps never do).
+    """
 
     loss: Tensor
-    stats: dict[str, float]
+    stats: dict[str, Tensor | float]
 
 
-def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    """The batch's tensors on ``device`` (asynchronous copies from pinned memory)."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on ``device`` (asynchronous copies from pinned memory); other values as they are."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -50,7 +61,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def pretrain_step(mae: nn.Module, batch: dict[str, Tensor], mask_ratio: float = 0.75) -> StepOutput:
     """MAE pretraining: reconstruct the masked patches of ``batch["images"]``."""
     loss, _pred, mask = mae(batch["images"], mask_ratio=mask_ratio)
-    return StepOutput(loss, {"loss": float(loss.detach()), "mask_ratio": float(mask.float().mean())})
+    return StepOutput(loss, {"loss": loss.detach(), "mask_ratio": mask.detach().float().mean()})
 
 
 def stage1_step(model: nn.Module, batch: dict[str, Tensor], mixup: FaceIoUMixup) -> StepOutput:
@@ -62,7 +73,7 @@ def stage1_step(model: nn.Module, batch: dict[str, Tensor], mixup: FaceIoUMixup)
     mixed = mixup({"images": batch["images"], "labels": batch["labels"], "boxes": batch.get("boxes")})
     logits = model(mixed.images)
     loss = mixed.loss(logits)
-    stats = {"loss": float(loss.detach()), "lam": float(mixed.lam.float().mean()), "face_iou": float(mixed.iou.mean())}
+    stats = {"loss": loss.detach(), "lam": mixed.lam.detach().float().mean(), "face_iou": mixed.iou.detach().mean()}
     return StepOutput(loss, stats)
 
 
@@ -88,10 +99,6 @@ def stage2_step(
     loss_x = F.cross_entropy(logits[:n].float(), batch["labels"], label_smoothing=label_smoothing)
     loss_u, mask_rate = fixmatch_loss(logits_weak, logits[n:].float(), threshold)
     loss = loss_x + unlabeled_weight * loss_u
-    stats = {
-        "loss": float(loss.detach()),
-        "loss_x": float(loss_x.detach()),
-        "loss_u": float(loss_u.detach()),
-        "mask_rate": float(mask_rate),
-    }
+    stats = {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
+             "mask_rate": mask_rate.detach()}  # fmt: skip
     return StepOutput(loss, stats)

@@ -42,6 +42,7 @@ def config(synth: Path, out: Path, batch_size: int, epochs: int = 2, accum_steps
         "data.num_workers": 0, "data.labeled_fraction": 0.5, "data.scale": "1,1", "data.ratio": "1,1",
         "data.flip_prob": 0.0, "model.name": "vit_demo", "model.drop_path": 0.0,
         "run.output_dir": str(out), "run.device": "cpu", "run.tensorboard": False, "run.log_every": 1,
+        "run.precision": "fp32",
         "stage1.epochs": epochs, "stage1.batch_size": batch_size, "stage1.mixup": False,
         "stage1.ema_decay": 0.0,  # the EMA is then the trained weights themselves (lerp with weight 1 is exact)
         "stage1.optim.lr": 1e-4, "stage1.optim.eps": 1e-6, "stage1.optim.warmup_epochs": 0,

@@ -39,7 +39,7 @@ def make(faces, seed=0, dropout=0.2):
 
 def ce_step(model, batch):
     loss = F.cross_entropy(model(batch["images"]), batch["labels"])  # dropout: the loop must restore torch's RNG
-    return StepOutput(loss, {"loss": float(loss.detach())})
+    return StepOutput(loss, {"loss": loss.detach()})  # a device tensor: fit reads it at log steps only
 
 
 def lr_at(epoch: float) -> float:
@@ -49,8 +49,8 @@ def lr_at(epoch: float) -> float:
 def run(faces, tmp_path, epochs, step_fn=ce_step, dropout=0.2, **kw):
     model, opt, loader = make(faces, dropout=dropout)
     ema = ModelEma(model, 0.9)
-    cfg = FitConfig(epochs=epochs, lr_at=lr_at, output_dir=tmp_path, log_every=1, show_progress=False,
-                    **kw.pop("cfg", {}))
+    cfg = FitConfig(epochs=epochs, lr_at=lr_at, output_dir=tmp_path, show_progress=False,
+                    **{"log_every": 1, **kw.pop("cfg", {})})
     with MetricLogger(tmp_path, tensorboard=False) as logger:
         hist = fit(step_fn, model, opt, loader, cfg, ema=ema, logger=logger, args={"seed": 0}, **kw)
     return model, ema, hist
@@ -87,9 +87,51 @@ def test_non_finite_loss_stops_or_rolls_back(faces, tmp_path):
         run(faces, tmp_path / "stop", 3, step_fn=flaky)
     calls["n"] = 0
     clean_model, _, _ = run(faces, tmp_path / "clean", 3)
-    model, _, hist = run(faces, tmp_path / "rollback", 3, step_fn=flaky, cfg={"nonfinite": "rollback"})
+    with pytest.warns(UserWarning, match=r"step 13 \(first at step 13\): rolling back"):
+        model, _, hist = run(faces, tmp_path / "rollback", 3, step_fn=flaky, cfg={"nonfinite": "rollback"})
     assert [r["epoch"] for r in hist] == [0.0, 1.0, 2.0]
     assert torch.equal(params(model), params(clean_model))  # the transient NaN left no trace
+
+
+def test_the_non_finite_check_waits_for_a_log_step_but_names_the_first_bad_step(faces, tmp_path):
+    """The loss is not read every step: a NaN at global step 13 (epoch 2's second) is seen at the next log step
+    (log_every=4: epoch 2's fourth, step 15) or at the epoch's end, before its checkpoint, never later."""
+    calls = {"n": 0}
+
+    def flaky(model, batch):
+        calls["n"] += 1
+        out = ce_step(model, batch)
+        if calls["n"] == 14:
+            out.loss = out.loss * float("nan")
+        return out
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2 up to step 15 \(first at step 13\)"):
+        run(faces, tmp_path / "stop", 3, step_fn=flaky, cfg={"log_every": 4})
+    assert load_checkpoint(tmp_path / "stop" / "checkpoint-last.pth")["epoch"] == 1  # epoch 2 was never saved
+    calls["n"] = 0
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2 up to step 17 \(first at step 13\)"):
+        run(faces, tmp_path / "end", 3, step_fn=flaky, cfg={"log_every": 0})  # only the epoch's end reads
+    calls["n"] = 0
+    clean_model, _, _ = run(faces, tmp_path / "clean", 3, cfg={"log_every": 4})
+    with pytest.warns(UserWarning, match="rolling back"):
+        model, _, hist = run(faces, tmp_path / "rollback", 3, step_fn=flaky,
+                             cfg={"nonfinite": "rollback", "log_every": 4})  # fmt: skip
+    assert [r["epoch"] for r in hist] == [0.0, 1.0, 2.0]
+    assert torch.equal(params(model), params(clean_model))  # the NaN weights of steps 13-15 were discarded
+
+
+def test_log_records_hold_the_means_since_the_previous_record(faces, tmp_path):
+    values = iter(range(100))
+
+    def counting(model, batch):
+        out = ce_step(model, batch)
+        return StepOutput(out.loss, {"k": float(next(values))})  # step i reports i (Python numbers work too)
+
+    run(faces, tmp_path, 1, step_fn=counting, cfg={"log_every": 4})
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "time_s" not in r]
+    assert [(r["step"], r["k"]) for r in steps] == [(3, 1.5)]  # mean of 0..3; steps 4-5 are in the epoch's mean
+    assert [r["k"] for r in records if "time_s" in r] == [2.5]
 
 
 def test_accumulation_steps_the_optimizer_less_often(faces, tmp_path):
@@ -139,6 +181,16 @@ def test_one_summary_line_every_print_every_epochs_and_after_the_last(faces, tmp
         lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stage1 epoch")]
         assert [int(ln.split()[2].split("/")[0]) for ln in lines] == printed  # 1-based, "stage1 epoch 2/5 | ..."
         assert all("/5 | loss " in ln for ln in lines)
+
+
+def test_the_start_up_line_says_device_precision_and_compilation(faces, tmp_path, capsys):
+    model, opt, loader = make(faces)
+    cfg = FitConfig(epochs=2, lr_at=lr_at, output_dir=tmp_path, precision="bf16",
+                    precision_note="auto: amx_bf16, measured fp32 9 ms vs bf16 4 ms per step")  # fmt: skip
+    fit(ce_step, model, opt, loader, cfg, stage="stage1")
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("stage1: device cpu | precision bf16 (auto: amx_bf16, measured fp32 9 ms vs bf16 4 ms per step)"
+                     " | compile off | 2 epochs of 6 steps, from the start")  # fmt: skip
 
 
 def test_evaluation_every_eval_every_epochs_and_the_best_checkpoint_survive_a_resume(faces, tmp_path):
@@ -209,7 +261,8 @@ def test_compile_runs_the_step_on_the_compiled_model(faces, tmp_path):
     ("kwargs", "name"),
     [({"epochs": 0}, "epochs"), ({"accum_steps": 0}, "accum_steps"), ({"save_every": 0}, "save_every"),
      ({"eval_every": 0}, "eval_every"), ({"precision": "fp8"}, "precision"), ({"keep": -1}, "keep"),
-     ({"print_every": -1}, "print_every")],
+     ({"print_every": -1}, "print_every"), ({"compile_mode": "fast"}, "compile_mode"),
+     ({"nonfinite": "ignore"}, "nonfinite"), ({"log_every": -1}, "log_every")],
 )  # fmt: skip
 def test_bad_config_values_are_named(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -46,6 +46,7 @@ def tiny_config(synth, out, **extra):
         "data.image_size": 32, "data.loader": "torch", "data.num_workers": 0, "data.labeled_fraction": 0.5,
         "model.name": "vit_demo", "model.drop_path": 0.0,
         "run.output_dir": str(out), "run.device": "cpu", "run.tensorboard": False, "run.log_every": 1,
+        "run.precision": "fp32",  # "auto" measures bf16 against fp32 on CPUs with bf16 units: runs could differ
         "pretrain.epochs": 1, "pretrain.batch_size": 16,
         "stage1.epochs": 2, "stage1.batch_size": 8,
         "stage2.epochs": 1, "stage2.batch_size": 8, "stage2.unlabeled_batch_size": 8,
@@ -91,9 +92,8 @@ def test_optimizer_groups_and_schedules():
     assert lr1(0.0) == 0.0 and lr1(5.0) == pytest.approx(1.5e-4) and lr1(100.0) == pytest.approx(1e-6)
     lr2 = lr_function(cfg.stage2.optim, 50, 1.5e-4)
     assert [lr2(e) for e in (0, 19.9, 20, 40)] == pytest.approx([1.5e-4, 1.5e-4, 1.5e-5, 1.5e-6])
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
     assert resolve_precision("fp16", torch.device("cpu")) == "fp16"  # autocast + GradScaler, on the CPU too
+    # "auto": tests/engine/test_precision.py
 
 
 def test_layer_decay_groups_are_maes_param_groups_lrd():
@@ -207,12 +207,29 @@ def test_run_compile_compiles_the_trained_model(synth, tmp_path, monkeypatch):
     real_compile = torch.compile
 
     def eager_compile(model, **kwargs):  # dynamo's tracing, without inductor's slow first compile
-        compiled.append(type(model).__name__)
+        compiled.append((type(model).__name__, kwargs.get("backend"), kwargs.get("mode")))
         return real_compile(model, backend="eager")
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    cfg = tiny_config(synth, tmp_path, **{"run.compile": True, "stage1.epochs": 1})
+    cfg = tiny_config(synth, tmp_path, **{"run.compile": True, "run.compile_mode": "max-autotune", "stage1.epochs": 1})
     run_stage1(cfg, prepare_data(cfg))
-    assert compiled == ["VisionTransformer"]
+    assert compiled == [("VisionTransformer", "inductor", "max-autotune")]
     saved = load_checkpoint(tmp_path / "stage1" / "checkpoint-last.pth")["model"]
     assert not any(k.startswith("_orig_mod") for k in saved)
+
+
+def test_loaders_pin_their_batches_for_cuda_and_take_the_dali_device(synth, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(stages, "build_loader", lambda stage, dataset, **kw: calls.append((stage, kw)) or "loader")
+    cfg = tiny_config(synth, tmp_path, **{"data.dali_device": "cpu"})
+    data = prepare_data(cfg)
+    for device in ("cuda", "cpu"):  # a device object needs no GPU: only the settings are checked
+        assert stages._loader("stage1", data.labeled, cfg, torch.device(device), batch_size=8) == "loader"
+    assert [(kw["pin_memory"], kw["device"], kw["backend"]) for _, kw in calls] == [(True, "cpu", "torch"),
+                                                                                    (False, "cpu", "torch")]
+    calls.clear()
+    stages._eval_loader(data.test, cfg)  # run.device is cpu here
+    assert calls[0][0] == "eval" and calls[0][1]["pin_memory"] is False
+    with pytest.raises(ConfigError, match=r"data\.dali_device: is gpu, but data\.loader is torch"):
+        stages._loader("stage1", data.labeled, tiny_config(synth, tmp_path, **{"data.dali_device": "gpu"}),
+                       torch.device("cpu"), batch_size=8)  # fmt: skip

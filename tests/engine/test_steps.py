@@ -48,6 +48,7 @@ def test_stage1_step_is_ssfers_loss_on_originals_and_mixed_images():
     expected = facemix_loss_ref(logits[:b], logits[b:], data["labels"], targets, again.iou, again.perm)
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
     assert set(out.stats) == {"loss", "lam", "face_iou"}
+    assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in out.stats.values())  # no reads
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters())
 
@@ -60,7 +61,7 @@ def test_random_pairing_mixes_each_image_with_a_drawn_partner():
     perm = torch.from_numpy(rng.permutation(8))
     assert rng.random() < 1.0
     lam = float(rng.beta(1.0, 1.0))
-    assert perm.tolist() != list(range(7, -1, -1)) and out.stats["lam"] == pytest.approx(lam)
+    assert perm.tolist() != list(range(7, -1, -1)) and float(out.stats["lam"]) == pytest.approx(lam)
     x, y = data["images"], data["labels"]
     logits = model(torch.cat([x, lam * x + (1 - lam) * x[perm]]))
     targets = lam * F.one_hot(y, K).float() + (1 - lam) * F.one_hot(y[perm], K).float()
@@ -68,7 +69,7 @@ def test_random_pairing_mixes_each_image_with_a_drawn_partner():
     iou = paired_box_iou(data["boxes"], perm)
     expected = facemix_loss_ref(logits[:8], logits[8:], y, targets, iou, perm)
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
-    assert out.stats["face_iou"] == pytest.approx(float(iou.mean()))
+    assert float(out.stats["face_iou"]) == pytest.approx(float(iou.mean()))
     with pytest.raises(ValueError, match="pairing='flip'"):
         FaceIoUMixup(K, mode="pair", pairing="random")
 
@@ -84,7 +85,8 @@ def test_stage2_step_is_fixmatch(threshold):
     loss_x = F.cross_entropy(student(data["images"]), data["labels"], label_smoothing=0.1)
     loss_u = (F.cross_entropy(student(data["images_strong"]), pseudo, reduction="none") * mask).mean()
     torch.testing.assert_close(out.loss, loss_x + 5.0 * loss_u, rtol=1e-5, atol=1e-6)
-    assert out.stats["mask_rate"] == pytest.approx(float(mask.mean()))
+    assert float(out.stats["mask_rate"]) == pytest.approx(float(mask.mean()))
+    assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in out.stats.values())
     out.loss.backward()
     assert all(p.grad is None for p in teacher.parameters())  # the teacher only labels
 
@@ -100,7 +102,7 @@ def test_pretrain_step_calls_the_mae_with_the_mask_ratio():
             return (imgs.mean() * self.w) ** 2, None, mask
 
     out = pretrain_step(StubMAE(), batch(), mask_ratio=0.75)
-    assert out.stats["mask_ratio"] == pytest.approx(0.75)
+    assert float(out.stats["mask_ratio"]) == pytest.approx(0.75)
     assert out.loss.requires_grad
 
 
