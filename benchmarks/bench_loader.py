@@ -1,7 +1,9 @@
 """Loader throughput: ferfast's DALI and torch loaders vs SSFER's torchvision loaders, one epoch per round.
 
 Data: 100x100 synthetic face JPEGs (RAF-DB aligned size), written once per session. Output: 224x224
-float32 normalised batches of 64, as the engine consumes them.
+float32 normalised batches of 64 on the CPU, as SSFER's loaders deliver them (ferfast's loaders with
+``normalize=True``; in training they deliver uint8 and the engine normalises on its device, which
+``loader_to_gpu`` measures).
 
 - ``loader_pretrain``: the pretraining view (RandomResizedCrop(224, scale 0.2-1, bicubic) + flip +
   normalise). ``ssfer-imagefolder-w0``/``-w2``: torchvision ``ImageFolder`` with SSFER's transforms and
@@ -13,7 +15,8 @@ float32 normalised batches of 64, as the engine consumes them.
   with Pillow 13); ``ssfer-stage2-w2``: that plus SSFER's labeled loader (2 workers each), zipped as in
   SSFER's training loop; ``ferfast-torch-stage2-w2`` and ``ferfast-dali-stage2``: ferfast's stage-2 loader.
 
-- ``loader_to_gpu`` (GPU machines): ferfast's torch loader with pinned memory, each batch copied to the GPU.
+- ``loader_to_gpu`` (GPU machines): ferfast's torch loader with pinned uint8 batches, fed through the engine's
+  :class:`~ferfast.engine.prefetch.DevicePrefetcher` (copied ahead on a side stream, normalised on the GPU).
 
 Every provider of a group delivers the same number of samples per round, so time ratios are throughput
 ratios; ``extra_info`` has ``images_per_s`` / ``samples_per_s``. ``report.py --check-target`` checks
@@ -33,6 +36,7 @@ from ferfast.data.augment import FACE_MEAN, FACE_STD, AugmentConfig
 from ferfast.data.dali_loader import dali_available
 from ferfast.data.formats import FaceFolder
 from ferfast.data.loaders import build_loader
+from ferfast.engine.prefetch import DevicePrefetcher
 
 BATCH = 64
 IMAGE = 224
@@ -103,7 +107,19 @@ def _epoch_runner(loader, count_key=None):
     return run
 
 
-def _time(benchmark, request, run, group: str, provider: str, views: int) -> None:
+def implementation(loader: object | None, provider: str) -> str:
+    """What delivers a provider's batches, for the report: for DALI, ferfast's DALI operators or DALI's own."""
+    if provider.startswith("ssfer"):
+        return "torchvision ImageFolder + SSFER's transforms"
+    if "dali" not in provider:
+        return "ferfast torch loader"
+    fused = getattr(loader, "fused", None)
+    if fused is None:
+        return "DALI (operators not reported by the loader)"
+    return "DALI + ferfast's DALI operators" if fused else "DALI's own operators (ferfast's plugin not loaded)"
+
+
+def _time(benchmark, request, run, group: str, provider: str, views: int, impl: str = "") -> None:
     rounds, warmup = _rounds(request)
     run()  # starts workers / builds the pipeline
     counts: list[int] = []
@@ -118,6 +134,7 @@ def _time(benchmark, request, run, group: str, provider: str, views: int) -> Non
         op=group, mode="epoch", shape=f"B{BATCH}-{IMAGE}-from{SOURCE}px", variant="",
         device="cuda" if group.endswith("gpu") else "cpu",
         provider=provider, samples=samples, samples_per_s=samples / median, images_per_s=samples * views / median,
+        implementation=impl or implementation(None, provider),
     )
 
 
@@ -141,15 +158,17 @@ def test_loader_pretrain(benchmark, request, face_jpegs, provider):
         ds = FaceFolder(face_jpegs)
         backend = "dali" if "dali" in provider else "torch"
         loader = build_loader("pretrain", ds, backend=backend, batch_size=BATCH, num_workers=2,
-                              config=AugmentConfig(image_size=IMAGE))
+                              config=AugmentConfig(image_size=IMAGE), normalize=True)
         run = _epoch_runner(loader, "images")
-    _time(benchmark, request, run, "loader_pretrain", provider, views=1)
+    _time(benchmark, request, run, "loader_pretrain", provider, views=1,
+          impl=implementation(None if provider.startswith("ssfer") else loader, provider))
 
 
 @pytest.mark.benchmark(group="loader_stage2")
 @pytest.mark.parametrize("provider", STAGE2)
 def test_loader_stage2(benchmark, request, face_jpegs, provider):
     _need_dali(provider)
+    impl = ""
     if provider == "ssfer-two-crop-w2":
         run = _epoch_runner(_imagefolder(face_jpegs, _TransformFixMatch(), 2))
         views = 2
@@ -169,10 +188,11 @@ def test_loader_stage2(benchmark, request, face_jpegs, provider):
         labeled = ds.subset(range(0, len(ds), 4))  # a labeled quarter; one epoch = one pass over the pool
         backend = "dali" if "dali" in provider else "torch"
         loader = build_loader("stage2", labeled, unlabeled=ds, backend=backend, batch_size=BATCH, num_workers=2,
-                              config=AugmentConfig(image_size=IMAGE))
+                              config=AugmentConfig(image_size=IMAGE), normalize=True)
         run = _epoch_runner(loader, "images_weak")
         views = 3
-    _time(benchmark, request, run, "loader_stage2", provider, views=views)
+        impl = implementation(loader, provider)
+    _time(benchmark, request, run, "loader_stage2", provider, views=views, impl=impl)
 
 
 GPU_WORKERS = 8
@@ -192,11 +212,12 @@ def test_torch_loader_to_gpu(benchmark, request, face_jpegs, stage):
     loader = build_loader(stage, ds, backend="torch", batch_size=BATCH, num_workers=workers, pin_memory=True,
                           config=AugmentConfig(image_size=IMAGE))
 
+    feed = DevicePrefetcher(loader, torch.device("cuda"))
+
     def run() -> int:
         n = 0
-        for batch in loader:
-            images = batch["images"].to("cuda", non_blocking=True)
-            n += len(images)
+        for batch in feed:
+            n += len(batch["images"])
         torch.cuda.synchronize()
         return n
 

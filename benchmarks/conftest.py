@@ -82,6 +82,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--bench-rounds", type=int, default=None, help="timed rounds per benchmark (default 25, quick 3)")
     group.addoption(
+        "--bench-warmup",
+        type=int,
+        default=None,
+        help="untimed warm-up rounds after the 2 warm-up calls (default 3, quick 1)",
+    )
+    group.addoption(
         "--bench-jsonl",
         default=None,
         metavar="PATH",
@@ -118,10 +124,11 @@ class Settings:
 def _settings(config: pytest.Config) -> Settings:
     quick = bool(config.getoption("quick"))
     rounds = config.getoption("bench_rounds") or (3 if quick else 25)
+    warmup = config.getoption("bench_warmup")
     return Settings(
         quick=quick,
         rounds=max(1, rounds),
-        warmup_rounds=1 if quick else 3,
+        warmup_rounds=(1 if quick else 3) if warmup is None else max(0, warmup),
         cold_cache=not config.getoption("warm_cache"),
         compile=not config.getoption("no_compile"),
         jsonl=config.getoption("bench_jsonl"),

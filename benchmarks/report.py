@@ -22,11 +22,19 @@ flushed, no Python or sync overhead) are shown too and the speedups use them.
 - loaders (CPU, ``bench_loader.py``): the DALI CPU loader >= 3x ``ssfer-imagefolder-w0`` and >= 1.8x
   ``ferfast-torch-w2`` (pretraining view), the DALI stage-2 loader >= 3x ``ssfer-two-crop-w2``.
 
-A target whose benchmarks are not in the data is reported as not checked and does not count; the check
-fails (``--strict``: exit 1) when a checked target is missed, or when no target could be checked at all.
+- training steps (GPU, ``bench_train_step.py``): every ferfast provider's MAE pretraining step >= 2x and its
+  stage-1 step >= 5x the images/s of ``ssfer-recipe`` (SSFER's released recipe) at the ViT-B/16 shapes
+  (``--pretrain-vs-ssfer``, ``--stage1-step-vs-ssfer``).
 
-The whole training steps (``bench_train_step.py``: MAE pretraining and stage 1, ferfast ops vs the reference
-ops) get one table of their own, in images/s, instead of the bandwidth tables; they have no target.
+The targets checked are those of the device (``--target-device``: the GPU targets on ``cuda``, the loader targets
+on ``cpu``, the op targets on both), or the ones named with ``--targets``. Each is MET, MISSED, MISSING DATA (no
+row of its benchmark in the data) or NO TIMING (a row without a median: a run cut short, ``--benchmark-disable``);
+only MET passes. One verdict line ends the report (``VERDICT: PASS`` / ``VERDICT: FAIL (...)``); ``--strict``
+exits 1 unless it passes. Every checked row names the implementation that ran (``implementation`` or
+``ops_backend`` in its ``extra_info``: for the DALI loaders, ferfast's DALI operators or DALI's own).
+
+The whole training steps (``bench_train_step.py``: MAE pretraining, stages 1 and 2, ferfast ops vs the reference
+ops vs the SSFER recipe) get one table of their own, in images/s, instead of the bandwidth tables.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +53,17 @@ PROVIDER_ORDER = (
     "ferfast-cuda",
     "ferfast-cpu",
     "ferfast-auto",
+    "ferfast-auto+bf16",
     "ferfast-auto+compile",
     "torch-ref",
     "torch-compile(ref)",
     "ssfer-eager",
+    "ssfer-recipe",
 )
-REF, COMPILE, SSFER = "torch-ref", "torch-compile(ref)", "ssfer-eager"
+REF, COMPILE, SSFER, SSFER_RECIPE = "torch-ref", "torch-compile(ref)", "ssfer-eager", "ssfer-recipe"
 STAGE1_OP = "face_iou_mixup_step"
-TRAIN_STEP_OPS = ("train_step_pretrain", "train_step_stage1")  # bench_train_step.py: images/s, not GB/s
+TRAIN_STEP_OPS = ("train_step_pretrain", "train_step_stage1", "train_step_stage2")  # images/s, not GB/s
+MET, MISSED, MISSING, UNTIMED = "MET", "MISSED", "MISSING DATA", "NO TIMING"
 
 
 def load(paths: list[Path]) -> dict[str, Any]:
@@ -117,7 +129,8 @@ def group_table(name: str, rows: list[dict[str, Any]]) -> list[str]:
     detail.append(first.get("bytes") and f"{first['bytes'] / 1e6:.2f} MB moved (minimum)")
     detail.append(first.get("copy_GB/s") and f"copy {first['copy_GB/s']:.1f} GB/s")
     lines += ["_" + ", ".join(str(d) for d in detail if d) + "_", ""]
-    head = ["provider", "median ms", "GB/s", "x copy"]
+    impl = any(r.get("implementation") for r in rows)
+    head = ["provider", *(["implementation"] if impl else []), "median ms", "GB/s", "x copy"]
     if gpu:
         head += ["event ms", "event GB/s", "x copy (event)", "peak MiB"]
     head += ["vs torch-ref", "vs torch-compile(ref)"]
@@ -128,6 +141,7 @@ def group_table(name: str, rows: list[dict[str, Any]]) -> list[str]:
         median = r.get("median_s")
         cells = [
             str(r["provider"]),
+            *([str(r.get("implementation") or "-")] if impl else []),
             _fmt(median * 1e3 if median else None, ".3f"),
             _fmt(r.get("GB/s"), ".1f"),
             _fmt(r.get("copy_fraction"), ".2f"),
@@ -162,14 +176,15 @@ def train_step_table(data: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     lines = [
-        "## Training steps: images/s, ferfast ops vs reference ops",
+        "## Training steps: images/s, ferfast vs reference ops vs the SSFER recipe",
         "",
-        "_one optimizer step (forward + backward + fused AdamW) per call; images/s from CUDA-event time on a GPU, "
-        "else median wall time; stage 1 counts the labeled images (the network sees twice as many)_",
+        "_one optimizer step (forward + backward + AdamW) per call; images/s from CUDA-event time on a GPU, "
+        "else median wall time; stage 1 counts the labeled images (the network sees twice as many), stage 2 the "
+        "labeled and unlabeled ones; MFU = model FLOPs / step time / the GPU's dense bf16 peak_",
         "",
     ]
-    head = ["step", "device", "shape", "precision", "provider", "ops", "images/s", "step ms", "peak MiB"]
-    head.append(f"vs {REF}")
+    head = ["step", "device", "shape", "precision", "provider", "ops", "images/s", "step ms", "TFLOP/s", "MFU",
+            "peak MiB", f"vs {REF}", f"vs {SSFER_RECIPE}"]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     keyed: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
@@ -178,22 +193,29 @@ def train_step_table(data: dict[str, Any]) -> list[str]:
         rs.sort(key=lambda r: _provider_key(str(r["provider"])))
         ref = next((r for r in rs if r.get("provider") == REF), None)
         ref_ips = _images_per_s(ref) if ref else None
+        recipe = next((r for r in rs if r.get("provider") == SSFER_RECIPE), None)
+        recipe_ips = _images_per_s(recipe) if recipe else None
         for r in rs:
             ips = _images_per_s(r)
             event_ms = r.get("gpu_event_ms")
             step_ms = event_ms if event_ms is not None else (r["median_s"] * 1e3 if r.get("median_s") else None)
-            speedup = f"{ips / ref_ips:.2f}x" if ips and ref_ips else "-"
+            flops, peak = r.get("model_flops"), r.get("peak_bf16_TFLOP/s")
+            tflops = flops / step_ms / 1e9 if flops and step_ms else None
+            mfu = tflops / peak if tflops and peak else None
             cells = [
                 str(op).removeprefix("train_step_"),
                 str(device),
                 str(shp),
-                str(r.get("dtype", "-")).split(",")[0],
+                str(r.get("precision") or str(r.get("dtype", "-")).split(",")[0]),
                 str(r["provider"]),
                 str(r.get("ops_backend", "-")),
                 _fmt(ips, ".1f"),
                 _fmt(step_ms, ".2f"),
+                _fmt(tflops, ".2f"),
+                _fmt(mfu * 100 if mfu else None, ".1f", "%"),
                 _fmt(r.get("peak_mem_MiB"), ".0f"),
-                speedup,
+                f"{ips / ref_ips:.2f}x" if ips and ref_ips else "-",
+                f"{ips / recipe_ips:.2f}x" if ips and recipe_ips else "-",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -229,20 +251,32 @@ def _is_ferfast(row: dict[str, Any]) -> bool:
     return str(row.get("provider", "")).startswith("ferfast-")
 
 
+def implementation(row: dict[str, Any]) -> str:
+    """What ran for a row: its ``implementation`` (loaders: ferfast's DALI operators or DALI's own), else its ops
+    backend, else its provider."""
+    return str(row.get("implementation") or row.get("ops_backend") or row.get("provider"))
+
+
+def _untimed(row: dict[str, Any]) -> bool:
+    return not row.get("time_s")
+
+
 def check_target(
     data: dict[str, Any], op: str, mode: str, fraction: float, device: str | None, shape: str | None
 ) -> tuple[list[str], bool]:
     """The ferfast providers' bandwidth in ``op``/``mode`` groups as a fraction of the copy bandwidth.
 
     Returns the report lines and whether the target is met (False when the data has no such benchmark)."""
-    lines, ok, _checked = check_bandwidth(data, op, mode, fraction, device, shape)
-    return lines, ok
+    lines, status = check_bandwidth(data, op, mode, fraction, device, shape)
+    return lines, status == MET
 
 
 def check_bandwidth(
     data: dict[str, Any], op: str, mode: str, fraction: float, device: str | None, shape: str | None
-) -> tuple[list[str], bool, bool]:
-    """:func:`check_target`, plus whether the data had a benchmark to check."""
+) -> tuple[list[str], str]:
+    """Every ferfast row of ``op``/``mode`` (at ``shape``) at least ``fraction`` x the copy bandwidth.
+
+    Returns the report lines and the status: MET, MISSED, MISSING DATA or NO TIMING."""
     rows, device = _device_rows(data, device)
     picked = [
         r
@@ -251,26 +285,32 @@ def check_bandwidth(
     ]
     lines = [f"## Target: {op} {mode} on {device} >= {fraction:.2f} x copy bandwidth", ""]
     if not picked:
-        return [*lines, "no matching ferfast benchmark in the data: TARGET NOT CHECKED", ""], False, False
-    ok = True
+        where = f" at {shape}" if shape else ""
+        return [*lines, f"no ferfast {op} {mode} row{where} in the data: {MISSING}", ""], MISSING
+    status = MET
     keyed: dict[tuple, list[dict[str, Any]]] = {}
     for r in picked:
         keyed.setdefault((r.get("shape"), r.get("variant")), []).append(r)
     for (shp, variant), rs in sorted(keyed.items(), key=lambda kv: str(kv[0])):
         for r in rs:
+            text = f"- {shp} {variant} {r['provider']} [{implementation(r)}]: "
+            if _untimed(r):
+                lines.append(text + f"no timing in the data -> {UNTIMED}")
+                status = UNTIMED if status != MISSED else status
+                continue
             event = r.get("gpu_event_copy_fraction")
             wall = r.get("copy_fraction")
             measure = event if event is not None else wall
             met = measure is not None and measure >= fraction
-            ok &= met
-            text = f"- {shp} {variant} {r['provider']}: "
+            if not met:
+                status = MISSED
             if event is not None:
                 text += f"{r['gpu_event_GB/s']:.0f} GB/s = {event:.2f} x copy (CUDA events); "
             text += f"wall {_fmt(r.get('GB/s'), '.1f')} GB/s = {_fmt(wall, '.2f')} x copy"
             text += f" of {_fmt(r.get('copy_GB/s'), '.1f')} GB/s -> {'TARGET MET' if met else 'TARGET MISSED'}"
             lines.append(text)
     lines.append("")
-    return lines, ok, True
+    return lines, status
 
 
 def check_speedup(
@@ -283,12 +323,13 @@ def check_speedup(
     shape: str | None,
     strict: bool = False,
     only: str | None = None,
-) -> tuple[list[str], bool, bool]:
+) -> tuple[list[str], str]:
     """Every ferfast provider (or only provider ``only``) of each ``op``/``mode`` group at least ``factor`` x
     faster than ``baseline`` (``strict``: more than ``factor`` x, i.e. "beats" for 1.0) in the time the tables'
     speedups use.
 
-    Returns the report lines, whether the target is met and whether the data had a benchmark to check."""
+    Returns the report lines and the status: MET, MISSED, MISSING DATA (no ferfast row, or no baseline row,
+    of a group) or NO TIMING (a row of the comparison has no median)."""
     rows, device = _device_rows(data, device)
     picked = [
         r for r in rows if r.get("op") == op and r.get("mode") == mode and (shape is None or r.get("shape") == shape)
@@ -299,32 +340,38 @@ def check_speedup(
     keyed: dict[tuple, list[dict[str, Any]]] = {}
     for r in picked:
         keyed.setdefault((r.get("shape"), r.get("variant")), []).append(r)
-    ok, checked = True, False
+    status, compared = MET, False
     for (shp, variant), rs in sorted(keyed.items(), key=lambda kv: str(kv[0])):
         base = next((r for r in rs if r.get("provider") == baseline), None)
         mine = [r for r in rs if (r.get("provider") == only if only else _is_ferfast(r))]
         if not mine:
             continue
-        if base is None or not base.get("time_s"):
-            lines.append(f"- {shp} {variant}: no {baseline} row in the data: NOT CHECKED")
+        if base is None:
+            lines.append(f"- {shp} {variant}: no {baseline} row in the data -> {MISSING}")
+            status = MISSING if status == MET else status
             continue
         for r in mine:
-            if not r.get("time_s"):
+            compared = True
+            if _untimed(r) or _untimed(base):
+                who_untimed = r["provider"] if _untimed(r) else baseline
+                lines.append(f"- {shp} {variant} {r['provider']}: {who_untimed} has no timing -> {UNTIMED}")
+                status = UNTIMED if status in (MET, MISSING) else status
                 continue
-            checked = True
             speedup = base["time_s"] / r["time_s"]
             met = speedup > factor if strict else speedup >= factor
-            ok &= met
+            if not met:
+                status = MISSED
             clock = "CUDA-event" if r.get("gpu_event_ms") is not None else "median wall"
             verdict = "TARGET MET" if met else "TARGET MISSED"
             lines.append(
-                f"- {shp} {variant} {r['provider']}: {r['time_s'] * 1e3:.3f} ms vs {baseline} "
-                f"{base['time_s'] * 1e3:.3f} ms ({clock}) = {speedup:.2f}x -> {verdict}"
+                f"- {shp} {variant} {r['provider']} [{implementation(r)}]: {r['time_s'] * 1e3:.3f} ms vs {baseline} "
+                f"[{implementation(base)}] {base['time_s'] * 1e3:.3f} ms ({clock}) = {speedup:.2f}x -> {verdict}"
             )
-    if not checked:
-        lines.append("no matching ferfast benchmark with its baseline in the data: TARGET NOT CHECKED")
+    if not compared and status == MET:
+        lines.append(f"no {who} {op} {mode} row with its {baseline} baseline in the data: {MISSING}")
+        status = MISSING
     lines.append("")
-    return lines, ok, checked
+    return lines, status
 
 
 #: Loader targets on the CPU: (group, baseline provider, factor, ferfast provider).
@@ -335,30 +382,58 @@ LOADER_TARGETS = [
 ]
 
 
-def check_all_targets(args: argparse.Namespace, data: dict[str, Any]) -> tuple[list[str], bool]:
-    """The targets of ``--check-target`` (see the module docstring): report lines and the verdict."""
-    device = args.target_device
-    results = [
-        check_bandwidth(
-            data, args.target_op, args.target_mode, args.target_fraction, device, args.target_shape or None
-        ),
-        check_bandwidth(data, "face_mixup", "fwd", args.mix_fraction, device, args.mixup_shape or None),
-        check_speedup(data, STAGE1_OP, "full", SSFER, args.stage1_vs_ssfer, device, args.mixup_shape or None),
-        check_speedup(data, STAGE1_OP, "full", COMPILE, args.stage1_vs_compile, device, args.mixup_shape or None),
-        check_speedup(data, "fixmatch_loss", "full", COMPILE, 1.0, device, args.fixmatch_shape or None, strict=True),
-        # Loaders (one epoch per round, equal samples per provider: time ratios are throughput ratios).
-        *(check_speedup(data, op, "epoch", base, x, "cpu", None, only=mine) for op, base, x, mine in LOADER_TARGETS),
+def target_plan(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...], Callable[..., tuple[list[str], str]]]]:
+    """``(name, devices, check(data, device))`` of every target (see the module docstring)."""
+    mix = args.mixup_shape or None
+    plan: list[tuple[str, tuple[str, ...], Callable[..., tuple[list[str], str]]]] = [
+        ("masked_patch_mse", ("cuda", "cpu"), lambda d, dev: check_bandwidth(
+            d, args.target_op, args.target_mode, args.target_fraction, dev, args.target_shape or None)),
+        ("face_mixup", ("cuda", "cpu"), lambda d, dev: check_bandwidth(
+            d, "face_mixup", "fwd", args.mix_fraction, dev, mix)),
+        ("stage1_vs_ssfer", ("cuda", "cpu"), lambda d, dev: check_speedup(
+            d, STAGE1_OP, "full", SSFER, args.stage1_vs_ssfer, dev, mix)),
+        ("stage1_vs_compile", ("cuda", "cpu"), lambda d, dev: check_speedup(
+            d, STAGE1_OP, "full", COMPILE, args.stage1_vs_compile, dev, mix)),
+        ("fixmatch_vs_compile", ("cuda", "cpu"), lambda d, dev: check_speedup(
+            d, "fixmatch_loss", "full", COMPILE, 1.0, dev, args.fixmatch_shape or None, strict=True)),
+        ("train_pretrain_vs_ssfer", ("cuda",), lambda d, dev: check_speedup(
+            d, "train_step_pretrain", "step", SSFER_RECIPE, args.pretrain_vs_ssfer, dev, None)),
+        ("train_stage1_vs_ssfer", ("cuda",), lambda d, dev: check_speedup(
+            d, "train_step_stage1", "step", SSFER_RECIPE, args.stage1_step_vs_ssfer, dev, None)),
     ]
+    for op, base, factor, mine in LOADER_TARGETS:  # one epoch per round, equal samples: time ratio = throughput
+        plan.append((f"{op}_vs_{base}", ("cpu",), lambda d, _dev, op=op, base=base, factor=factor, mine=mine:
+                     check_speedup(d, op, "epoch", base, factor, "cpu", None, only=mine)))
+    return plan
+
+
+def check_all_targets(args: argparse.Namespace, data: dict[str, Any]) -> tuple[list[str], bool]:
+    """The targets of ``--check-target`` (see the module docstring): report lines, ending with the one verdict
+    line, and whether every checked target is met."""
+    _rows, device = _device_rows(data, args.target_device)
+    plan = target_plan(args)
+    names = [n.strip() for n in (args.targets or "").split(",") if n.strip()]
+    unknown = sorted(set(names) - {name for name, _, _ in plan})
+    if unknown:
+        raise SystemExit(f"unknown --targets {', '.join(unknown)}; known: {', '.join(n for n, _, _ in plan)}")
+    selected = [(n, check) for n, devices, check in plan if (n in names if names else device in devices)]
     lines: list[str] = []
-    ok, any_checked = True, False
-    for target_lines, met, checked in results:
+    statuses: dict[str, str] = {}
+    for name, check in selected:
+        target_lines, status = check(data, device)
         lines += target_lines
-        if checked:
-            any_checked = True
-            ok &= met
-    if not any_checked:
-        lines += ["No target could be checked: the data has none of their benchmarks.", ""]
-    return lines, ok and any_checked
+        statuses[name] = status
+    counts = {s: [n for n, st in statuses.items() if st == s] for s in (MET, MISSED, MISSING, UNTIMED)}
+    ok = bool(statuses) and not (counts[MISSED] or counts[MISSING] or counts[UNTIMED])
+    if ok:
+        verdict = f"VERDICT: PASS: all {len(statuses)} targets on {device} met"
+    elif not statuses:
+        verdict = f"VERDICT: FAIL: no target selected on {device}"
+    else:
+        problems = [f"{len(v)} {k.lower()} ({', '.join(v)})" for k, v in counts.items() if v and k != MET]
+        verdict = f"VERDICT: FAIL on {device}: {len(counts[MET])} of {len(statuses)} met; " + "; ".join(problems)
+    lines += [verdict]
+    return lines, ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,7 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage1-vs-compile", type=float, default=1.5, help="face_iou_mixup_step: x compile")
     parser.add_argument("--mixup-shape", default="B64-224-K7", help="shape of the face-IoU Mixup targets")
     parser.add_argument("--fixmatch-shape", default="B64-K7", help="shape of the fixmatch_loss target")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a checked target is missed")
+    parser.add_argument("--pretrain-vs-ssfer", type=float, default=2.0, help="MAE step: x ssfer-recipe (GPU)")
+    parser.add_argument("--stage1-step-vs-ssfer", type=float, default=5.0, help="stage-1 step: x ssfer-recipe (GPU)")
+    parser.add_argument("--targets", default="", help="comma-separated target names (default: the device's)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 unless the verdict is PASS")
     args = parser.parse_args(argv)
 
     paths = list(args.json or [DEFAULT_JSON])
@@ -387,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no such file: {', '.join(map(str, missing))} (run `make bench` first)", file=sys.stderr)
         paths = [p for p in paths if p.is_file()]
         if not paths:
+            if args.check_target:
+                print("VERDICT: FAIL: no benchmark data (no such file)")
             return 2
     data = load(paths)
     if args.merge_out:
@@ -394,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         args.merge_out.write_text(json.dumps(data, indent=1))
     if not data.get("benchmarks"):
         print("no benchmarks in the data", file=sys.stderr)
+        if args.check_target:
+            print("VERDICT: FAIL: no benchmarks in the data")
         return 2
     lines = header(data, paths)
     for name, rows in groups(data).items():

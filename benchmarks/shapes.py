@@ -30,6 +30,7 @@ __all__ = [
     "PRETRAIN_STEP_SHAPES",
     "SHAPES",
     "STAGE1_STEP_SHAPES",
+    "STAGE2_STEP_SHAPES",
     "TRAIN_REGISTRIES",
     "ClsShape",
     "MAEShape",
@@ -310,10 +311,12 @@ def cls_logits(shape: ClsShape, device: torch.device, seed: int, scale: float = 
 #
 # - pretraining (``pretrain_step_shape``): MAE ViT-B/16 on 224 x 224 faces, mask ratio 0.75, SSFER's norm-pix loss;
 # - stage 1 (``stage1_step_shape``): the ViT-B/16 classifier with face-IoU Mixup, one forward pass over
-#   ``[originals; mixed]`` (2B images) for a labeled batch of B = 32 (SSFER's), K = 7 (RAF-DB).
+#   ``[originals; mixed]`` (2B images) for a labeled batch of B = 32 (SSFER's), K = 7 (RAF-DB);
+# - stage 2 (``stage2_step_shape``): FixMatch, B labeled images + B unlabeled ones (weak and strong views).
 #
-# The inputs, weights and optimizer state are fp32; the step runs under ``precision`` autocast (bf16, as the
-# engine's default on a GPU). The ``--quick`` shapes are the demo's small models on 64 x 64 images.
+# The inputs, weights and optimizer state are fp32; on a GPU ferfast's steps run under ``precision`` autocast (bf16,
+# the engine's default there), on a CPU in fp32. ``devices``: where a shape runs (ViT-B/16 at batch 8 is the CPU's
+# shape; the demo's small models on 64 x 64 images run everywhere and are the ``--quick`` shapes).
 
 
 @dataclass(frozen=True)
@@ -325,9 +328,10 @@ class TrainShape:
     mask_ratio: float = 0.75  # pretraining
     num_classes: int = 7  # stage 1
     channels: int = 3
-    precision: str = "bf16"  # autocast (ferfast.engine.steps.autocast)
+    precision: str = "bf16"  # autocast on a GPU (ferfast.engine.steps.autocast); fp32 on a CPU
     dtype: torch.dtype = torch.float32  # inputs and weights
     quick: bool = False
+    devices: tuple[str, ...] = ("cuda",)
 
     @property
     def dtype_name(self) -> str:
@@ -340,24 +344,36 @@ class TrainShape:
 
     def describe(self) -> str:
         b, c, s = self.batch, self.channels, self.img_size
-        return f"{self.model}, imgs {b}x{c}x{s}x{s}, {self.precision} autocast"
+        return f"{self.model}, imgs {b}x{c}x{s}x{s}"
 
+
+_BOTH = ("cuda", "cpu")
+_CPU = ("cpu",)
 
 PRETRAIN_STEP_SHAPES: tuple[TrainShape, ...] = (
     TrainShape("mae_vit_base_patch16-224-B64", "mae_vit_base_patch16", batch=64),
     TrainShape("mae_vit_base_patch16-224-B128", "mae_vit_base_patch16", batch=128),
-    TrainShape("mae_vit_demo-64-B8", "mae_vit_demo", batch=8, img_size=64, quick=True),
+    TrainShape("mae_vit_base_patch16-224-B8", "mae_vit_base_patch16", batch=8, devices=_CPU),
+    TrainShape("mae_vit_demo-64-B8", "mae_vit_demo", batch=8, img_size=64, quick=True, devices=_BOTH),
 )
 
 STAGE1_STEP_SHAPES: tuple[TrainShape, ...] = (
     TrainShape("vit_base_patch16-224-B32", "vit_base_patch16", batch=32),
-    TrainShape("vit_demo-64-B8", "vit_demo", batch=8, img_size=64, quick=True),
+    TrainShape("vit_base_patch16-224-B8", "vit_base_patch16", batch=8, devices=_CPU),
+    TrainShape("vit_demo-64-B8", "vit_demo", batch=8, img_size=64, quick=True, devices=_BOTH),
+)
+
+STAGE2_STEP_SHAPES: tuple[TrainShape, ...] = (
+    TrainShape("vit_base_patch16-224-B64", "vit_base_patch16", batch=64),
+    TrainShape("vit_base_patch16-224-B8", "vit_base_patch16", batch=8, devices=_CPU),
+    TrainShape("vit_demo-64-B8", "vit_demo", batch=8, img_size=64, quick=True, devices=_BOTH),
 )
 
 #: fixture name -> its registry (``bench_train_step.py`` parametrizes each fixture it asks for).
 TRAIN_REGISTRIES: dict[str, tuple[TrainShape, ...]] = {
     "pretrain_step_shape": PRETRAIN_STEP_SHAPES,
     "stage1_step_shape": STAGE1_STEP_SHAPES,
+    "stage2_step_shape": STAGE2_STEP_SHAPES,
 }
 
 
@@ -369,6 +385,7 @@ def train_by_name(fixture: str, name: str) -> TrainShape:
     raise KeyError(f"no {fixture} {name!r}; known: {[s.name for s in registry]}")
 
 
-def selected_train_shapes(fixture: str, quick: bool) -> list[TrainShape]:
-    """The ``fixture``'s shapes a run covers: all of them, or the small ones under ``--quick``."""
-    return [s for s in TRAIN_REGISTRIES[fixture] if s.quick or not quick]
+def selected_train_shapes(fixture: str, quick: bool, device: str | None = None) -> list[TrainShape]:
+    """The ``fixture``'s shapes a run covers (on ``device``, if given): all of them, or the small ones under
+    ``--quick``."""
+    return [s for s in TRAIN_REGISTRIES[fixture] if (s.quick or not quick) and (device is None or device in s.devices)]

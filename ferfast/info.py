@@ -7,9 +7,9 @@ module itself is made callable: ``ferfast.info()`` works either way.
 import sys
 import types
 
-from ferfast._info import info, info_dict, main
+from ferfast._info import info, info_dict, load_problems, main
 
-__all__ = ["info", "info_dict", "main"]
+__all__ = ["info", "info_dict", "load_problems", "main"]
 
 
 class _CallableModule(types.ModuleType):
@@ -20,4 +20,4 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,7 +21,6 @@ import functools
 import importlib
 import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -42,30 +41,41 @@ _BACKEND_MARKS = {"cpu": pytest.mark.ext, "cuda": pytest.mark.cuda, "triton": py
 
 @functools.cache
 def triton_unavailable_reason() -> str | None:
-    """Why ferfast's Triton backend cannot run here, or ``None`` when it can."""
+    """Why ferfast's Triton backend cannot run here (a genuine absence: skip), or ``None`` when it can.
+
+    A broken ``ferfast.triton`` where the ``triton`` package can run is no absence: the calling test fails
+    (and ``tests/conftest.py`` stops the run before that).
+    """
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
     if TRITON_INTERPRETED and ferfast.backends.triton_available("cpu") is False:
         return "no GPU and TRITON_INTERPRET is not 1"
-    package = Path(ferfast.__file__).with_name("triton")
-    if not (package / "__init__.py").is_file():
-        return "ferfast.triton does not exist yet (no ferfast/triton/__init__.py)"
     try:
         importlib.import_module("ferfast.triton")
-    except Exception as exc:  # the package is being written: skip, and say why
-        return f"import ferfast.triton failed: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # triton can run here: a failing import is a bug, not an absence
+        pytest.fail(f"triton is installed but import ferfast.triton failed: {type(exc).__name__}: {exc}")
     return None
 
 
 def backend_unavailable_reason(backend: str) -> str | None:
+    """Why ``backend`` cannot run here (the caller skips), or ``None``; fails the caller when the install
+    promises the backend but it did not load (see ``ferfast._extension.load_problems``)."""
     if backend == "reference":
         return None
     if backend == "cpu":
-        return None if _extension.HAS_OPS else f"native library not loaded: {_extension.LOAD_ERROR}"
+        if _extension.HAS_OPS:
+            return None
+        if _extension.EXPECTED and not _extension.DISABLED:
+            pytest.fail(f"the build installed ferfast._C but it did not load: {_extension.LOAD_ERROR}")
+        return f"native library not loaded: {_extension.LOAD_ERROR}"
     if backend == "cuda":
         if not CUDA_AVAILABLE:
             return "no CUDA GPU"
-        return None if _extension.HAS_CUDA_OPS else "native library built without CUDA kernels"
+        if _extension.HAS_CUDA_OPS:
+            return None
+        if _extension.EXPECTED_CUDA and not _extension.DISABLED:
+            pytest.fail(f"the build compiled the CUDA kernels but they did not load: {_extension.LOAD_ERROR}")
+        return f"native library without CUDA kernels ({_extension.LOAD_ERROR or 'built without CUDA'})"
     if backend == "triton":
         return triton_unavailable_reason()
     raise ValueError(f"unknown backend {backend!r}")
