@@ -24,8 +24,8 @@ __all__ = [
     "LOG_FILE",
     "MetricLogger",
     "NonFiniteLossError",
-    "check_finite",
     "epoch_summary",
+    "nonfinite_found",
     "progress",
     "tensorboard_available",
 ]
@@ -199,26 +199,19 @@ class NonFiniteLossError(RuntimeError):
     """A training loss became NaN or infinite, and the run was told to stop (``policy="stop"``)."""
 
 
-def check_finite(loss: Any, step: int, policy: str = "stop", *, epoch: int | None = None) -> bool:
-    """True when ``loss`` is finite. Otherwise ``policy="stop"`` raises :class:`NonFiniteLossError`;
-    ``policy="rollback"`` warns and returns False, and the loop reloads its last checkpoint."""
+def nonfinite_found(policy: str, stage: str, epoch: int, count: int, first_bad: int, step: int) -> bool:
+    """React to ``count`` non-finite losses that a read of the device statistics at global ``step`` found
+    (``first_bad``: the first such step, -1 when only another rank had one): ``policy="stop"`` raises
+    :class:`NonFiniteLossError`; ``policy="rollback"`` warns and returns True (the loop reloads its last
+    checkpoint). The loop reads these only every ``log_every`` steps, so that no step waits for the device."""
     if policy not in ROLLBACK_POLICIES:
         raise ValueError(f"policy must be one of {ROLLBACK_POLICIES}, got {policy!r}")
-    if torch.is_tensor(loss):
-        finite = bool(torch.isfinite(loss.detach()).all())
-        shown = loss.detach().float().cpu().tolist()
-    elif isinstance(loss, numbers.Real):
-        finite = math.isfinite(float(loss))
-        shown = float(loss)
-    else:
-        raise TypeError(f"loss must be a tensor or a number, got {type(loss).__name__}")
-    if finite:
-        return True
-    where = f"step {step}" if epoch is None else f"epoch {epoch}, step {step}"
+    first = f"first at step {first_bad}" if first_bad >= 0 else "on another rank"
+    where = f"{stage}: {count} non-finite loss(es) in epoch {epoch} up to step {step} ({first})"
     if policy == "stop":
         raise NonFiniteLossError(
-            f"non-finite loss {shown} at {where}; lower the learning rate, enable gradient clipping, or run with "
-            "the rollback policy to reload the last checkpoint"
+            f"{where}; lower the learning rate, enable gradient clipping, or run with the rollback policy to "
+            "reload the last checkpoint"
         )
-    warnings.warn(f"non-finite loss {shown} at {where}: rolling back to the last checkpoint", stacklevel=2)
-    return False
+    warnings.warn(f"{where}: rolling back to the last checkpoint", stacklevel=3)
+    return True

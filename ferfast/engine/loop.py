@@ -27,7 +27,6 @@ import contextlib
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,14 @@ from ferfast.engine.checkpoint import (
 )
 from ferfast.engine.dist import all_gather_objects, all_reduce_mean, barrier, get_rank, get_world_size, is_main_process
 from ferfast.engine.ema import ModelEma
-from ferfast.engine.logging import MetricLogger, NonFiniteLossError, epoch_summary, progress
+from ferfast.engine.logging import (
+    ROLLBACK_POLICIES,
+    MetricLogger,
+    NonFiniteLossError,
+    epoch_summary,
+    nonfinite_found,
+    progress,
+)
 from ferfast.engine.prefetch import DevicePrefetcher
 from ferfast.engine.schedule import set_lr
 from ferfast.engine.steps import PRECISIONS, StepOutput, autocast
@@ -62,7 +68,7 @@ BEST_KEY = "best"
 #: checkpoint entry of a distributed run: every rank's random states, in rank order
 RANK_RNG_KEY = "rank_rng"
 #: what :class:`FitConfig` does on a non-finite loss
-NONFINITE_POLICIES = ("stop", "rollback")
+NONFINITE_POLICIES = ROLLBACK_POLICIES
 #: torch.compile's modes that :class:`FitConfig` accepts
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -234,20 +240,6 @@ class _DeviceStats:
         return {k: v / max(self.steps, 1) for k, v in sums.items()}
 
 
-def _nonfinite_seen(policy: str, stage: str, epoch: int, count: int, first_bad: int, step: int) -> bool:
-    """React to ``count`` non-finite losses found by a read at global ``step``: ``"stop"`` raises
-    :class:`NonFiniteLossError`; ``"rollback"`` warns and returns True (the caller reloads its last checkpoint)."""
-    first = f"first at step {first_bad}" if first_bad >= 0 else "on another rank"
-    where = f"{stage}: {count} non-finite loss(es) in epoch {epoch} up to step {step} ({first})"
-    if policy == "stop":
-        raise NonFiniteLossError(
-            f"{where}; lower the learning rate, enable gradient clipping, or run with the rollback policy to "
-            "reload the last checkpoint"
-        )
-    warnings.warn(f"{where}: rolling back to the last checkpoint", stacklevel=3)
-    return True
-
-
 def _make_scaler(
     precision: str, device: torch.device, scaler: torch.amp.GradScaler | None
 ) -> torch.amp.GradScaler | None:
@@ -407,14 +399,14 @@ def _train_one_epoch(
                 state.ema.update(state.model)
         if cfg.log_every and (i + 1) % cfg.log_every == 0 and i + 1 < steps:
             nonfinite, first_bad, sums = stats.read()  # every rank: the read is collective under DDP
-            if nonfinite and _nonfinite_seen(cfg.nonfinite, stage, epoch, nonfinite, first_bad, global_step):
+            if nonfinite and nonfinite_found(cfg.nonfinite, stage, epoch, nonfinite, first_bad, global_step):
                 return None
             means = stats.window_means(sums)
             if logger is not None:
                 logger.log({"stage": stage, "epoch": epoch, "lr": lr, **means}, step=global_step, prefix=stage)
             bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
     nonfinite, first_bad, sums = stats.read()
-    if nonfinite and _nonfinite_seen(cfg.nonfinite, stage, epoch, nonfinite, first_bad, epoch * steps + steps - 1):
+    if nonfinite and nonfinite_found(cfg.nonfinite, stage, epoch, nonfinite, first_bad, epoch * steps + steps - 1):
         return None
     if cfg.log_every and steps % cfg.log_every == 0:  # the last step is a log step too: one read serves both
         means = stats.window_means(sums)

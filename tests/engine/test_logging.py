@@ -11,8 +11,8 @@ import torch
 from ferfast.engine import (
     MetricLogger,
     NonFiniteLossError,
-    check_finite,
     epoch_summary,
+    nonfinite_found,
     progress,
     tensorboard_available,
 )
@@ -122,16 +122,13 @@ def test_progress_bar(monkeypatch):
     assert other_rank.disable and list(other_rank) == [0, 1]
 
 
-def test_check_finite_policies():
-    assert check_finite(torch.tensor(0.3), step=1) is True
-    assert check_finite(2.5, step=1, policy="rollback") is True
-    with pytest.raises(NonFiniteLossError, match=r"nan at epoch 4, step 17"):
-        check_finite(torch.tensor(float("nan")), step=17, epoch=4)
-    with pytest.raises(NonFiniteLossError, match="inf"):
-        check_finite(float("inf"), step=0)
+def test_nonfinite_found_policies():
+    expected = r"stage1: 2 non-finite loss\(es\) in epoch 4 up to step 19 \(first at step 17\)"
+    with pytest.raises(NonFiniteLossError, match=expected):
+        nonfinite_found("stop", "stage1", 4, 2, 17, 19)
+    with pytest.raises(NonFiniteLossError, match="on another rank"):
+        nonfinite_found("stop", "pretrain", 0, 1, -1, 3)
     with pytest.warns(UserWarning, match="rolling back"):
-        assert check_finite(torch.tensor([1.0, float("inf")]), step=5, policy="rollback") is False
+        assert nonfinite_found("rollback", "stage2", 1, 1, 5, 7) is True
     with pytest.raises(ValueError, match="policy"):
-        check_finite(1.0, step=0, policy="ignore")
-    with pytest.raises(TypeError, match="loss"):
-        check_finite("nan", step=0)
+        nonfinite_found("ignore", "stage1", 0, 1, 0, 0)
