@@ -169,8 +169,10 @@ class MaskedAutoencoderViT(nn.Module):
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
         if self.fused_head:
             h = self.decoder_tokens(latent, ids_restore)
+            num_masked = mask.shape[1] - (latent.shape[1] - 1)  # latent: the cls token + the visible patches
             loss = fused_head_masked_mse(
-                h, self.decoder_pred.weight, self.decoder_pred.bias, imgs, mask, self.patch_size, self.norm_pix_loss
+                h, self.decoder_pred.weight, self.decoder_pred.bias, imgs, mask, self.patch_size, self.norm_pix_loss,
+                num_masked=num_masked,
             )
             return loss, None, mask
         pred = self.decoder_pred(self.decoder_tokens(latent, ids_restore))

@@ -125,13 +125,13 @@ class FusedHeadMaskedMSEFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, h, weight, bias, imgs, mask, patch_size, norm_pix_loss, chunk_size):  # type: ignore[override]
+    def forward(ctx: Any, h, weight, bias, imgs, mask, patch_size, norm_pix_loss, chunk_size, num_masked):  # type: ignore[override]
         b, length, dim = h.shape
         pdim = weight.shape[0]
         acc = torch.float64 if torch.float64 in (h.dtype, weight.dtype, imgs.dtype) else torch.float32
         flat_h = h.reshape(b * length, dim)
         flat_mask = mask.reshape(-1)
-        rows_all = flat_mask.nonzero().squeeze(1)
+        rows_all = _masked_rows(mask, num_masked)
         denom = flat_mask.sum().to(acc)
         denom = torch.where(denom == 0, torch.ones_like(denom), denom)
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
@@ -186,7 +186,22 @@ class FusedHeadMaskedMSEFunction(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
+
+
+def _masked_rows(mask: Tensor, num_masked: int | None) -> Tensor:
+    """Flat indices ``b*L + l`` of the masked tokens, row by row in ascending ``l``.
+
+    Without ``num_masked`` this is ``nonzero`` (its size depends on the values: a host synchronisation). With it
+    (every row has exactly that many nonzero entries, as MAE's masking guarantees) the size is known, and a stable
+    descending sort of ``mask != 0`` finds the same indices on the device.
+    """
+    b, length = mask.shape
+    if num_masked is None:
+        return mask.reshape(-1).nonzero().squeeze(1)
+    order = torch.argsort((mask != 0).to(torch.uint8), dim=1, descending=True, stable=True)[:, :num_masked]
+    return (order + torch.arange(b, device=mask.device).unsqueeze(1) * length).reshape(-1)
 
 
 def fused_head_masked_mse(
@@ -199,6 +214,7 @@ def fused_head_masked_mse(
     norm_pix_loss: bool = False,
     *,
     chunk_size: int = 4096,
+    num_masked: int | None = None,
 ) -> Tensor:
     """MAE's ``decoder_pred`` linear head + :func:`masked_patch_mse`, run on masked tokens only.
 
@@ -206,7 +222,9 @@ def fused_head_masked_mse(
     The prediction is computed ``chunk_size`` masked tokens at a time and never materialised
     whole; the 25% visible tokens skip the head entirely. Gradients for ``h``, ``weight`` and
     ``bias`` are computed in forward. Equal to ``masked_patch_mse(imgs, F.linear(h, weight, bias), ...)``.
-    Finding the masked tokens (``nonzero``) synchronises a GPU once per call. Math runs in fp32
+    Finding the masked tokens (``nonzero``) synchronises a GPU once per call, unless ``num_masked`` says how many
+    nonzero entries every row of ``mask`` has (MAE's ``L - int(L * (1 - mask_ratio))``; checked on CPU tensors
+    while value checks are on): then nothing is read on the host. Math runs in fp32
     (fp64 when an input is fp64); the loss dtype follows :func:`masked_patch_mse`.
     """
     h = _checks.tensor(h, "h")
@@ -230,6 +248,15 @@ def fused_head_masked_mse(
             raise ValueError(f"bias must have shape [{pdim}], got {tuple(bias.shape)}")
     if norm_pix_loss and pdim < 2:
         raise ValueError("norm_pix_loss needs at least 2 values per patch (unbiased variance)")
+    if num_masked is not None:
+        num_masked = _checks.non_negative_int(num_masked, "num_masked")
+        if num_masked > length:
+            raise ValueError(f"num_masked must be <= L = {length}, got {num_masked}")
+        if _checks.values_checked(None, mask):
+            counts = (mask != 0).sum(dim=1)
+            if not bool((counts == num_masked).all()):
+                raise ValueError(f"every row of mask must have num_masked = {num_masked} nonzero entries, "
+                                 f"got {sorted(set(counts.tolist()))}")
     return FusedHeadMaskedMSEFunction.apply(
-        h, weight, bias, imgs.detach(), mask.detach(), patch_size, bool(norm_pix_loss), chunk_size
+        h, weight, bias, imgs.detach(), mask.detach(), patch_size, bool(norm_pix_loss), chunk_size, num_masked
     )

@@ -104,8 +104,7 @@ def test_face_iou_mixup_step_reads_nothing(backend, kwargs, device):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_fused_ops_read_nothing(backend, device):
-    """Every public fused op (forward and backward) with value checks off, except ``fused_head_masked_mse``,
-    whose ``nonzero`` (documented) picks the masked tokens."""
+    """Every public fused op (forward and backward) with value checks off (``fused_head_masked_mse``: below)."""
     b, p, k = 2, 4, 5
     imgs = torch.randn(b, 3, 8, 8, device=device)
     perm = torch.tensor([1, 0], device=device)
@@ -129,6 +128,36 @@ def test_fused_ops_read_nothing(backend, device):
         strong = torch.randn(b, k, device=device, requires_grad=True)
         ferfast.fixmatch_loss(torch.randn(b, k, device=device), strong, 0.5, backend=backend)[0].backward()
     assert not reads, f"host reads: {dict(reads)}"
+
+
+def test_fused_head_reads_nothing_with_num_masked():
+    """``fused_head_masked_mse`` finds the masked tokens with ``nonzero`` (one host read) unless ``num_masked``
+    gives their count per row; then it reads nothing, and its loss and gradients are the same."""
+    b, length, dim, p = 3, 16, 8, 2
+    imgs = torch.randn(b, 3, 8, 8)
+    _ids_keep, mask, _ids_restore = ferfast.random_masking(torch.rand(b, length), 0.75)
+    h = torch.randn(b, length, dim, requires_grad=True)
+    w = torch.randn(p * p * 3, dim, requires_grad=True)
+    bias = torch.randn(p * p * 3, requires_grad=True)
+
+    def run(**kwargs):
+        loss = ferfast.fused_head_masked_mse(h, w, bias, imgs, mask, p, True, chunk_size=5, **kwargs)
+        grads = torch.autograd.grad(loss, (h, w, bias))
+        return loss, grads
+
+    with value_checks(False), count_host_reads() as reads:
+        loss_static, grads_static = run(num_masked=length - int(length * 0.25))
+    assert not reads, f"host reads: {dict(reads)}"
+    with value_checks(False), count_host_reads() as reads:
+        loss_nonzero, grads_nonzero = run()
+    assert reads["nonzero"] == 1
+    torch.testing.assert_close(loss_static, loss_nonzero)
+    for a, e in zip(grads_static, grads_nonzero):
+        torch.testing.assert_close(a, e)
+    with pytest.raises(ValueError, match="num_masked = 5"):
+        run(num_masked=5)  # a wrong count is caught on CPU tensors while value checks are on
+    with pytest.raises(ValueError, match="num_masked must be <= L"):
+        run(num_masked=length + 1)
 
 
 def test_value_checks_switch_is_what_turns_the_cpu_checks_off():
