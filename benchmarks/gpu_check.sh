@@ -15,13 +15,15 @@
 #   cuda-op-tests     60  tests/ops -m cuda, the files dealt over CUDA_TEST_JOBS (4) parallel pytest processes,
 #                         each file under its own timeout (PER_FILE_S, 45 s; with pytest-timeout installed, also
 #                         --timeout per test)
-#   train-throughput  90  benchmarks/bench_train_step.py at ViT-B/16 (MAE pretraining B64, stage 1 B32, stage 2 B64),
+#   train-throughput  80  benchmarks/bench_train_step.py at ViT-B/16 (MAE pretraining B64, stage 1 B32, stage 2 B64),
 #                         bf16: ferfast ops vs reference ops vs the SSFER recipe; images/s and model FLOP utilisation
-#   triton-tests      80  tests/ops -m triton, file by file, MAE ops first, TRITON_TEST_JOBS (4) lanes, each file
+#   train-loop        40  benchmarks/bench_train_loop.py: the same steps fed by their loaders from JPEG files
+#                         (ferfast's loader + prefetcher vs SSFER's ImageFolder pipeline), 20 steps a round
+#   triton-tests      70  tests/ops -m triton, file by file, MAE ops first, TRITON_TEST_JOBS (4) lanes, each file
 #                         under PER_FILE_S; TRITON_CACHE_DIR=.triton_cache/ (git-ignored) so a rerun is warm
-#   op-benchmarks     60  the fused ops' benchmarks (ViT-B/16 shapes, CUDA providers, no torch.compile): bandwidth
+#   op-benchmarks     50  the fused ops' benchmarks (ViT-B/16 shapes, CUDA providers, no torch.compile): bandwidth
 #                         as a fraction of the copy bandwidth measured in the same run
-#   leftovers         20  whatever time is left: the compile tests and the convergence tests (cuda or triton)
+#   leftovers         10  whatever time is left: the compile tests and the convergence tests (cuda or triton)
 #   report            10  benchmarks/report.py --check-target --strict on the JSON written above, the targets this
 #                         run measures (GPU_CHECK_TARGETS): masked_patch_mse >= 0.8 and face_mixup >= 0.5 x copy
 #                         bandwidth, the stage-1 ops >= 4x ssfer-eager, the MAE step >= 2x and the stage-1 step
@@ -231,7 +233,7 @@ pytest_allow_empty() {
 
 report() {
   local files=() f
-  for f in gpu_train_step gpu_ops; do  # the JSON, else the lines of a run that was cut short
+  for f in gpu_train_step gpu_train_loop gpu_ops; do  # the JSON, else the lines of a run that was cut short
     if [ -f "$RESULTS/$f.json" ]; then
       files+=("$RESULTS/$f.json")
     elif [ -s "$RESULTS/$f.jsonl" ]; then
@@ -336,14 +338,16 @@ step preflight           25  0  preflight
 step build              180  0  build
 step cuda-loaded         15  1  "$PY" -m ferfast.info --require cuda --require triton
 step cuda-op-tests       60  1  test_files cuda "$CUDA_TEST_JOBS" cuda "${OP_TEST_FILES[@]}"
-step train-throughput    90  1  "$PY" -m pytest benchmarks/bench_train_step.py "${BENCH_COMMON[@]}" \
+step train-throughput    80  1  "$PY" -m pytest benchmarks/bench_train_step.py "${BENCH_COMMON[@]}" \
   --bench-rounds "$TRAIN_ROUNDS" ${K_TRAIN[@]+"${K_TRAIN[@]}"} \
   --benchmark-json="$RESULTS/gpu_train_step.json" --bench-jsonl="$RESULTS/gpu_train_step.jsonl"
-step triton-tests        80  1  test_files triton "$TRITON_TEST_JOBS" triton "${OP_TEST_FILES[@]}"
-step op-benchmarks       60  1  "$PY" -m pytest "${OP_BENCHES[@]}" "${BENCH_COMMON[@]}" --bench-rounds "$BENCH_ROUNDS" \
+step train-loop          40  1  "$PY" -m pytest benchmarks/bench_train_loop.py -q -p no:cacheprovider --gpu-only \
+  --bench-rounds 1 --benchmark-columns=min,median,rounds --benchmark-json="$RESULTS/gpu_train_loop.json"
+step triton-tests        70  1  test_files triton "$TRITON_TEST_JOBS" triton "${OP_TEST_FILES[@]}"
+step op-benchmarks       50  1  "$PY" -m pytest "${OP_BENCHES[@]}" "${BENCH_COMMON[@]}" --bench-rounds "$BENCH_ROUNDS" \
   ${K_OPS[@]+"${K_OPS[@]}"} \
   --benchmark-json="$RESULTS/gpu_ops.json" --bench-jsonl="$RESULTS/gpu_ops.jsonl"
-step leftovers           20  1  pytest_allow_empty tests/ops/test_compile.py tests/convergence -q -x \
+step leftovers           10  1  pytest_allow_empty tests/ops/test_compile.py tests/convergence -q -x \
   -p no:cacheprovider -m "cuda or triton"
 step report              10  1  report
 

@@ -62,7 +62,9 @@ PROVIDER_ORDER = (
 )
 REF, COMPILE, SSFER, SSFER_RECIPE = "torch-ref", "torch-compile(ref)", "ssfer-eager", "ssfer-recipe"
 STAGE1_OP = "face_iou_mixup_step"
-TRAIN_STEP_OPS = ("train_step_pretrain", "train_step_stage1", "train_step_stage2")  # images/s, not GB/s
+#: images/s, not GB/s (train_loop_*: a round of several steps fed by their loaders)
+TRAIN_STEP_OPS = ("train_step_pretrain", "train_step_stage1", "train_step_stage2", "train_loop_pretrain",
+                  "train_loop_stage1")
 MET, MISSED, MISSING, UNTIMED = "MET", "MISSED", "MISSING DATA", "NO TIMING"
 
 

@@ -22,6 +22,7 @@ PLAN = [
     "cuda-loaded",
     "cuda-op-tests",
     "train-throughput",
+    "train-loop",
     "triton-tests",
     "op-benchmarks",
     "leftovers",
