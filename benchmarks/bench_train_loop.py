@@ -50,7 +50,7 @@ def _setting(device: str, quick: bool) -> dict[str, Any]:
     """Models, sizes and steps per round for a device (CPU: the demo's; GPU: ViT-B/16)."""
     if device == "cuda":
         return {"pretrain": ("mae_vit_base_patch16", 64), "stage1": ("vit_base_patch16", 32), "img": 224,
-                "source": 100, "steps": 4 if quick else 20, "workers": min(8, len(os.sched_getaffinity(0)))}
+                "source": 100, "steps": 4 if quick else 10, "workers": min(8, len(os.sched_getaffinity(0)))}
     return {"pretrain": ("mae_vit_demo", 32), "stage1": ("vit_demo", 32), "img": 64, "source": 64,
             "steps": 3 if quick else 12, "workers": 2}
 

@@ -18,7 +18,7 @@
 #   train-throughput  80  benchmarks/bench_train_step.py at ViT-B/16 (MAE pretraining B64, stage 1 B32, stage 2 B64),
 #                         bf16: ferfast ops vs reference ops vs the SSFER recipe; images/s and model FLOP utilisation
 #   train-loop        40  benchmarks/bench_train_loop.py: the same steps fed by their loaders from JPEG files
-#                         (ferfast's loader + prefetcher vs SSFER's ImageFolder pipeline), 20 steps a round
+#                         (ferfast's loader + prefetcher vs SSFER's ImageFolder pipeline), 10 steps a round
 #   triton-tests      70  tests/ops -m triton, file by file, MAE ops first, TRITON_TEST_JOBS (4) lanes, each file
 #                         under PER_FILE_S; TRITON_CACHE_DIR=.triton_cache/ (git-ignored) so a rerun is warm
 #   op-benchmarks     50  the fused ops' benchmarks (ViT-B/16 shapes, CUDA providers, no torch.compile): bandwidth
