@@ -6,13 +6,37 @@ as FERPlus's own ``generate_training_data.py`` does: the split is fer2013's ``Us
 PublicTest / PrivateTest = train / val / test), the image name and votes come from fer2013new.csv,
 and rows with an empty ``Image name`` are dropped. fer2013's ``emotion`` column is ignored: the
 FERPlus votes replace FER2013's labels.
+
+Labels follow FERPlus's reference reader (``FERPlusReader._process_data`` and ``load_folders`` in
+microsoft/FERPlus ``src/ferplus.py``), one image at a time over its ten vote columns:
+
+1. Outliers: every column with a single vote is set to 0, ``unknown`` and ``NF`` included.
+   "The votes" below are the ones left.
+2. ``majority``: the top column must hold more than half of the votes (exactly half is not enough);
+   otherwise the image is dropped. It is dropped too when that column is ``unknown`` or ``NF``
+   (not a face): a row with 9 ``NF`` votes and 1 ``neutral`` vote is dropped, not labelled neutral.
+3. ``probability``: columns are taken from the top down, all the columns tied at a count together,
+   until they hold at least 75% of the votes or three columns are taken. Reaching ``unknown`` or
+   ``NF`` ends the taking: it is left out when emotions were taken before it (above it or tied with
+   it), and it drops the image when it is the top column with no emotion tied with it. The image is
+   also dropped when the taken columns hold half of the votes or less, or when ties made more than
+   three columns taken. The soft label is the taken emotions' votes normalised to sum to 1: at
+   most three classes, and the 75% is where taking stops, not a condition to keep the image.
+
+``labels`` is the emotion with the most votes in the label, ties going to the first one in
+fer2013new.csv's column order (as ``np.argmax`` does in the reference), mapped to ferfast's canonical
+class order. The reference scores its validation and test sets with ``majority`` labels whatever it
+trains with.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
+import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -34,9 +58,51 @@ FERPLUS_VOTE_COLUMNS: tuple[str, ...] = (
     "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF",
 )  # fmt: skip
 _EMOTIONS = FERPLUS_VOTE_COLUMNS[:8]
+_UNKNOWN = FERPLUS_VOTE_COLUMNS.index("unknown")  # 8; NF is 9: columns from here on are not emotions
 #: column j of the 8 emotion votes -> canonical class index
 _VOTE_TO_CANONICAL = np.array([FER8_CLASSES.index(canonical_class_name(c)) for c in _EMOTIONS], np.int64)
+#: a column with at most this many votes is an outlier (the reference's ``1.0 + sys.float_info.epsilon``)
+_OUTLIER_VOTES = 1.0 + sys.float_info.epsilon
 _SIDE = 48
+
+
+def _reference_target(votes: Sequence[float], label_mode: str) -> list[float] | None:
+    """One image's label by FERPlus's reference rule (see the module docstring), or None when it is dropped.
+
+    ``votes`` are the 10 columns in fer2013new.csv's order; the result is the 8 emotions in that order,
+    summing to 1 (one-hot for ``majority``).
+    """
+    raw = [0.0 if v < _OUTLIER_VOTES else float(v) for v in votes]  # outlier removal, all ten columns
+    total = sum(raw)
+    target = [0.0] * len(raw)
+    if label_mode == "majority":
+        top = max(raw)
+        if not top > 0.5 * total:
+            return None  # no majority: the reference's "unknown"
+        target[raw.index(top)] = top
+    else:
+        covered, count, emotions_only = 0.0, 0, True
+        while covered < 0.75 * total and count < 3 and emotions_only:
+            top = max(raw)
+            for i, v in enumerate(raw):
+                if v != top:
+                    continue
+                target[i], raw[i] = top, 0.0
+                covered += top
+                count += 1
+                if i >= _UNKNOWN:  # unknown or not-a-face reached: stop taking
+                    emotions_only = False
+                    if sum(target) > top:  # emotions were taken before it: leave it out
+                        target[i] = 0.0
+                        count -= 1
+                    break
+        if sum(target) <= 0.5 * total or count > 3:
+            return None  # half of the votes or less, or too many columns: the reference's "unknown"
+    if target.index(max(target)) >= _UNKNOWN:
+        return None  # the label is unknown or not a face
+    kept = target[:_UNKNOWN]
+    norm = sum(kept)
+    return [v / norm for v in kept]
 
 
 def _check_header(path: Path, first: list[str], required: tuple[str, ...]) -> list[str]:
@@ -67,10 +133,12 @@ class FERPlus(FaceDataset):
     Args:
         root: the folder with ``fer2013.csv`` and ``fer2013new.csv`` (unless both are given explicitly).
         split: ``"train"``, ``"val"`` or ``"test"`` (fer2013 ``Usage`` Training, PublicTest, PrivateTest).
-        label_mode: ``"majority"``: the class with more than half of the votes once the ``unknown`` and
-            ``NF`` votes are dropped (rows without one are dropped; exactly half is no majority);
-            ``"probability"``: ``soft_labels`` are the 8 emotion votes normalised (rows without any
-            are dropped) and ``labels`` their argmax.
+        label_mode: as FERPlus's reference scripts (module docstring), after dropping every column
+            with a single vote: ``"majority"``: the column with more than half of the votes, over all
+            ten (images whose top column is ``unknown`` or ``NF``, or with no majority, are dropped);
+            ``"probability"``: ``soft_labels`` are the top emotions (at most three, stopping at 75%
+            of the votes) normalised, images whose top emotions hold half of the votes or less
+            dropped, and ``labels`` the top emotion (first in fer2013new.csv's order on a tie).
         fer2013_csv / ferplus_csv: explicit paths of the two CSV files (default: in ``root``).
         skip_unreadable: drop the files listed in ``ROOT/ferfast_unreadable.txt``.
 
@@ -98,13 +166,13 @@ class FERPlus(FaceDataset):
         require_file(fer_path, "FER2013 pixels (fer2013.csv)")
         require_file(new_path, "FERPlus votes (fer2013new.csv)")
 
-        names, emotion = self._read_votes(new_path)
-        total = emotion.sum(axis=1)
-        if label_mode == "majority":  # more than half of the emotion votes (unknown and NF already dropped)
-            keep = (total > 0) & (emotion.max(axis=1, initial=0.0) > 0.5 * total)
-        else:
-            keep = total > 0
-        keep &= np.array([bool(n) for n in names], bool)
+        names, votes = self._read_votes(new_path)
+        targets = np.zeros((len(names), len(_EMOTIONS)), np.float64)  # fer2013new.csv's emotion order
+        keep = np.zeros(len(names), bool)
+        for i, (name, row_votes) in enumerate(zip(names, votes.tolist())):
+            target = _reference_target(row_votes, label_mode) if name else None
+            if target is not None:
+                keep[i], targets[i] = True, target
         usage, folder = FERPLUS_FOLDERS[split]
 
         # stream fer2013.csv (about 300 MB): only the kept rows of this split are parsed and kept
@@ -146,14 +214,17 @@ class FERPlus(FaceDataset):
             )
         idx = np.asarray(rows, np.int64)
         pixels = np.stack(images) if images else np.zeros((0, _SIDE, _SIDE), np.uint8)
-        soft = (emotion[idx] / total[idx, None]).astype(np.float32) if label_mode == "probability" else None
+        soft = None
+        if label_mode == "probability":
+            soft = np.zeros((len(idx), len(FER8_CLASSES)), np.float32)
+            soft[:, _VOTE_TO_CANONICAL] = targets[idx]
         super().__init__(
             name="ferplus",
             root=root,
             split=split,
             class_names=FER8_CLASSES,
             files=[f"{folder}/{names[r]}" for r in rows],
-            labels=emotion[idx].argmax(axis=1),
+            labels=_VOTE_TO_CANONICAL[targets[idx].argmax(axis=1)],  # ties: first in the CSV's order
             soft_labels=soft,
             reader=_PNGReader(pixels),
         )
@@ -162,7 +233,7 @@ class FERPlus(FaceDataset):
 
     @staticmethod
     def _read_votes(path: Path) -> tuple[list[str], np.ndarray]:
-        """fer2013new.csv's image names and ``[N, 8]`` emotion votes in canonical order (unknown and NF dropped)."""
+        """fer2013new.csv's image names and ``[N, 10]`` votes in its column order (``FERPLUS_VOTE_COLUMNS``)."""
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             header = _check_header(path, next(reader, []), ("Image name", *FERPLUS_VOTE_COLUMNS))
@@ -178,13 +249,10 @@ class FERPlus(FaceDataset):
                     votes.append([float(row[c]) if row[c].strip() else 0.0 for c in vote_cols])
                 except ValueError:
                     raise ValueError(f"{path}: line {lineno}: votes must be numbers, got {row[2:]}") from None
-                if min(votes[-1]) < 0:
-                    raise ValueError(f"{path}: line {lineno}: votes must be non-negative, got {row[2:]}")
+                if not all(0.0 <= v < math.inf for v in votes[-1]):  # NaN fails too
+                    raise ValueError(f"{path}: line {lineno}: votes must be non-negative and finite, got {row[2:]}")
                 names.append(row[name_col].strip())
-        vote_arr = np.asarray(votes, np.float64).reshape(-1, len(FERPLUS_VOTE_COLUMNS))
-        emotion = np.zeros((len(names), len(FER8_CLASSES)), np.float64)
-        emotion[:, _VOTE_TO_CANONICAL] = vote_arr[:, :8]
-        return names, emotion
+        return names, np.asarray(votes, np.float64).reshape(-1, len(FERPLUS_VOTE_COLUMNS))
 
 
 def _parse_pixels(text: str) -> np.ndarray | None:
