@@ -126,7 +126,9 @@ def load_problems(require: tuple[str, ...] | list[str] = ()) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the report; return 1 (``python -m ferfast.info``'s exit status) when :func:`load_problems` finds any."""
-    parser = argparse.ArgumentParser(prog="python -m ferfast.info", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ferfast.info", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument(
         "--require",
         action="append",

@@ -656,13 +656,21 @@ def _check_class(cls: Any) -> None:
         raise TypeError(f"cls must be a config dataclass such as ferfast.config.TrainConfig, got {cls!r}")
 
 
-def _unknown(cls: type, key: str, source: str = "") -> ConfigError:
-    """An unknown-key error with the closest valid keys (difflib, on the whole key and on its last part)."""
-    keys = [*_leaves(cls), *_sections(cls)]
+def _close_keys(key: str, keys: Sequence[str]) -> list[str]:
+    """The (at most five) dotted keys of ``keys`` closest to the unknown ``key``, best first.
+
+    difflib on the whole key and on its last part, so ``stage1.epoch`` finds ``stage1.epochs`` and
+    ``stage1.lr`` finds ``stage1.optim.lr``. Shared by unknown config keys and unknown command-line options.
+    """
     close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
     last = key.rsplit(".", 1)[-1]
     close += [k for k in keys if difflib.get_close_matches(last, [k.rsplit(".", 1)[-1]], cutoff=0.8)]
-    close = list(dict.fromkeys(close))[:5]
+    return list(dict.fromkeys(close))[:5]
+
+
+def _unknown(cls: type, key: str, source: str = "") -> ConfigError:
+    """An unknown-key error with the closest valid keys (see :func:`_close_keys`)."""
+    close = _close_keys(key, [*_leaves(cls), *_sections(cls)])
     hint = f"; did you mean {' or '.join(close)}?" if close else f"; valid sections: {', '.join(_sections(cls))}"
     return ConfigError(key, f"unknown {cls.__name__} key{source}{hint}")
 
@@ -889,8 +897,13 @@ def add_config_arguments(
 
     Options are grouped by section, with the field's help and default; ``sections`` limits them to some
     top-level sections (e.g. ``("data", "model", "run", "stage1")``). Read them back with :func:`config_from_args`.
+
+    Abbreviated options are turned off on ``parser`` (``allow_abbrev = False``): argparse would otherwise take
+    ``--stage1.epoch`` for ``--stage1.epochs``, a key that :func:`build_config` and the Python API reject, so
+    the command line and the API accept the same keys.
     """
     _check_class(cls)
+    parser.allow_abbrev = False
     known = [f.name for f, tp in _init_fields(cls) if _is_section(tp)]
     if sections is not None:
         for name in sections:

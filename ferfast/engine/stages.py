@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +83,7 @@ __all__ = [
     "run_pretrain",
     "run_stage1",
     "run_stage2",
+    "warn_without_face_boxes",
 ]
 
 #: images per evaluation batch
@@ -184,6 +187,30 @@ def build_mixup(cfg: TrainConfig, num_classes: int) -> FaceIoUMixup:
     return FaceIoUMixup(num_classes, mixup_alpha=s.mixup_alpha, label_smoothing=s.label_smoothing,
                         ssfer_compat=s.ssfer_compat, fallback_box=box, seed=cfg.run.seed,
                         pairing=s.mixup_pairing)  # fmt: skip
+
+
+def warn_without_face_boxes(cfg: TrainConfig, dataset: FaceDataset) -> bool:
+    """Warn (once, at start-up) when face-IoU Mixup is on but no image of ``dataset`` has a known face box;
+    returns whether it warned.
+
+    Without boxes every image gets the fallback box, every pair's IoU is 1 and the loss's IoU-weighted term on
+    the real images, ``(1 - IoU) CE(real)``, is zero: stage 1 silently becomes plain Mixup. The boxes are a
+    NumPy array checked here once, never a tensor in the training step (which must not synchronise a GPU).
+    """
+    if not cfg.stage1.mixup or not len(dataset) or np.isfinite(dataset.boxes).all(axis=1).any():
+        return False
+    root = cfg.data.root if cfg.data.root is not None else dataset.root
+    fmt = f" --format {cfg.data.format}" if cfg.data.format != "auto" else ""
+    if is_main_process():
+        warnings.warn(
+            f"face-IoU Mixup (stage1.mixup) is on, but none of the {len(dataset)} labeled images of {root} has a "
+            f"face box: every image gets the fallback box stage1.fallback_box, so every pair's IoU is 1 and the "
+            f"IoU-weighted loss on the real images vanishes (plain Mixup). Find and cache the faces' boxes once "
+            f"with `python -m ferfast.train data detect {shlex.quote(str(root))}{fmt}`, or set stage1.mixup false",
+            UserWarning,
+            stacklevel=2,
+        )
+    return True
 
 
 def _layer_id(name: str, num_layers: int) -> int:
@@ -366,6 +393,7 @@ def run_stage1(cfg: TrainConfig, data: FERData, pretrained: Path | None = None) 
         load_pretrained(model, start)
     ema = ModelEma(model, s.ema_decay)
     mixup = build_mixup(cfg, len(data.class_names))
+    warn_without_face_boxes(cfg, data.labeled)
     _seed_training_draws(cfg.run.seed)
 
     def reseed(epoch: int) -> None:  # Mixup's own draws: a function of (seed, epoch), so a resumed run repeats them

@@ -1,11 +1,12 @@
 """Argument checks shared by the public ops: clear ``TypeError``/``ValueError`` naming the argument.
 
 Two kinds. Metadata checks (shape, dtype, device) always run and never read a tensor. Value checks
-(index ranges, box corners, ``lam`` in [0, 1]) read tensors back to the host, which synchronises a
+(index ranges, box corners, ``lam`` and IoUs in [0, 1]) read tensors back to the host, which synchronises a
 GPU, so they run only where :func:`values_checked` says: ``validate=True``; or ``validate=None``
 (the default) with every tensor on the CPU while :func:`value_checks` is on (the default). Never on
 CUDA tensors unless asked, never while ``torch.compile`` traces, never for the ``cpu`` backend
-(its C++ kernels check the values as they read them). ``value_checks(False)`` makes a CPU run
+(its C++ kernels check the values as they read them), except for values its kernels do not check
+(``facemix_loss``'s ``iou``: asked with the default ``backend``). ``value_checks(False)`` makes a CPU run
 read exactly what a GPU run reads: nothing (the engine's "no host reads per step" tests use it).
 """
 
@@ -124,6 +125,16 @@ def index_range(t: Tensor, upper: int, name: str, what: str) -> None:
     if t.numel() and not bool(((t >= 0) & (t < upper)).all()):
         bad = t[(t < 0) | (t >= upper)][:5].tolist()
         raise ValueError(f"{name} must hold {what} in [0, {upper}), got {bad}")
+
+
+def unit_values(t: Tensor, name: str, what: str) -> None:
+    """Every entry of the floating ``t`` in [0, 1] and none NaN (reads the values: call under
+    :func:`values_checked`). A few ulps above 1 pass: an IoU of two nearly equal boxes may round there."""
+    slack = 1.0 + 4 * torch.finfo(t.dtype).eps
+    ok = (t >= 0) & (t <= slack)  # NaN compares false
+    if t.numel() and not bool(ok.all()):
+        bad = t[~ok][:5].tolist()
+        raise ValueError(f"{name} must hold {what} in [0, 1], got {bad}")
 
 
 def long_vector(t: object, length: int, name: str, ref: Tensor, ref_name: str) -> Tensor:

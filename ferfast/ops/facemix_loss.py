@@ -35,9 +35,11 @@ def facemix_loss(
         logits_mixed: ``[B, K]`` logits of the mixed images (``face_mixup``).
         y: ``[B]`` int64 labels of the real images (no label smoothing on their CE, as in SSFER).
         y_soft: ``[B, K]`` Mixup targets of the mixed images (:func:`mixup_soft_targets`).
-        iou: ``[B]`` IoU of each face with its partner's (:func:`paired_box_iou`).
+        iou: ``[B]`` IoU of each face with its partner's (:func:`paired_box_iou`), in [0, 1].
         perm: ``[B]`` int64 partners; ``None`` is SSFER's flip pairing.
-        validate: check label and ``perm`` values (``None``: on CPU tensors only).
+        validate: check the values of ``y`` and ``perm`` (in range) and ``iou`` (in [0, 1], no NaN), raising a
+            ``ValueError`` naming the argument; ``None``: on CPU tensors only, while
+            :func:`ferfast.ops.value_checks` is on (a check reads the values back, which synchronises a GPU).
 
     Returns:
         The loss, float32 (float64 for float64 logits). The gradients for both logits are computed in the
@@ -75,6 +77,11 @@ def facemix_loss(
     if _checks.values_checked(validate, y, perm, backend=chosen):
         _checks.index_range(y, k, "y", "class labels")
         _checks.index_range(perm, b, "perm", "partner indices")
+    # The cpu kernels check y and perm as they read them but not iou, so iou is checked here for every
+    # backend (on CPU tensors by default; one read of B values). An IoU outside [0, 1] or NaN would
+    # silently weigh the real images' loss by 1 - iou outside [0, 1] (negative, or NaN for the whole batch).
+    if _checks.values_checked(validate, iou):
+        _checks.unit_values(iou, "iou", "IoUs of each face with its partner's")
     y_soft, iou = y_soft.detach(), iou.detach()
     if chosen == "reference":
         return facemix_loss_ref(logits_real, logits_mixed, y, y_soft, iou, perm)

@@ -3,8 +3,11 @@ the settings they wire up: resume, validation and the best checkpoint, layer dec
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -233,3 +236,32 @@ def test_loaders_pin_their_batches_for_cuda_and_take_the_dali_device(synth, tmp_
     with pytest.raises(ConfigError, match=r"data\.dali_device: is gpu, but data\.loader is torch"):
         stages._loader("stage1", data.labeled, tiny_config(synth, tmp_path, **{"data.dali_device": "gpu"}),
                        torch.device("cpu"), batch_size=8)  # fmt: skip
+
+
+def _without_boxes(data):
+    """``data`` with every training image's face box unknown (NaN rows), as a dataset without annotations."""
+    train = data.train.subset(range(len(data.train)))
+    train.boxes = np.full_like(train.boxes, np.nan)
+    return dataclasses.replace(data, train=train)
+
+
+def test_stage1_warns_when_face_iou_mixup_has_no_face_boxes(synth, tmp_path, monkeypatch):
+    """Without boxes every IoU is 1 and the real images' loss term vanishes: run_stage1 says so once at start-up,
+    naming the root and the `data detect` command; not when the boxes are there, nor with Mixup off."""
+    monkeypatch.setattr(stages, "fit", lambda *args, **kwargs: None)  # the check is at start-up: no training needed
+    cfg = tiny_config(synth, tmp_path)
+    data = prepare_data(cfg)
+    assert np.isfinite(data.labeled.boxes).all()  # the synthetic faces come with their boxes
+    with pytest.warns(UserWarning, match="face-IoU Mixup") as caught:
+        run_stage1(cfg, _without_boxes(data))
+    messages = [str(w.message) for w in caught if "face-IoU Mixup" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert f"none of the {len(data.labeled)} labeled images of {synth} has a face box" in messages[0]
+    assert f"python -m ferfast.train data detect {synth} --format synthetic" in messages[0]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*face-IoU Mixup")
+        run_stage1(cfg, data)  # boxes known
+        run_stage1(tiny_config(synth, tmp_path, **{"stage1.mixup": False}), _without_boxes(data))
+    partial = _without_boxes(data)
+    partial.train.boxes[data.split.labeled[0]] = data.train.boxes[data.split.labeled[0]]
+    assert not stages.warn_without_face_boxes(cfg, partial.labeled)  # one known face: the detector found some

@@ -471,3 +471,38 @@ def _args(**changes):
 def test_facemix_loss_rejects_bad_input(args, error, match):
     with pytest.raises(error, match=match):
         ferfast.facemix_loss(**args)
+
+
+BAD_IOUS = {
+    "above-1": [0.2, 1.5, 0.0, 1.0],
+    "negative": [0.2, -0.1, 0.0, 1.0],
+    "nan": [0.2, math.nan, 0.0, 1.0],
+    "inf": [0.2, math.inf, 0.0, 1.0],
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_IOUS), ids=list(BAD_IOUS))
+@pytest.mark.parametrize("backend", [pytest.param("reference", id="reference"), *BACKENDS])
+def test_facemix_loss_rejects_iou_outside_unit_interval(backend, bad, device):
+    """An IoU outside [0, 1] or NaN is a ValueError naming ``iou`` (the cpu kernels check ``y`` and ``perm``
+    but not ``iou``, so the Python check runs for every backend): by default on CPU tensors, with
+    ``validate=True`` anywhere; ``value_checks(False)`` and ``validate=False`` turn it off, as for ``perm``."""
+    args = {name: t.to(device) for name, t in _args().items()}
+    args["iou"] = torch.tensor(BAD_IOUS[bad], device=device)
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match=r"^iou must hold .* in \[0, 1\]"):
+            ferfast.facemix_loss(**args, backend=backend)
+    with pytest.raises(ValueError, match="iou"):
+        ferfast.facemix_loss(**args, backend=backend, validate=True)
+    with ferfast.ops.value_checks(False):
+        ferfast.facemix_loss(**args, backend=backend)  # unchecked: the kernel computes whatever it computes
+    ferfast.facemix_loss(**args, backend=backend, validate=False)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("reference", id="reference"), *BACKENDS])
+def test_facemix_loss_accepts_iou_at_the_bounds_and_rounding_above_one(backend, device):
+    """0 and 1 (the fallback box paired with itself) pass, and so does 1 + one ulp (two nearly equal boxes)."""
+    args = {name: t.to(device) for name, t in _args().items()}
+    for iou in ([0.0, 1.0, 0.5, 1.0], [1.0 + torch.finfo(torch.float32).eps] * 4):
+        args["iou"] = torch.tensor(iou, device=device)
+        assert torch.isfinite(ferfast.facemix_loss(**args, backend=backend, validate=True))
