@@ -5,6 +5,11 @@ iteration inside the epoch, for mid-epoch resumes), ``class_names`` and ``rng`` 
 Python random states, stored as tensors and plain types so that a ``weights_only`` load reads them). Files are
 named like MAE's: ``checkpoint-{epoch}.pth``, plus ``checkpoint-last.pth`` for ``--resume`` and
 ``checkpoint-best.pth`` (the best validation score so far).
+
+A killed run can trust what it finds: every file is written atomically (a kill leaves at most a temporary
+``.checkpoint-*.pth.XXXXXXXX.tmp``, which :func:`remove_stale_temp_files` deletes at the next start), a full disk
+raises :class:`~ferfast._io.DiskFullError` with the old file intact, and :func:`load_latest_checkpoint` falls back
+from a damaged ``checkpoint-last.pth`` to the newest numbered checkpoint that loads.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import argparse
 import dataclasses
 import enum
 import os
-import pickle
 import random
 import re
 import shutil
@@ -25,19 +29,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from ferfast._io import write_atomic
-from ferfast.models.checkpoint import strip_wrapper_prefixes, unwrap_model
+from ferfast._io import DiskFullError, remove_temp_files, temp_file_pattern, write_atomic
+from ferfast.models.checkpoint import (
+    CheckpointError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    strip_wrapper_prefixes,
+    torch_load_safe,
+    unwrap_model,
+)
 
 __all__ = [
     "BEST_CHECKPOINT",
     "LAST_CHECKPOINT",
+    "CheckpointError",
+    "CorruptCheckpointError",
+    "DiskFullError",
+    "UnsafeCheckpointError",
     "capture_rng",
     "checkpoint_path",
     "latest_checkpoint",
     "link_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_latest_checkpoint",
     "prune_checkpoints",
+    "remove_stale_temp_files",
     "restore_rng",
     "save_checkpoint",
     "save_epoch_checkpoint",
@@ -50,6 +67,10 @@ __all__ = [
 LAST_CHECKPOINT = "checkpoint-last.pth"
 BEST_CHECKPOINT = "checkpoint-best.pth"
 _EPOCH_RE = re.compile(r"^checkpoint-(\d+)\.pth$")
+#: temporary files of interrupted checkpoint writes: write_atomic's ``.<name>.XXXXXXXX.tmp`` for a checkpoint name,
+#: and link_checkpoint's ``.<name>.link.tmp``
+_TEMP_RE = temp_file_pattern(r"checkpoint-(?:last|best|\d+)\.pth")
+_LINK_TEMP_RE = re.compile(r"^\.checkpoint-(?:last|best|\d+)\.pth\.link\.tmp$")
 _RESERVED = frozenset(
     {"model", "optimizer", "epoch", "step", "scaler", "ema", "ema_num_updates", "args", "class_names", "rng"}
 )
@@ -217,25 +238,51 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``; a clear error names a missing or corrupt file.
 
-    Official MAE checkpoints (whose ``args`` is an ``argparse.Namespace``) load too; their ``args`` becomes a dict.
+    Raises FileNotFoundError (missing), :class:`CorruptCheckpointError` (empty, truncated, damaged, not a dict)
+    or :class:`UnsafeCheckpointError` (holds Python objects that ferfast refuses to unpickle); both are
+    ValueErrors. Official MAE checkpoints (whose ``args`` is an ``argparse.Namespace``) load too; their ``args``
+    becomes a dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"checkpoint {path} holds objects that a weights_only load refuses, or is corrupt: {exc}"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ValueError(f"checkpoint {path} is corrupt or truncated: {exc}") from exc
+    ckpt = torch_load_safe(path, map_location=map_location)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+        raise CorruptCheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict", path)
     if isinstance(ckpt.get("args"), argparse.Namespace):
         ckpt["args"] = vars(ckpt["args"])
     return ckpt
+
+
+def load_latest_checkpoint(
+    output_dir: str | os.PathLike, map_location: Any = "cpu"
+) -> tuple[Path, dict[str, Any], list[tuple[Path, CorruptCheckpointError]]] | None:
+    """The newest checkpoint in ``output_dir`` that loads, for a resume: ``(path, checkpoint, damaged)``, or None
+    when the folder has no checkpoint.
+
+    Tries ``checkpoint-last.pth``, then the numbered ``checkpoint-{epoch}.pth`` files, newest first; a file that
+    is empty, truncated or damaged is skipped and listed in ``damaged`` with its error (the caller warns). When
+    none loads, a :class:`CorruptCheckpointError` names every file tried. A file holding Python objects that
+    ferfast refuses to unpickle (:class:`UnsafeCheckpointError`) is not damage but someone else's file: it is
+    raised, not skipped. (A numbered checkpoint is a hard link of the ``checkpoint-last.pth`` of its epoch, so a
+    file damaged in place may damage its twin too; the fallback then goes one more checkpoint back.)
+    """
+    candidates = [checkpoint_path(output_dir)] if checkpoint_path(output_dir).is_file() else []
+    candidates += [p for _, p in reversed(list_checkpoints(output_dir))]
+    damaged: list[tuple[Path, CorruptCheckpointError]] = []
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path, map_location=map_location), damaged
+        except CorruptCheckpointError as exc:
+            damaged.append((path, exc))
+        except FileNotFoundError:  # pruned meanwhile
+            continue
+    if not damaged:
+        return None
+    listing = "; ".join(str(exc) for _, exc in damaged)
+    raise CorruptCheckpointError(
+        f"cannot resume in {output_dir}: no checkpoint there loads ({listing}). Move the damaged files aside to "
+        "start this run over",
+        damaged[0][0],
+    )
 
 
 # ------------------------------------------------------------------------------------------ files on disk
@@ -266,6 +313,18 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
         return last
     found = list_checkpoints(output_dir)
     return found[-1][1] if found else None
+
+
+def remove_stale_temp_files(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a killed run left in ``output_dir``; returns them.
+
+    Only ferfast's own names are touched: ``.checkpoint-{last,best,<epoch>}.pth.XXXXXXXX.tmp`` (an interrupted
+    :func:`save_checkpoint`) and ``.checkpoint-*.pth.link.tmp`` (an interrupted :func:`link_checkpoint`). Call
+    it at a run's start, before any checkpoint is written, from the process that writes them.
+    """
+    removed = remove_temp_files(output_dir, _TEMP_RE)
+    removed += remove_temp_files(output_dir, _LINK_TEMP_RE)
+    return sorted(removed)
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:

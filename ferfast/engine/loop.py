@@ -6,7 +6,9 @@ Stages differ only in their step (:mod:`ferfast.engine.steps`) and schedule; :fu
 ``checkpoint-last.pth`` is written after every epoch; resuming from it restores the model, the optimizer, the EMA,
 the GradScaler, the best score so far and the random states (every rank's own); the loaders' draws depend only on
 (seed, epoch, rank, step), so on the CPU with a fixed seed the losses after a resume equal those of an
-uninterrupted run.
+uninterrupted run. At start-up, temporary files that a run killed during a checkpoint write left behind are removed
+(with a warning), and a damaged ``checkpoint-last.pth`` (empty, truncated, unreadable) is skipped, with a warning
+naming it, for the newest numbered ``checkpoint-<epoch>.pth`` that loads; when none loads, one error names them all.
 
 Distributed (``torchrun``; a process group of two or more): :func:`fit` wraps the model in
 ``DistributedDataParallel`` (``device_ids`` on CUDA), skips the gradient all-reduce on accumulation micro-batches
@@ -27,6 +29,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +42,12 @@ from torch.nn.parallel import DistributedDataParallel
 from ferfast.data.augment import FACE_MEAN, FACE_STD
 from ferfast.engine.checkpoint import (
     BEST_CHECKPOINT,
+    CorruptCheckpointError,
     capture_rng,
-    latest_checkpoint,
     link_checkpoint,
     load_checkpoint,
+    load_latest_checkpoint,
+    remove_stale_temp_files,
     restore_rng,
     save_epoch_checkpoint,
 )
@@ -280,16 +285,45 @@ class _Trained:
     scaler: torch.amp.GradScaler | None
 
 
-def _resume_source(output_dir: Path, resume: bool, resume_from: str | os.PathLike | None) -> Path | None:
-    """The checkpoint a run continues from: its own folder's latest (a killed run), else ``resume_from``."""
-    if resume and (own := latest_checkpoint(output_dir)) is not None:
+def _own_checkpoint(output_dir: Path, why: str, stacklevel: int) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of ``output_dir`` that loads (``load_latest_checkpoint``), with one warning (rank 0)
+    naming the damaged newer files it skipped and the one used; ``why``: "resuming" or "rolling back";
+    ``stacklevel``: the warning's, pointing at :func:`fit`'s caller."""
+    found = load_latest_checkpoint(output_dir)
+    if found is None:
+        return None
+    path, ckpt, damaged = found
+    if damaged and is_main_process():
+        skipped = "; ".join(str(exc) for _, exc in damaged)
+        warnings.warn(f"skipping damaged checkpoint{'s' if len(damaged) > 1 else ''} ({skipped}); {why} from "
+                      f"{path} instead", stacklevel=stacklevel)  # fmt: skip
+    return path, ckpt
+
+
+def _resume_source(
+    output_dir: Path, resume: bool, resume_from: str | os.PathLike | None
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint a run continues from, loaded: its own folder's newest intact one (a killed run; a damaged
+    ``checkpoint-last.pth`` falls back to the newest numbered checkpoint that loads), else ``resume_from``."""
+    if resume and (own := _own_checkpoint(output_dir, "resuming", stacklevel=4)) is not None:
         return own
     if resume_from is None:
         return None
     path = Path(resume_from)
     if not path.is_file():
         raise FileNotFoundError(f"resume_from: checkpoint not found: {path}")
-    return path
+    return path, load_checkpoint(path)
+
+
+def _remove_stale_temps(output_dir: Path) -> None:
+    """Delete the temporary files that a run killed during a checkpoint write left behind, and say so (rank 0)."""
+    if not is_main_process():
+        return
+    removed = remove_stale_temp_files(output_dir)
+    if removed:
+        warnings.warn(f"removed {len(removed)} temporary file{'s' if len(removed) > 1 else ''} left in {output_dir} "
+                      f"by an interrupted checkpoint write: {', '.join(p.name for p in removed)}",
+                      stacklevel=3)  # fmt: skip
 
 
 def _restore_rng(ckpt: Mapping[str, Any]) -> None:
@@ -301,9 +335,9 @@ def _restore_rng(ckpt: Mapping[str, Any]) -> None:
         restore_rng(ckpt["rng"])
 
 
-def _restore(path: Path, state: _Trained, stage: str) -> tuple[int, dict | None]:
-    """Load a checkpoint written by :func:`fit` (on every rank); returns the next epoch and the best score."""
-    ckpt = load_checkpoint(path)
+def _restore(path: Path, ckpt: Mapping[str, Any], state: _Trained, stage: str) -> tuple[int, dict | None]:
+    """Restore a checkpoint written by :func:`fit` and loaded from ``path`` (on every rank); returns the next epoch
+    and the best score."""
     saved = (ckpt.get("args") or {}).get("stage")
     if saved is not None and saved != stage:
         raise ValueError(f"{path} is a checkpoint of {saved!r}, not of {stage!r}: resume from the same stage")
@@ -455,7 +489,8 @@ def fit(
     next batch to ``device`` while a step runs and normalises its images there (``config.image_mean/image_std``),
     so ``step_fn`` gets batches on the device with float images, and the module to run (compiled and/or
     DDP-wrapped, see the module docstring). ``resume``: continue from
-    ``output_dir``'s own last checkpoint when there is one (a killed run); otherwise from ``resume_from`` when given
+    ``output_dir``'s own newest intact checkpoint when there is one (a killed run; see the module docstring for a
+    damaged ``checkpoint-last.pth``); otherwise from ``resume_from`` when given
     (a checkpoint of the same ``stage``). ``evaluate(epoch) -> scores`` runs every ``eval_every`` epochs and after
     the last (on every rank: it may be collective); its scores join the epoch record and the log, and
     ``best_metric`` picks ``checkpoint-best.pth``. ``scaler``: fp16's GradScaler (default: a new one).
@@ -467,8 +502,9 @@ def fit(
     bare = unwrap_model(model)
     state = _Trained(bare, optimizer, ema, _make_scaler(cfg.precision, device, scaler))
     start_epoch, best = 0, None
+    _remove_stale_temps(cfg.output_dir)
     if (source := _resume_source(cfg.output_dir, resume, resume_from)) is not None:
-        start_epoch, best = _restore(source, state, stage)
+        start_epoch, best = _restore(*source, state, stage)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError("the loader yields no batch per epoch (dataset smaller than one batch with drop_last?)")
@@ -486,11 +522,18 @@ def fit(
         means = _train_one_epoch(step_fn, net, ddp, state, batches, cfg, device, epoch, logger, stage)
         if means is None:  # a non-finite loss, and the rollback policy
             rollbacks += 1
-            last = latest_checkpoint(cfg.output_dir)
-            if last is None or rollbacks > cfg.max_rollbacks:
-                why = f"gave up after {cfg.max_rollbacks} rollbacks" if last else "no checkpoint to roll back to"
+            last = None
+            try:
+                if rollbacks <= cfg.max_rollbacks:
+                    last = _own_checkpoint(cfg.output_dir, "rolling back", stacklevel=3)
+            except CorruptCheckpointError as exc:
+                raise NonFiniteLossError(f"{stage}: non-finite loss at epoch {epoch}; {exc}") from None
+            if last is None:
+                why = "no checkpoint to roll back to"
+                if rollbacks > cfg.max_rollbacks:
+                    why = f"gave up after {cfg.max_rollbacks} rollbacks"
                 raise NonFiniteLossError(f"{stage}: non-finite loss at epoch {epoch}; {why}")
-            epoch, best = _restore(last, state, stage)
+            epoch, best = _restore(*last, state, stage)
             continue
         record = {"epoch": float(epoch), **means, "time_s": time.perf_counter() - t0}
         improved = False

@@ -6,6 +6,11 @@ is dropped, a ``head`` of another class count is dropped (and the new head re-in
 std 2e-5), ``pos_embed`` is interpolated (bicubic) to the model's grid, and with global pooling the
 encoder's final ``norm`` is ignored and ``fc_norm`` starts fresh (MAE's choice; ``copy_norm_to_fc_norm``
 copies it instead). Every other missing or unexpected key is an error that names the keys.
+
+Every checkpoint file ferfast reads goes through :func:`torch_load_safe`: ``torch.load(weights_only=True)``, which
+unpickles only tensors and plain types, never code. A file that holds other Python objects raises
+:class:`UnsafeCheckpointError` (which says why it is refused and does not pass on torch's advice to turn the
+protection off); a damaged or foreign file raises :class:`CorruptCheckpointError`; both name the file.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +31,16 @@ from torch import Tensor, nn
 from ferfast.models.pos_embed import interpolate_pos_embed
 
 __all__ = [
+    "CheckpointError",
+    "CorruptCheckpointError",
     "LoadReport",
+    "UnsafeCheckpointError",
     "load_mae_checkpoint",
     "load_pretrained",
     "mae_state_dict",
     "read_state_dict",
     "strip_wrapper_prefixes",
+    "torch_load_safe",
     "unwrap_model",
 ]
 
@@ -37,6 +48,80 @@ logger = logging.getLogger(__name__)
 
 #: Wrapper prefixes stripped from checkpoint keys: DDP and ``torch.compile``.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that ferfast cannot use; the message names the file (``path``)."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file that is truncated, empty, damaged or not a PyTorch checkpoint at all."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file holding Python objects (classes, functions) that ferfast refuses to unpickle."""
+
+
+#: the weights-only unpickler's refusals of a global (class / function) or of an object built from one, as
+#: opposed to its complaints about bytes that are not a pickle at all (``Unsupported operand``)
+_BLOCKED_RE = re.compile(
+    r"GLOBAL (?P<global>\S+)|unrecognized function (?P<func>[^\n]+?)(?: which belongs|$)"
+    r"|Can only (?:create new object for|build) [^\n]*?but got (?P<cls>[^\n]+)",
+    re.MULTILINE,
+)
+
+
+def _unpickler_detail(message: str) -> str:
+    """The weights-only unpickler's own complaint inside torch's message, without torch's advice around it."""
+    inner = message.rsplit("WeightsUnpickler error:", 1)[-1]
+    inner = inner.split("Check the documentation of torch.load", 1)[0]
+    inner = inner.split(" Please use `torch.serialization", 1)[0]
+    lines = [ln.strip() for ln in inner.strip().splitlines() if ln.strip() and "weights_only" not in ln]
+    return lines[0] if lines else "not a pickle torch can read"
+
+
+def torch_load_safe(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` (``argparse.Namespace``, MAE's ``args``, allowed), its failures
+    turned into errors that name the file and say what is wrong.
+
+    Raises FileNotFoundError for a missing file; :class:`UnsafeCheckpointError` when the file holds Python
+    objects other than tensors and plain types (unpickling those can run arbitrary code, so ferfast refuses
+    them, and does not suggest lifting the protection); :class:`CorruptCheckpointError` for an empty,
+    truncated, damaged or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if (m := _BLOCKED_RE.search(text)) is not None:
+            what = next(g for g in m.groups() if g)
+            raise UnsafeCheckpointError(
+                f"checkpoint {path} holds Python objects ({what.strip()}) besides tensors and plain values; "
+                "ferfast refuses to unpickle them because unpickling can run arbitrary code. Use a checkpoint "
+                "that holds only tensors and plain types (dicts, lists, numbers, strings), as ferfast's and MAE's "
+                "own checkpoints do",
+                path,
+            ) from None
+        raise CorruptCheckpointError(
+            f"checkpoint {path} is damaged or not a PyTorch checkpoint: {_unpickler_detail(text)}", path
+        ) from None
+    except EOFError as exc:
+        size = path.stat().st_size if path.exists() else 0
+        what = "empty" if size == 0 else f"truncated ({size} bytes)"
+        raise CorruptCheckpointError(f"checkpoint {path} is {what}: ended before its data did", path) from exc
+    except OSError as exc:
+        raise CorruptCheckpointError(f"checkpoint {path} cannot be read: {exc.strerror or exc}", path) from exc
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().split(". ", 1)[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt or truncated: {first}", path) from exc
 
 
 @dataclass
@@ -108,8 +193,10 @@ def mae_state_dict(model: nn.Module) -> dict[str, Tensor]:
 def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Tensor]:
     """The model state dict of a checkpoint file or dict: ``ckpt['model']`` (MAE/SSFER), ``['state_dict']`` or bare.
 
-    Files are read with ``torch.load(weights_only=True)``; ``argparse.Namespace`` (the ``'args'`` that MAE's
-    ``save_model`` stores) is allowed. Wrapper prefixes (``module.``, ``_orig_mod.``) are stripped.
+    Files are read with :func:`torch_load_safe` (``torch.load(weights_only=True)``; ``argparse.Namespace``, the
+    ``'args'`` that MAE's ``save_model`` stores, is allowed; a file holding other Python objects raises
+    :class:`UnsafeCheckpointError`, a damaged one :class:`CorruptCheckpointError`). Wrapper prefixes (``module.``,
+    ``_orig_mod.``) are stripped.
     """
     name = "state dict"
     if isinstance(source, (str, os.PathLike)):
@@ -117,11 +204,7 @@ def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         name = str(path)
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            try:
-                source = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        source = torch_load_safe(path)
     if not isinstance(source, Mapping):
         raise TypeError(f"checkpoint {name} must be a dict, got {type(source).__name__}")
     for entry in ("model", "state_dict"):

@@ -27,6 +27,7 @@ from ferfast.engine import (
     unwrap_model,
 )
 from ferfast.engine import checkpoint as checkpoint_module
+from ferfast.engine.checkpoint import UnsafeCheckpointError
 
 CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 
@@ -166,8 +167,10 @@ def test_missing_and_corrupt_files_name_the_path(tmp_path):
         load_checkpoint(truncated)
     unsafe = tmp_path / "unsafe.pth"
     torch.save({"model": {}, "args": Config()}, unsafe)  # an arbitrary class: weights_only refuses it
-    with pytest.raises(ValueError, match=r"unsafe\.pth.*weights_only"):
+    with pytest.raises(UnsafeCheckpointError, match=r"unsafe\.pth holds Python objects .*Config.*refuses") as err:
         load_checkpoint(unsafe)
+    assert "weights_only" not in str(err.value)  # torch's advice to lift the protection is not passed on
+    assert isinstance(err.value, ValueError)
 
 
 def test_bad_arguments_are_named(tmp_path):
