@@ -353,7 +353,11 @@ class ModelConfig(_Section):
 
     name: str = field(
         default="vit_base_patch16",
-        metadata=_doc("ViT architecture, MAE's names: vit_base_patch16, vit_large_patch16, ..."),
+        metadata=_doc(
+            "ViT architecture (timm/MAE names): vit_demo, vit_small_patch16, vit_base_patch16, ...; mae_vit_demo "
+            "etc. name the same one (pretraining builds its MAE, fine-tuning its classifier); see `python -m "
+            "ferfast.train list-models`"
+        ),
     )
     num_classes: int | None = field(
         default=None,
@@ -368,7 +372,19 @@ class ModelConfig(_Section):
     )
 
     def validate(self) -> None:
+        """Check the values; ``name`` is stored as its family, the classifier's name (``mae_vit_demo`` -> ``vit_demo``).
+
+        Either form of a registered name is accepted (:func:`ferfast.models.resolve_model_names`); an unknown
+        one is an error listing the valid names and the closest.
+        """
         _check(bool(self.name.strip()), "name", "must not be empty", self.name)
+        from ferfast.models.factory import resolve_model_names  # lazily: the registry imports the models
+
+        try:
+            _, family = resolve_model_names(self.name)
+        except ValueError as e:
+            raise ConfigError("name", str(e)) from None
+        object.__setattr__(self, "name", family)
         _positive(self, "num_classes")
         _check(0.0 <= self.drop_path < 1.0, "drop_path", "must be in [0, 1)", self.drop_path)
 

@@ -19,12 +19,18 @@ from typing import Any
 __all__ = ["COMMANDS", "ArgumentParser", "build_parser", "main", "nonnegative_int", "positive_int", "progress_bar"]
 
 #: The command modules under ``ferfast.cli``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("data", "demo")
+COMMANDS: tuple[str, ...] = ("data", "demo", "models")
 
 _DESCRIPTION = """\
 ferfast: fast semi-supervised facial-expression recognition (SSFER).
 
 Run `python -m ferfast.train COMMAND --help` for the options of a command.
+"""
+
+_EPILOG = """\
+models: `python -m ferfast.train list-models` lists the names --model.name accepts, with their sizes
+(vit_demo for a quick CPU run, ..., vit_base_patch16, SSFER's); a classifier name (vit_demo) and its MAE's
+(mae_vit_demo) select the same architecture in every command.
 """
 
 
@@ -86,8 +92,9 @@ class ArgumentParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m ferfast.train`` parser with every command of :data:`COMMANDS` (no abbreviated options)."""
     parser = ArgumentParser(
-        prog="python -m ferfast.train", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+        prog="python -m ferfast.train", description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
     from ferfast.cli.stages import add_parsers
 
