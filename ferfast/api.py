@@ -13,7 +13,11 @@ mapping of dotted keys. Defaults are SSFER's recipes (DESIGN.md section 4)::
 Under ``torchrun`` (``torchrun --nproc_per_node N -m ferfast.train finetune ...``, or a script that calls these
 functions) :func:`pretrain`, :func:`finetune` and :func:`evaluate` join the process group for the length of the
 call (NCCL on GPU, gloo on CPU) and leave it at the end; a group the caller set up stays. Only rank 0 writes
-``config.yaml``, checkpoints, logs and the evaluation's files.
+the split file, each stage's ``config.yaml``, checkpoints, logs and the evaluation's files.
+
+Each stage writes into its own folder of ``run.output_dir`` (``pretrain``, ``stage1``, ``stage2``), with the
+``config.yaml`` it ran with, and holds that folder's lock while it trains and is evaluated: a second call on the
+same folder fails at once naming the holder (:class:`ferfast.engine.runlock.RunLockedError`).
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ferfast.config import TrainConfig, build_config, config_from_dict, save_config
+from ferfast.config import TrainConfig, build_config, config_from_dict
 from ferfast.engine.checkpoint import load_checkpoint
-from ferfast.engine.dist import distributed, is_main_process
+from ferfast.engine.dist import distributed
+from ferfast.engine.runlock import run_lock
 from ferfast.engine.stages import evaluate as _evaluate
-from ferfast.engine.stages import prepare_data, run_pretrain, run_stage1, run_stage2
+from ferfast.engine.stages import evaluation_data, prepare_data, run_pretrain, run_stage1, run_stage2
 from ferfast.models import create_model
 
 __all__ = ["STAGES", "evaluate", "finetune", "load_model", "load_trained", "make_config", "predict", "pretrain"]
@@ -52,12 +57,6 @@ def make_config(
     return build_config(TrainConfig, overrides=overrides, **{**base, **kwargs})
 
 
-def _save_run_config(cfg: TrainConfig) -> None:
-    """``config.yaml`` in the run's output folder, written by rank 0."""
-    if is_main_process():
-        save_config(cfg, Path(cfg.run.output_dir) / "config.yaml")
-
-
 def _without_resume(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` without ``run.resume``: it applies to the first stage a call runs only."""
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=None))
@@ -67,7 +66,6 @@ def pretrain(config: TrainConfig | None = None, **kwargs: Any) -> Path:
     """MAE pretraining on unlabeled faces; returns the checkpoint that :func:`finetune` starts from."""
     cfg = make_config(config, **kwargs)
     with distributed():
-        _save_run_config(cfg)
         return run_pretrain(cfg)
 
 
@@ -83,17 +81,18 @@ def finetune(config: TrainConfig | None = None, stages: Sequence[str] = STAGES, 
         raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {stages}")
     cfg = make_config(config, **kwargs)
     out = Path(cfg.run.output_dir)
+    last = stages[-1]
     with distributed():
-        _save_run_config(cfg)
         data = prepare_data(cfg)
-        if "stage1" in stages:
-            model = run_stage1(cfg, data).module
-        else:
-            model, _ = load_model(out / "stage1" / "checkpoint-last.pth")
-        if "stage2" in stages:
-            model = run_stage2(cfg if stages[0] == "stage2" else _without_resume(cfg), data, model).module
-        last = stages[-1]
-        metrics = _evaluate(model, data.test, cfg, out / last / "eval")
+        with run_lock(out / last):  # the last stage's folder stays ours until its evaluation is written
+            if "stage1" in stages:
+                model = run_stage1(cfg, data).module
+            else:  # stage 1's folder, locked while we read it: refused while another run still trains stage 1
+                with run_lock(out / "stage1"):
+                    model, _ = load_model(out / "stage1" / "checkpoint-last.pth")
+            if "stage2" in stages:
+                model = run_stage2(cfg if stages[0] == "stage2" else _without_resume(cfg), data, model).module
+            metrics = _evaluate(model, data.test, cfg, out / last / "eval")
     return {"metrics": metrics, "checkpoint": out / last / "checkpoint-last.pth", "class_names": list(data.class_names)}
 
 
@@ -131,7 +130,7 @@ def evaluate(
         config = saved if config is None else config
     cfg = make_config(config, **kwargs)
     with distributed():
-        return _evaluate(model, prepare_data(cfg).test, cfg, None if out_dir is None else Path(out_dir))
+        return _evaluate(model, evaluation_data(cfg), cfg, None if out_dir is None else Path(out_dir))
 
 
 def _face_crop(image: np.ndarray, box: np.ndarray | None, margin: float) -> np.ndarray:

@@ -84,7 +84,7 @@ def test_finetune_under_torchrun_with_two_processes(synth, tmp_path):
     lines = [json.loads(line) for line in (out / "stage1" / "log.jsonl").read_text().splitlines()]
     assert len(lines) == 3 + 1  # 28 labeled images / (4 x 2 ranks) = 3 steps, and the epoch record: rank 0's alone
     assert len(load_checkpoint(out / "stage1" / "checkpoint-last.pth")[RANK_RNG_KEY]) == 2
-    assert (out / "config.yaml").is_file() and (out / "stage1" / "eval" / "metrics.json").is_file()
+    assert (out / "stage1" / "config.yaml").is_file() and (out / "stage1" / "eval" / "metrics.json").is_file()
 
 
 def test_python_api_finetune_and_load_model(synth, tmp_path):

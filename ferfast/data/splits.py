@@ -4,13 +4,22 @@ SSFER's rule (``fine-tune.py:x_u_split``): per class, ``max(1, round(p * n))`` i
 their labels, drawn at random; the rest of the training set is the unlabeled pool. A split is
 seeded, and written to a JSON file that later runs (and other stages) reuse, so stage 1 and
 stage 2 see the same labeled images.
+
+The file records how it was drawn (fraction, seed, number of images and images per class). A run reuses it only
+when those match the run's own settings and training set (:meth:`LabelSplit.check_settings`,
+:meth:`LabelSplit.check_labels`); otherwise it stops with :class:`SplitMismatchError` naming both values and the
+file, instead of silently training on another fraction than the one its config records. Every file of this format
+(``ferfast.label_split/1``) has always carried these fields, so there are no older files to guess about: a file
+without them is rejected as malformed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +29,7 @@ import numpy as np
 
 from ferfast._io import write_text_atomic
 
-__all__ = ["LabelSplit", "labeled_per_class", "load_split", "save_split", "split_labeled"]
+__all__ = ["LabelSplit", "SplitMismatchError", "labeled_per_class", "load_split", "save_split", "split_labeled"]
 
 SPLIT_FORMAT = "ferfast.label_split/1"
 
@@ -66,6 +75,17 @@ def labeled_per_class(class_counts: Sequence[int], fraction: float) -> list[int]
     empty class."""
     fraction = _check_fraction(fraction)
     return [min(n, max(1, round(fraction * n))) if n > 0 else 0 for n in class_counts]
+
+
+class SplitMismatchError(ValueError):
+    """A split file drawn with other settings (fraction, seed) or from another training set than the run's."""
+
+
+#: how to proceed when a split file does not match, appended to :class:`SplitMismatchError`'s message
+_MISMATCH_HINT = (
+    "a split file is reused only when it matches. Use the file's settings, or another run.output_dir (or "
+    "data.split_file), or move or delete the file to draw a new split"
+)
 
 
 @dataclass(frozen=True)
@@ -116,14 +136,26 @@ class LabelSplit:
         return split
 
     def check_labels(self, labels: Any, source: str = "split") -> None:
-        """Raises if ``labels`` (the training set's) are not the ones this split was drawn from."""
+        """Raises :class:`SplitMismatchError` if ``labels`` (the training set's) are not the ones this split was
+        drawn from (another number of images or of images per class)."""
         arr = _labels_array(labels)
         counts = tuple(int(n) for n in np.bincount(arr, minlength=len(self.class_counts))) if arr.size else ()
         if arr.size != self.num_samples or counts != self.class_counts:
-            raise ValueError(
+            raise SplitMismatchError(
                 f"{source} was drawn from {self.num_samples} images with class counts {list(self.class_counts)}, "
-                f"but this training set has {arr.size} images with {list(counts)}; delete it or draw a new split"
+                f"but this training set has {arr.size} images with {list(counts)}: {_MISMATCH_HINT}"
             )
+
+    def check_settings(self, fraction: float, seed: int, source: str = "split") -> None:
+        """Raises :class:`SplitMismatchError`, naming both values and ``source``, if this split was drawn with
+        another labeled ``fraction`` or ``seed`` than the run's (``data.labeled_fraction``, ``data.seed``)."""
+        problems = []
+        if not math.isclose(self.fraction, float(fraction), rel_tol=1e-9, abs_tol=0.0):
+            problems.append(f"labeled fraction {self.fraction:g} (this run: data.labeled_fraction={float(fraction):g})")
+        if self.seed != int(seed):
+            problems.append(f"seed {self.seed} (this run: data.seed={int(seed)})")
+        if problems:
+            raise SplitMismatchError(f"{source} was drawn with {' and '.join(problems)}: {_MISMATCH_HINT}")
 
 
 def split_labeled(labels: Any, fraction: float, seed: int = 0) -> LabelSplit:
@@ -150,13 +182,43 @@ def split_labeled(labels: Any, fraction: float, seed: int = 0) -> LabelSplit:
     return LabelSplit(tuple(sorted(labeled)), tuple(unlabeled), fraction, int(seed), tuple(counts.tolist()))
 
 
-def save_split(split: LabelSplit, path: str | os.PathLike) -> Path:
-    """Writes ``split`` as JSON, atomically (a temporary file in the same folder, then ``os.replace``)."""
-    return write_text_atomic(path, json.dumps(split.to_dict()))
+def save_split(split: LabelSplit, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Writes ``split`` as JSON, atomically (a temporary file in the same folder, then ``os.replace``).
+
+    With ``overwrite=False`` an existing file is kept and :class:`FileExistsError` raised: the new file is
+    published with a hard link, which fails when the path exists, so two runs drawing a split for one folder at
+    once cannot replace each other's (the second then reads and checks the first's). Where the file system has
+    no hard links, an existence check then ``os.replace`` (a narrow race) stands in.
+    """
+    text = json.dumps(split.to_dict())
+    path = Path(path)
+    if overwrite:
+        return write_text_atomic(path, text)
+    if path.exists():
+        raise FileExistsError(f"label split file exists: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+    os.close(fd)
+    try:
+        write_text_atomic(tmp, text)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(f"label split file exists: {path}") from None
+        except OSError:  # no hard links here
+            if path.exists():
+                raise FileExistsError(f"label split file exists: {path}") from None
+            os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
 
 
-def load_split(path: str | os.PathLike, labels: Any = None) -> LabelSplit:
-    """Reads a split written by :func:`save_split`; with ``labels``, also checks it belongs to that training set."""
+def load_split(
+    path: str | os.PathLike, labels: Any = None, *, fraction: float | None = None, seed: int | None = None
+) -> LabelSplit:
+    """Reads a split written by :func:`save_split`; with ``labels``, also checks it belongs to that training set,
+    and with ``fraction`` / ``seed`` that it was drawn with those (:class:`SplitMismatchError` otherwise)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -165,6 +227,9 @@ def load_split(path: str | os.PathLike, labels: Any = None) -> LabelSplit:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     split = LabelSplit.from_dict(data, source=str(path))
+    if fraction is not None or seed is not None:
+        split.check_settings(split.fraction if fraction is None else fraction,
+                             split.seed if seed is None else seed, source=str(path))  # fmt: skip
     if labels is not None:
         split.check_labels(labels, source=str(path))
     return split

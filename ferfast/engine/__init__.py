@@ -1,4 +1,5 @@
-"""ferfast's training engine: checkpoints, EMA, metrics, learning-rate schedules, logs and distributed helpers.
+"""ferfast's training engine: checkpoints, EMA, metrics, learning-rate schedules, logs, distributed helpers
+and the output folders' locks.
 
 The training loops (pretrain, stage 1, stage 2) are built from these parts and from the steps of
 :mod:`ferfast.engine.steps` (one training step of each stage).
@@ -53,6 +54,7 @@ from ferfast.engine.loop import BEST_KEY, RANK_RNG_KEY, FitConfig, fit
 from ferfast.engine.metrics import classification_metrics, confusion_matrix, confusion_png_size, save_confusion_png
 from ferfast.engine.precision import choose_precision, resolve_precision
 from ferfast.engine.prefetch import DevicePrefetcher, prepare_batch
+from ferfast.engine.runlock import LOCK_FILE, RunLockedError, lock_holder, run_lock
 from ferfast.engine.schedule import cosine_with_warmup, scaled_lr, set_lr, step_decay
 from ferfast.engine.stages import FERData, evaluate, prepare_data, run_pretrain, run_stage1, run_stage2
 from ferfast.engine.steps import PRECISIONS, StepOutput, autocast, pretrain_step, stage1_step, stage2_step, to_device
@@ -61,6 +63,7 @@ __all__ = [
     "BEST_CHECKPOINT",
     "BEST_KEY",
     "LAST_CHECKPOINT",
+    "LOCK_FILE",
     "LOG_FILE",
     "PRECISIONS",
     "RANK_RNG_KEY",
@@ -71,6 +74,7 @@ __all__ = [
     "MetricLogger",
     "ModelEma",
     "NonFiniteLossError",
+    "RunLockedError",
     "StepOutput",
     "all_gather_objects",
     "all_gather_tensor",
@@ -99,6 +103,7 @@ __all__ = [
     "link_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "lock_holder",
     "nonfinite_found",
     "prepare_batch",
     "prepare_data",
@@ -107,6 +112,7 @@ __all__ = [
     "prune_checkpoints",
     "resolve_precision",
     "restore_rng",
+    "run_lock",
     "run_pretrain",
     "run_stage1",
     "run_stage2",

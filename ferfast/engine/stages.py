@@ -10,8 +10,14 @@ Stages 1 and 2 evaluate their EMA model on ``data.val_split`` (else the test spl
 epochs and after the last, and keep ``checkpoint-best.pth`` by validation accuracy. A stage continues from its
 own output folder's ``checkpoint-last.pth`` when there is one (a killed run), else from ``run.resume``.
 
-Distributed runs (``torchrun``; :mod:`ferfast.api` and the CLI join the process group): rank 0 draws and writes
-the split file, the others wait and read it; every rank builds the same model (same seed) and ``fit`` wraps it in
+Output folders are safe to share out: each training driver holds an exclusive lock on its stage folder
+(``<run.output_dir>/pretrain``, ``stage1``, ``stage2``; :mod:`ferfast.engine.runlock`) so a second run on it fails at
+once naming the holder; it writes the stage's ``config.yaml`` there, and a newly drawn label split file, only
+after its data, model and loader were built; and a label split file is reused only when it matches the run's
+fraction, seed and training set.
+
+Distributed runs (``torchrun``; :mod:`ferfast.api` and the CLI join the process group): rank 0 checks and writes
+the split file, every rank draws the same split; every rank builds the same model (same seed) and ``fit`` wraps it in
 DDP; with ``blr`` the learning rate follows MAE's rule for the effective batch ``batch_size x world size x
 accum_steps``; the training draws (dropout, drop path, MAE's masking noise) are seeded with ``seed + rank``, as
 MAE's ``main_pretrain.py`` does. Face-IoU Mixup pairs the images within each rank's local batch (every rank draws
@@ -35,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ferfast._io import write_text_atomic
-from ferfast.config import ConfigError, OptimConfig, TrainConfig, config_to_dict
+from ferfast.config import ConfigError, OptimConfig, TrainConfig, config_to_dict, save_config
 from ferfast.data import (
     FaceDataset,
     LabelSplit,
@@ -47,9 +53,9 @@ from ferfast.data import (
     save_split,
     split_labeled,
 )
+from ferfast.data.splits import SplitMismatchError
 from ferfast.engine.dist import (
     all_gather_tensor,
-    barrier,
     broadcast_object,
     get_rank,
     get_world_size,
@@ -62,6 +68,7 @@ from ferfast.engine.loop import FitConfig, fit
 from ferfast.engine.metrics import classification_metrics, save_confusion_png
 from ferfast.engine.precision import choose_precision, resolve_precision
 from ferfast.engine.prefetch import DevicePrefetcher
+from ferfast.engine.runlock import run_lock
 from ferfast.engine.schedule import cosine_with_warmup, step_decay
 from ferfast.engine.steps import StepOutput, pretrain_step, stage1_step, stage2_step
 from ferfast.models import create_model, load_pretrained
@@ -74,6 +81,7 @@ __all__ = [
     "build_mixup",
     "effective_batch_size",
     "evaluate",
+    "evaluation_data",
     "lr_function",
     "make_optimizer",
     "param_groups",
@@ -127,6 +135,8 @@ class FERData:
     split: LabelSplit
     class_names: tuple[str, ...]
     val: FaceDataset | None = None  #: ``data.val_split``, when set
+    #: where the split, newly drawn, is still to be written (:meth:`write_split`); None once it is in a file
+    pending_split_file: Path | None = None
 
     @property
     def labeled(self) -> FaceDataset:
@@ -141,23 +151,91 @@ class FERData:
         """The split evaluated during training: ``data.val_split``, else the test split."""
         return self.val if self.val is not None else self.test
 
+    def write_split(self) -> Path | None:
+        """Write a newly drawn split to its file (rank 0; every rank calls it); returns the file, or None if the
+        split came from a file.
 
-def prepare_data(cfg: TrainConfig) -> FERData:
-    """Open the train, test (and val) splits and draw (or reuse) the label split file.
+        The stage drivers call it once their settings, data and model were validated, so a run that fails before
+        leaves no split file. It never replaces a file another run wrote meanwhile: that file is reused if it
+        holds the same split, else :class:`~ferfast.data.splits.SplitMismatchError`.
+        """
+        path = self.pending_split_file
+        if path is None:
+            return None
+        error: BaseException | None = None
+        if is_main_process():
+            try:
+                try:
+                    save_split(self.split, path, overwrite=False)
+                except FileExistsError:
+                    theirs = load_split(path, labels=self.train, fraction=self.split.fraction, seed=self.split.seed)
+                    if theirs != self.split:
+                        msg = f"{path} was written by another run meanwhile, with another split"
+                        raise SplitMismatchError(msg) from None
+            except (ValueError, OSError) as e:
+                error = e
+        _raise_on_every_rank(error, "write the label split")
+        self.pending_split_file = None
+        return path
 
-    In a distributed run rank 0 draws and writes the split file, the others wait for it and read it.
-    """
+
+def _raise_on_every_rank(error: BaseException | None, what: str) -> None:
+    """Raise rank 0's ``error`` on rank 0 and a RuntimeError quoting it on the others (a collective: every rank
+    calls it), so that no rank goes on alone and waits forever for the others."""
+    if is_distributed():
+        message = broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+        if message is not None and error is None:
+            raise RuntimeError(f"rank 0 could not {what}: {message}")
+    if error is not None:
+        raise error
+
+
+def _open_split(cfg: TrainConfig, split: str) -> FaceDataset:
+    """One split (``train``, ``test``, ...) of the labeled dataset ``data.root``."""
     if cfg.data.root is None:
         raise ValueError("data.root is not set: the folder of the labeled dataset (or of `data synth`'s output)")
     fmt = detect_format(cfg.data.root) if cfg.data.format == "auto" else cfg.data.format
-    train = open_dataset(fmt, cfg.data.root, cfg.data.train_split)
-    test = open_dataset(fmt, cfg.data.root, cfg.data.test_split)
-    val = open_dataset(fmt, cfg.data.root, cfg.data.val_split) if cfg.data.val_split is not None else None
+    return open_dataset(fmt, cfg.data.root, split)
+
+
+def evaluation_data(cfg: TrainConfig) -> FaceDataset:
+    """The split of the final evaluation (``data.test_split``), opened without touching the label split file:
+    evaluating a checkpoint writes nothing into its run's folder."""
+    return _open_split(cfg, cfg.data.test_split)
+
+
+def prepare_data(cfg: TrainConfig) -> FERData:
+    """Open the train, test (and val) splits and reuse the label split file, or draw a new split.
+
+    The split file (``data.split_file``, else ``<run.output_dir>/split.json``) is reused only when it was drawn
+    with the run's ``data.labeled_fraction`` and ``data.seed`` from the same training set (same number of images
+    per class); otherwise :class:`~ferfast.data.splits.SplitMismatchError` names both values and the file. A new
+    split is drawn in memory and written by the first stage driver that trains on it (:meth:`FERData.write_split`),
+    once that stage's settings, data and model were validated: nothing is written here. The draw is a function of
+    (labels, fraction, seed), so every rank of a distributed run draws the same split; rank 0 reads and checks an
+    existing file, and a failure there is raised on every rank.
+    """
+    train = _open_split(cfg, cfg.data.train_split)
+    test = _open_split(cfg, cfg.data.test_split)
+    val = _open_split(cfg, cfg.data.val_split) if cfg.data.val_split is not None else None
     path = Path(cfg.data.split_file or Path(cfg.run.output_dir) / "split.json")
-    if is_main_process() and not path.is_file():
-        save_split(split_labeled(train, cfg.data.labeled_fraction, seed=cfg.data.seed), path)
-    barrier()
-    return FERData(train, test, load_split(path, labels=train), tuple(train.class_names), val)
+    fraction, seed = cfg.data.labeled_fraction, cfg.data.seed
+    error: BaseException | None = None
+    exists = False
+    if is_main_process():
+        try:
+            if path.is_file():
+                load_split(path, labels=train, fraction=fraction, seed=seed)
+                exists = True
+        except (ValueError, OSError) as e:
+            error = e
+    _raise_on_every_rank(error, "read the label split")
+    if get_world_size() > 1:
+        exists = broadcast_object(exists)
+    names = tuple(train.class_names)
+    if exists:
+        return FERData(train, test, load_split(path, labels=train, fraction=fraction, seed=seed), names, val)
+    return FERData(train, test, split_labeled(train, fraction, seed=seed), names, val, pending_split_file=path)
 
 
 # ----------------------------------------------------------------------------------- models and optimizer
@@ -356,94 +434,118 @@ def _validator(model: nn.Module, dataset: FaceDataset, cfg: TrainConfig) -> Call
     return scores
 
 
+def _save_stage_config(cfg: TrainConfig, out: Path) -> None:
+    """``config.yaml`` in the stage's folder (rank 0): each stage keeps the settings it ran with, and it is written
+    only once the stage's data, model and loader were built, so a run that fails its validation leaves none."""
+    if is_main_process():
+        save_config(cfg, out / "config.yaml")
+
+
 def run_pretrain(cfg: TrainConfig) -> Path:
-    """MAE pretraining; returns the checkpoint (MAE's layout) that stage 1 starts from."""
+    """MAE pretraining; returns the checkpoint (MAE's layout) that stage 1 starts from.
+
+    Holds ``<run.output_dir>/pretrain``'s lock (:func:`~ferfast.engine.runlock.run_lock`) while it runs.
+    """
     _check_launch()
-    device = resolve_device(cfg.run.device)
-    torch.manual_seed(cfg.run.seed)
-    if cfg.data.unlabeled_root is not None:
-        fmt = cfg.data.unlabeled_format
-        fmt = detect_format(cfg.data.unlabeled_root) if fmt == "auto" else fmt
-        faces = open_dataset(fmt, cfg.data.unlabeled_root, "unlabeled")
-    else:
-        faces = prepare_data(cfg).train
-    p = cfg.pretrain
-    mae = build_mae(cfg).to(device)
-    _seed_training_draws(cfg.run.seed)
-    loader = _loader("pretrain", faces, cfg, device, batch_size=p.batch_size, config=cfg.data.augment(),
-                     seed=cfg.run.seed)  # fmt: skip
-    opt, lr = make_optimizer(mae, p.optim, effective_batch_size(p.batch_size, p.optim))
     out = Path(cfg.run.output_dir) / "pretrain"
-    fit_cfg = _fit_config(cfg, p.optim, p.epochs, lr, out, device, mae, mae=True)
-    with _logger(cfg, out) as logger:
-        fit(lambda m, b: pretrain_step(m, b, p.mask_ratio), mae, opt, loader, fit_cfg, device=device,
-            args=config_to_dict(cfg), logger=logger, resume_from=_resume_from(cfg), stage="pretrain")  # fmt: skip
+    with run_lock(out):
+        device = resolve_device(cfg.run.device)
+        torch.manual_seed(cfg.run.seed)
+        if cfg.data.unlabeled_root is not None:
+            fmt = cfg.data.unlabeled_format
+            fmt = detect_format(cfg.data.unlabeled_root) if fmt == "auto" else fmt
+            faces = open_dataset(fmt, cfg.data.unlabeled_root, "unlabeled")
+        else:
+            faces = prepare_data(cfg).train
+        p = cfg.pretrain
+        mae = build_mae(cfg).to(device)
+        _seed_training_draws(cfg.run.seed)
+        loader = _loader("pretrain", faces, cfg, device, batch_size=p.batch_size, config=cfg.data.augment(),
+                         seed=cfg.run.seed)  # fmt: skip
+        opt, lr = make_optimizer(mae, p.optim, effective_batch_size(p.batch_size, p.optim))
+        fit_cfg = _fit_config(cfg, p.optim, p.epochs, lr, out, device, mae, mae=True)
+        _save_stage_config(cfg, out)
+        with _logger(cfg, out) as logger:
+            fit(lambda m, b: pretrain_step(m, b, p.mask_ratio), mae, opt, loader, fit_cfg, device=device,
+                args=config_to_dict(cfg), logger=logger, resume_from=_resume_from(cfg), stage="pretrain")  # fmt: skip
     return out / "checkpoint-last.pth"
 
 
 def run_stage1(cfg: TrainConfig, data: FERData, pretrained: Path | None = None) -> ModelEma:
-    """Stage 1: face-IoU Mixup on the labeled images; returns the weights' EMA (evaluated; stage 2's start)."""
+    """Stage 1: face-IoU Mixup on the labeled images; returns the weights' EMA (evaluated; stage 2's start).
+
+    Holds ``<run.output_dir>/stage1``'s lock (:func:`~ferfast.engine.runlock.run_lock`) while it runs.
+    """
     _check_launch()
-    device = resolve_device(cfg.run.device)
-    torch.manual_seed(cfg.run.seed)
-    s = cfg.stage1
-    model = build_classifier(cfg, len(data.class_names)).to(device)
-    start = pretrained or cfg.model.pretrained
-    if start is not None:
-        load_pretrained(model, start)
-    ema = ModelEma(model, s.ema_decay)
-    mixup = build_mixup(cfg, len(data.class_names))
-    warn_without_face_boxes(cfg, data.labeled)
-    _seed_training_draws(cfg.run.seed)
-
-    def reseed(epoch: int) -> None:  # Mixup's own draws: a function of (seed, epoch), so a resumed run repeats them
-        mixup.rng = np.random.default_rng([cfg.run.seed, epoch])
-
-    def step(m: nn.Module, b: dict) -> StepOutput:
-        if s.mixup:
-            return stage1_step(m, b, mixup)
-        loss = nn.functional.cross_entropy(m(b["images"]), b["labels"], label_smoothing=s.label_smoothing)
-        return StepOutput(loss, {"loss": loss.detach()})
-
-    loader = _loader("stage1", data.labeled, cfg, device, batch_size=s.batch_size, config=cfg.data.augment(),
-                     seed=cfg.run.seed)  # fmt: skip
-    opt, lr = make_optimizer(model, s.optim, effective_batch_size(s.batch_size, s.optim))
     out = Path(cfg.run.output_dir) / "stage1"
-    fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, model)
-    with _logger(cfg, out) as logger:
-        fit(step, model, opt, loader, fit_cfg, device=device, ema=ema,
-            args=config_to_dict(cfg), class_names=list(data.class_names), logger=logger,
-            resume_from=_resume_from(cfg), evaluate=_validator(ema.module, data.validation, cfg),
-            on_epoch_start=reseed, stage="stage1")  # fmt: skip
+    with run_lock(out):
+        device = resolve_device(cfg.run.device)
+        torch.manual_seed(cfg.run.seed)
+        s = cfg.stage1
+        model = build_classifier(cfg, len(data.class_names)).to(device)
+        start = pretrained or cfg.model.pretrained
+        if start is not None:
+            load_pretrained(model, start)
+        ema = ModelEma(model, s.ema_decay)
+        mixup = build_mixup(cfg, len(data.class_names))
+        warn_without_face_boxes(cfg, data.labeled)
+        _seed_training_draws(cfg.run.seed)
+
+        def reseed(epoch: int) -> None:  # Mixup's own draws: a function of (seed, epoch): a resumed run repeats them
+            mixup.rng = np.random.default_rng([cfg.run.seed, epoch])
+
+        def step(m: nn.Module, b: dict) -> StepOutput:
+            if s.mixup:
+                return stage1_step(m, b, mixup)
+            loss = nn.functional.cross_entropy(m(b["images"]), b["labels"], label_smoothing=s.label_smoothing)
+            return StepOutput(loss, {"loss": loss.detach()})
+
+        loader = _loader("stage1", data.labeled, cfg, device, batch_size=s.batch_size, config=cfg.data.augment(),
+                         seed=cfg.run.seed)  # fmt: skip
+        opt, lr = make_optimizer(model, s.optim, effective_batch_size(s.batch_size, s.optim))
+        fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, model)
+        validate = _validator(ema.module, data.validation, cfg)
+        data.write_split()
+        _save_stage_config(cfg, out)
+        with _logger(cfg, out) as logger:
+            fit(step, model, opt, loader, fit_cfg, device=device, ema=ema,
+                args=config_to_dict(cfg), class_names=list(data.class_names), logger=logger,
+                resume_from=_resume_from(cfg), evaluate=validate, on_epoch_start=reseed, stage="stage1")  # fmt: skip
     return ema
 
 
 def run_stage2(cfg: TrainConfig, data: FERData, start: nn.Module) -> ModelEma:
-    """Stage 2: FixMatch from ``start`` (stage 1's EMA model); returns the EMA teacher (the model evaluated)."""
+    """Stage 2: FixMatch from ``start`` (stage 1's EMA model); returns the EMA teacher (the model evaluated).
+
+    Holds ``<run.output_dir>/stage2``'s lock (:func:`~ferfast.engine.runlock.run_lock`) while it runs.
+    """
     _check_launch()
-    device = resolve_device(cfg.run.device)
-    torch.manual_seed(cfg.run.seed + 1)
-    s = cfg.stage2
-    student = build_classifier(cfg, len(data.class_names)).to(device)
-    student.load_state_dict(start.state_dict())
-    teacher = ModelEma(student, s.ema_decay)
-    _seed_training_draws(cfg.run.seed + 1)
-    loader = _loader("stage2", data.labeled, cfg, device, unlabeled=data.unlabeled, batch_size=s.batch_size,
-                     unlabeled_batch_size=s.unlabeled_batch_size, config=cfg.data.augment(s.rand_augment()),
-                     seed=cfg.run.seed + 1)  # fmt: skip
-
-    def step(m: nn.Module, b: dict) -> StepOutput:
-        return stage2_step(m, teacher.module, b, threshold=s.threshold, unlabeled_weight=s.unlabeled_weight,
-                           label_smoothing=cfg.stage1.label_smoothing)  # fmt: skip
-
-    opt, lr = make_optimizer(student, s.optim, effective_batch_size(s.batch_size, s.optim))
     out = Path(cfg.run.output_dir) / "stage2"
-    fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, student)
-    with _logger(cfg, out) as logger:
-        fit(step, student, opt, loader, fit_cfg, device=device,
-            ema=teacher, args=config_to_dict(cfg), class_names=list(data.class_names), logger=logger,
-            resume_from=_resume_from(cfg), evaluate=_validator(teacher.module, data.validation, cfg),
-            stage="stage2")  # fmt: skip
+    with run_lock(out):
+        device = resolve_device(cfg.run.device)
+        torch.manual_seed(cfg.run.seed + 1)
+        s = cfg.stage2
+        student = build_classifier(cfg, len(data.class_names)).to(device)
+        student.load_state_dict(start.state_dict())
+        teacher = ModelEma(student, s.ema_decay)
+        _seed_training_draws(cfg.run.seed + 1)
+        loader = _loader("stage2", data.labeled, cfg, device, unlabeled=data.unlabeled, batch_size=s.batch_size,
+                         unlabeled_batch_size=s.unlabeled_batch_size, config=cfg.data.augment(s.rand_augment()),
+                         seed=cfg.run.seed + 1)  # fmt: skip
+
+        def step(m: nn.Module, b: dict) -> StepOutput:
+            return stage2_step(m, teacher.module, b, threshold=s.threshold, unlabeled_weight=s.unlabeled_weight,
+                               label_smoothing=cfg.stage1.label_smoothing)  # fmt: skip
+
+        opt, lr = make_optimizer(student, s.optim, effective_batch_size(s.batch_size, s.optim))
+        fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, student)
+        validate = _validator(teacher.module, data.validation, cfg)
+        data.write_split()
+        _save_stage_config(cfg, out)
+        with _logger(cfg, out) as logger:
+            fit(step, student, opt, loader, fit_cfg, device=device,
+                ema=teacher, args=config_to_dict(cfg), class_names=list(data.class_names), logger=logger,
+                resume_from=_resume_from(cfg), evaluate=validate, stage="stage2")  # fmt: skip
     return teacher
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ferfast.data import LabelSplit, labeled_per_class, load_split, save_split, split_labeled
+from ferfast.data.splits import SplitMismatchError
 
 # 7 classes of very different sizes (RAF-DB-like imbalance), one class of a single image, one empty class.
 COUNTS = [329, 74, 160, 1185, 478, 162, 1, 0, 680]
@@ -108,3 +109,29 @@ def test_bad_split_files_name_the_file(tmp_path):
     missing_key = {k: v for k, v in split_labeled(make_labels([3, 3]), 0.5).to_dict().items() if k != "seed"}
     with pytest.raises(ValueError, match="malformed"):
         LabelSplit.from_dict(missing_key)
+
+
+def test_a_split_file_is_reused_only_with_its_fraction_and_seed(tmp_path):
+    labels = make_labels()
+    path = save_split(split_labeled(labels, 0.25, seed=3), tmp_path / "split.json")
+    assert load_split(path, labels=labels, fraction=0.25, seed=3).labeled == split_labeled(labels, 0.25, 3).labeled
+    with pytest.raises(SplitMismatchError, match=r"split\.json was drawn with labeled fraction 0\.25 "
+                                                 r"\(this run: data\.labeled_fraction=0\.1\)") as info:  # fmt: skip
+        load_split(path, labels=labels, fraction=0.1, seed=3)
+    assert "another run.output_dir" in str(info.value) and "delete" in str(info.value)
+    with pytest.raises(SplitMismatchError, match=r"seed 3 \(this run: data\.seed=4\)"):
+        load_split(path, fraction=0.25, seed=4)
+    with pytest.raises(SplitMismatchError, match=r"fraction 0\.25 .* and seed 3"):
+        load_split(path, fraction=0.5, seed=0)
+    with pytest.raises(SplitMismatchError, match="class counts"):  # another training set
+        load_split(path, labels=make_labels([5, 5, 5]), fraction=0.25, seed=3)
+    assert isinstance(SplitMismatchError("x"), ValueError)
+
+
+def test_save_split_without_overwrite_keeps_the_existing_file(tmp_path):
+    labels = make_labels([4, 4])
+    first = save_split(split_labeled(labels, 0.5, seed=0), tmp_path / "split.json", overwrite=False)
+    before = first.read_text()
+    with pytest.raises(FileExistsError, match=r"split\.json"):
+        save_split(split_labeled(labels, 1.0, seed=0), first, overwrite=False)
+    assert first.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["split.json"]

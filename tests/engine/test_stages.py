@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import warnings
 
 import numpy as np
@@ -14,9 +16,11 @@ from PIL import Image
 
 from ferfast.config import ConfigError, OptimConfig, TrainConfig, build_config
 from ferfast.data import write_synthetic_dataset
+from ferfast.data.splits import SplitMismatchError
 from ferfast.data.synthetic import SyntheticFaceConfig
 from ferfast.engine import stages
 from ferfast.engine.checkpoint import BEST_CHECKPOINT, load_checkpoint
+from ferfast.engine.runlock import LOCK_FILE, RunLockedError
 from ferfast.engine.schedule import set_lr
 from ferfast.engine.stages import (
     build_classifier,
@@ -33,6 +37,7 @@ from ferfast.engine.stages import (
     run_stage2,
 )
 from ferfast.models import create_model
+from tests.engine.test_runlock import hold
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +64,12 @@ def tiny_config(synth, out, **extra):
 def test_pretrain_stage1_stage2_evaluate(synth, tmp_path):
     cfg = tiny_config(synth, tmp_path)
     data = prepare_data(cfg)
-    assert (tmp_path / "split.json").is_file()
+    assert not (tmp_path / "split.json").exists()  # written by the first stage that trains on it
     assert len(data.labeled) == 28 and len(data.unlabeled) == 28  # 8 per class, half kept (max(1, round(p n)))
     ckpt = run_pretrain(cfg)
     assert ckpt.is_file() and "decoder_pred.weight" in load_checkpoint(ckpt)["model"]
     ema1 = run_stage1(cfg, data, pretrained=ckpt)
+    assert prepare_data(cfg).split == data.split and data.pending_split_file is None  # now from split.json
     stage1 = load_checkpoint(tmp_path / "stage1" / "checkpoint-last.pth")
     assert stage1["epoch"] == 1 and stage1["class_names"] == list(data.class_names)
     assert stage1["args"]["stage1"]["epochs"] == 2  # the config travels inside the checkpoint
@@ -77,11 +83,65 @@ def test_pretrain_stage1_stage2_evaluate(synth, tmp_path):
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["class_names"] == list(data.class_names)
 
 
-def test_a_second_run_reuses_the_split_file(synth, tmp_path):
-    first = prepare_data(tiny_config(synth, tmp_path)).split
-    again = prepare_data(tiny_config(synth, tmp_path, **{"data.seed": 5})).split  # same file: the file wins
+def test_a_second_run_reuses_the_split_file_only_when_it_matches(synth, tmp_path):
+    data = prepare_data(tiny_config(synth, tmp_path, **{"data.labeled_fraction": 0.25}))
+    assert data.write_split() == tmp_path / "split.json" and data.write_split() is None  # written once
+    first, before = data.split, (tmp_path / "split.json").read_text()
+    again = prepare_data(tiny_config(synth, tmp_path, **{"data.labeled_fraction": 0.25}))
+    assert again.split == first and again.pending_split_file is None  # the same file, the same indices
+    with pytest.raises(SplitMismatchError, match=r"split\.json was drawn with labeled fraction 0\.25 \(this run: "
+                                                 r"data\.labeled_fraction=0\.1\)"):  # fmt: skip
+        prepare_data(tiny_config(synth, tmp_path, **{"data.labeled_fraction": 0.1}))
+    with pytest.raises(SplitMismatchError, match=r"seed 0 \(this run: data\.seed=5\)"):
+        prepare_data(tiny_config(synth, tmp_path, **{"data.labeled_fraction": 0.25, "data.seed": 5}))
+    assert (tmp_path / "split.json").read_text() == before  # a refused run leaves the file alone
     fresh = prepare_data(tiny_config(synth, tmp_path / "other", **{"data.seed": 5})).split
-    assert first.labeled == again.labeled and fresh.labeled != first.labeled
+    assert fresh.labeled != first.labeled and fresh.seed == 5
+
+
+def test_a_split_written_meanwhile_is_reused_only_if_it_is_the_same(synth, tmp_path):
+    ours = prepare_data(tiny_config(synth, tmp_path, **{"data.labeled_fraction": 0.25}))
+    theirs = prepare_data(tiny_config(synth, tmp_path, **{"data.labeled_fraction": 0.1}))  # another run, same folder
+    same = prepare_data(tiny_config(synth, tmp_path, **{"data.labeled_fraction": 0.25}))
+    theirs.write_split()
+    with pytest.raises(SplitMismatchError, match=r"fraction 0\.1 \(this run: data\.labeled_fraction=0\.25\)"):
+        ours.write_split()  # never replaces the other run's file
+    assert json.loads((tmp_path / "split.json").read_text())["fraction"] == 0.1
+    (tmp_path / "split.json").unlink()
+    ours.pending_split_file = same.pending_split_file = tmp_path / "split.json"
+    ours.write_split()
+    assert same.write_split() == tmp_path / "split.json"  # the same split: fine
+
+
+def test_a_bad_data_root_writes_nothing(synth, tmp_path):
+    import ferfast
+
+    out = tmp_path / "run"
+    cfg = tiny_config(synth, out, **{"data.root": str(tmp_path / "missing"), "data.format": "auto"})
+    with pytest.raises((FileNotFoundError, ValueError)):
+        ferfast.finetune(cfg, stages=("stage1",))
+    cfg = tiny_config(synth, out, **{"data.unlabeled_root": str(tmp_path / "missing")})
+    with pytest.raises((FileNotFoundError, ValueError)):
+        ferfast.pretrain(cfg)
+    assert not out.exists()  # no split.json, no config.yaml, no empty stage folder
+
+
+def test_a_stage_refuses_a_folder_another_process_holds(synth, tmp_path):
+    cfg = tiny_config(synth, tmp_path, **{"stage1.epochs": 1})
+    data = prepare_data(cfg)
+    proc = hold(tmp_path / "stage1")
+    try:
+        with pytest.raises(RunLockedError, match=f"stage1 is in use: locked by pid {proc.pid} on host"):
+            run_stage1(cfg, data)
+        assert sorted(p.name for p in (tmp_path / "stage1").iterdir()) == [LOCK_FILE]  # nothing written
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    run_stage1(cfg, data)  # the killed holder left no lock
+    stage1 = tmp_path / "stage1"
+    assert not (stage1 / LOCK_FILE).exists() and (stage1 / "checkpoint-last.pth").is_file()
+    assert build_config(TrainConfig, file=stage1 / "config.yaml") == cfg  # each stage its own config.yaml
+    assert not (tmp_path / "config.yaml").exists()
 
 
 def test_optimizer_groups_and_schedules():
