@@ -39,7 +39,10 @@ from ferfast.engine.stages import evaluate as _evaluate
 from ferfast.engine.stages import evaluation_data, prepare_data, run_pretrain, run_stage1, run_stage2
 from ferfast.models import create_model
 
-__all__ = ["STAGES", "evaluate", "finetune", "load_model", "load_trained", "make_config", "predict", "pretrain"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "STAGES", "evaluate", "expand_images", "finetune", "load_model", "load_trained", "make_config",
+    "predict", "pretrain",
+]  # fmt: skip
 
 #: What :func:`finetune` can run.
 STAGES = ("stage1", "stage2")
@@ -145,60 +148,169 @@ def _face_crop(image: np.ndarray, box: np.ndarray | None, margin: float) -> np.n
     return image[top:bottom, left:right] if right > left and bottom > top else image
 
 
-def predict(
-    model: nn.Module | str | os.PathLike,
-    images: Sequence[str | os.PathLike],
-    *,
-    detect: bool = True,
-    margin: float = 0.2,
-    image_size: int | None = None,
-) -> list[dict[str, Any]]:
-    """Classify the expression of the face in each image file (or photo).
+#: the file extensions a folder input is searched for (case-insensitive)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_GLOB_CHARS = ("*", "?", "[")
 
-    With ``detect``, the largest face is found with OpenCV's Haar cascade (:class:`ferfast.data.FaceDetector`)
-    and cropped with ``margin`` of its size on each side; when none is found, or without ``detect`` (aligned
-    crops), the whole image is used. Returns, per image: ``file``, ``label``, ``probabilities`` (class ->
-    p) and ``box`` (relative xyxy or None).
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The image files under ``folder``, recursively, by :data:`IMAGE_EXTENSIONS`, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def expand_images(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The image files named by ``inputs``: files (kept whatever their extension), folders (searched recursively
+    for :data:`IMAGE_EXTENSIONS`, case-insensitive, sorted) and glob patterns (``*``, ``?``, ``[...]``, ``**``;
+    expanded here for shells that do not; a matched folder is searched as a folder). In the order given, each
+    file once.
+
+    Raises FileNotFoundError naming an input that names nothing (a missing path, a glob matching nothing, a
+    folder without images).
     """
+    import glob
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    seen: set[Path] = set()
+    files: list[Path] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.exists():
+            matches = [path]
+        elif any(c in text for c in _GLOB_CHARS):
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+            if not matches:
+                raise FileNotFoundError(f"{text}: the pattern matches no file")
+        else:
+            raise FileNotFoundError(f"{text}: no such file or folder")
+        found: list[Path] = []
+        for match in matches:
+            found += _folder_images(match) if match.is_dir() else [match]
+        if not found:
+            raise FileNotFoundError(f"{text}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it")
+        for f in found:
+            if f not in seen:
+                seen.add(f)
+                files.append(f)
+    return files
+
+
+def _module_image_size(model: nn.Module) -> tuple[int, int] | None:
+    """The input size a module records: ``patch_embed.img_size`` (ferfast's and timm's ViTs) or ``img_size``."""
+    for owner in (getattr(model, "patch_embed", None), model):
+        size = getattr(owner, "img_size", None) if owner is not None else None
+        if isinstance(size, int):
+            return size, size
+        if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+            return int(size[0]), int(size[1])
+    return None
+
+
+def _prepare(path: Path, detector: Any, margin: float, size: tuple[int, int]) -> tuple[Any, list[float] | None]:
+    """One image file decoded, its face found and cropped, resized to ``size`` and scaled to [0, 1]."""
     import torch
     from torchvision.transforms.v2 import functional as F
 
-    from ferfast.data import FACE_MEAN, FACE_STD, decode_rgb
+    from ferfast.data import decode_rgb
+
+    image = decode_rgb(path.read_bytes(), str(path))
+    box = detector.detect(image) if detector is not None else None
+    crop = torch.from_numpy(np.ascontiguousarray(_face_crop(image, box, margin))).permute(2, 0, 1)
+    x = F.resize(crop, list(size), F.InterpolationMode.BICUBIC, antialias=True).float() / 255.0
+    return x, None if box is None else [float(v) for v in box]
+
+
+def predict(
+    model: nn.Module | str | os.PathLike,
+    images: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    detect: bool = True,
+    margin: float = 0.2,
+    image_size: int | tuple[int, int] | None = None,
+    class_names: Sequence[str] | None = None,
+    topk: int = 1,
+    batch_size: int = 32,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """Classify the expression of the face in each image: files, folders and glob patterns (:func:`expand_images`).
+
+    ``model`` is a stage-1 or stage-2 checkpoint (its EMA weights, class names and image size are used) or a
+    classifier module: its class names are ``class_names``, else its ``class_names`` attribute, else ``"0"``,
+    ``"1"``, ...; its input size is ``image_size``, else its patch embedding's ``img_size`` (a ValueError asks
+    for ``image_size`` when it records none). ``image_size`` also overrides a checkpoint's size.
+
+    With ``detect``, the largest face is found with OpenCV's Haar cascade (:class:`ferfast.data.FaceDetector`)
+    and cropped with ``margin`` of its size on each side; when none is found, or without ``detect`` (aligned
+    crops), the whole image is used. The images are classified ``batch_size`` at a time on ``device`` (default:
+    CUDA when available, else the CPU).
+
+    Returns one row per image file, in input order: ``path`` (and ``file``, the same), ``label`` (the top class
+    name), ``probability`` (its probability), ``topk`` (the ``topk`` best ``[class name, probability]`` pairs),
+    ``probabilities`` (class name -> p), ``box`` (the face box used, relative xyxy, or None for the whole image)
+    and ``error`` (None; or, for a file that cannot be read or decoded, the reason, with the prediction fields
+    None or empty: the other images are still classified).
+    """
+    import torch
+
+    from ferfast.data import FACE_MEAN, FACE_STD
 
     if not 0.0 <= margin <= 1.0:
         raise ValueError(f"margin must be in [0, 1], got {margin}")
+    if topk < 1:
+        raise ValueError(f"topk must be at least 1, got {topk}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    files = expand_images(images)
     if isinstance(model, nn.Module):
-        class_names = [str(i) for i in range(model.head.out_features)] if hasattr(model, "head") else None
-        size = image_size
+        names = list(class_names) if class_names is not None else getattr(model, "class_names", None)
+        size = image_size if image_size is not None else _module_image_size(model)
+        if size is None:
+            raise ValueError("image_size is needed: the model records no input size (no patch_embed.img_size)")
     else:
-        model, class_names, saved = load_trained(model)
-        size = image_size or saved.data.image_size
-    if size is None:
-        raise ValueError("image_size is needed when model is a module (a checkpoint records it)")
+        model, names, saved = load_trained(model)
+        names = list(class_names) if class_names is not None else names
+        size = image_size if image_size is not None else saved.data.image_size
+    size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     detector = None
     if detect:
         from ferfast.data import FaceDetector
 
         detector = FaceDetector()
-    mean = torch.tensor(FACE_MEAN).view(3, 1, 1)
-    std = torch.tensor(FACE_STD).view(3, 1, 1)
-    model = model.eval()
-    results = []
-    for path in images:
-        path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise FileNotFoundError(f"cannot read image {path}: {e.strerror or e}") from None
-        image = decode_rgb(data, str(path))
-        box = detector.detect(image) if detector is not None else None
-        crop = torch.from_numpy(np.ascontiguousarray(_face_crop(image, box, margin))).permute(2, 0, 1)
-        x = F.resize(crop, [size, size], F.InterpolationMode.BICUBIC, antialias=True).float() / 255.0
-        with torch.no_grad():
-            probs = model(((x - mean) / std)[None]).float().softmax(-1)[0]
-        names = class_names or [str(i) for i in range(len(probs))]
-        results.append({
-            "file": str(path), "label": names[int(probs.argmax())], "box": None if box is None else box.tolist(),
-            "probabilities": {n: float(p) for n, p in zip(names, probs)},
-        })  # fmt: skip
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.eval().to(dev)
+    mean = torch.tensor(FACE_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(FACE_STD, device=dev).view(1, 3, 1, 1)
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        rows: list[dict[str, Any]] = []
+        tensors = []
+        for path in chunk:
+            row: dict[str, Any] = {"path": str(path), "file": str(path), "label": None, "probability": None,
+                                   "topk": [], "probabilities": None, "box": None, "error": None}  # fmt: skip
+            try:
+                x, row["box"] = _prepare(path, detector, margin, size)
+                tensors.append(x)
+            except (OSError, ValueError) as e:  # unreadable, undecodable (UnreadableImageError is a ValueError)
+                row["error"] = str(e) if str(e) else type(e).__name__
+            rows.append(row)
+        if tensors:
+            with torch.no_grad():
+                batch = (torch.stack(tensors).to(dev) - mean) / std
+                probs = model(batch).float().softmax(-1).cpu()
+            if names is None or len(names) != probs.shape[1]:
+                if names is not None:
+                    raise ValueError(f"{len(names)} class names for a model of {probs.shape[1]} classes")
+                names = [str(i) for i in range(probs.shape[1])]
+            k = min(topk, len(names))
+            ok = iter(probs)
+            for row in rows:
+                if row["error"] is None:
+                    p = next(ok)
+                    values, indices = p.topk(k)
+                    row["topk"] = [[names[int(i)], float(v)] for v, i in zip(values, indices)]
+                    row["label"], row["probability"] = row["topk"][0]
+                    row["probabilities"] = {n: float(v) for n, v in zip(names, p)}
+        results += rows
     return results

@@ -41,39 +41,134 @@ _EXAMPLES = {
 
 def _add_predict(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "predict", help="classify the expression of the face in image files or photos",
+        "predict", help="classify the expression of the face in image files, folders or globs",
         description="Classify the expression of the face in each image: the largest face is found with OpenCV's "
         "face detector and cropped with a margin (the whole image when none is found, or with --no-detect for "
-        "aligned crops), then classified by a stage-1 or stage-2 checkpoint.\n\nexample:\n  python -m "
-        "ferfast.train predict runs/raf25/stage2/checkpoint-last.pth photo.jpg",
+        "aligned crops), then classified by a stage-1 or stage-2 checkpoint (its class names and image size).\n\n"
+        "INPUT is a file, a folder (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff, any case, "
+        "sorted) or a glob pattern (expanded here too, quote it: 'photos/**/*.jpg').\n\n"
+        "output: a table on stdout by default (path, label, probability, face box or 'whole image', the other "
+        "top-k classes); --format jsonl or csv, or --output FILE (format from its extension: .jsonl/.json -> "
+        "JSON lines, .csv -> CSV, else --format). Each row has path, topk ([class, probability] pairs), box "
+        "(relative x1 y1 x2 y2, or none for the whole image) and error (for a file that cannot be read or "
+        "decoded: the others are still classified).\n\n"
+        "exit status: 0 when every image was classified, 1 when some could not be read (their rows say why), "
+        "2 for a usage error (bad option, unreadable checkpoint, an input that names no image).\n\n"
+        "example:\n  python -m ferfast.train predict runs/raf25/stage2/checkpoint-last.pth photos/ --topk 3 "
+        "--output predictions.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("checkpoint", help="a stage-1 or stage-2 checkpoint")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("images", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--no-detect", action="store_true", help="use the whole image (aligned face crops)")
     parser.add_argument("--margin", type=float, default=0.2, help="face crop margin, a fraction of the box (0.2)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--topk", type=int, default=1, metavar="K", help="the K most likely classes per image (1)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images classified at once (32)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--format", choices=_PREDICT_FORMATS, default=None,
+                        help="table (default on stdout), jsonl (JSON lines) or csv")  # fmt: skip
+    parser.add_argument("--output", metavar="FILE", default=None, help="write the rows to FILE instead of stdout")
+    parser.add_argument("--json", action="store_true", help="same as --format jsonl")
     parser.set_defaults(command_run=_run_predict, stage_parser=parser)
 
 
+_PREDICT_FORMATS = ("table", "jsonl", "csv")
+_FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+
+
+def _predict_format(args: argparse.Namespace) -> str:
+    """--format, else --json, else the --output file's extension, else a table."""
+    if args.format is not None:
+        return args.format
+    if args.json:
+        return "jsonl"
+    if args.output is not None:
+        from pathlib import Path
+
+        return _FORMAT_BY_SUFFIX.get(Path(args.output).suffix.lower(), "table")
+    return "table"
+
+
+def _prediction_row(r: dict[str, Any]) -> dict[str, Any]:
+    """A row of the JSON lines output."""
+    return {"path": r["path"], "label": r["label"], "probability": r["probability"], "topk": r["topk"],
+            "box": r["box"], "error": r["error"]}  # fmt: skip
+
+
+def format_predictions(results: list[dict[str, Any]], fmt: str, topk: int) -> str:
+    """``ferfast.predict``'s rows as text: ``table``, ``jsonl`` or ``csv``.
+
+    CSV columns: path, label, probability, class_2, probability_2, ... up to ``topk``, box (``x1 y1 x2 y2``
+    relative, empty for the whole image), error (empty when classified).
+    """
+    if fmt == "jsonl":
+        return "".join(json.dumps(_prediction_row(r)) + "\n" for r in results)
+    if fmt == "csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        extra = [c for i in range(2, topk + 1) for c in (f"class_{i}", f"probability_{i}")]
+        writer.writerow(["path", "label", "probability", *extra, "box", "error"])
+        for r in results:
+            pairs = [v for name, p in r["topk"][1:] for v in (name, f"{p:.6f}")]
+            pairs += [""] * (len(extra) - len(pairs))
+            box = "" if r["box"] is None else " ".join(f"{v:.4f}" for v in r["box"])
+            prob = "" if r["probability"] is None else f"{r['probability']:.6f}"
+            writer.writerow([r["path"], r["label"] or "", prob, *pairs, box, r["error"] or ""])
+        return buffer.getvalue()
+    lines = []
+    for r in results:
+        if r["error"] is not None:
+            lines.append(f"{r['path']}: error: {r['error']}")
+            continue
+        face = "whole image" if r["box"] is None else "face " + " ".join(f"{v:.2f}" for v in r["box"])
+        others = "".join(f", {n} {p:.2f}" for n, p in r["topk"][1:])
+        lines.append(f"{r['path']}: {r['label']} {r['probability']:.2f} ({face}{others})")
+    return "".join(line + "\n" for line in lines)
+
+
 def _run_predict(args: argparse.Namespace) -> int:
+    import sys
+
     from ferfast import api
 
     parser = args.stage_parser
     if not 0.0 <= args.margin <= 1.0:
         parser.error(f"argument --margin: must be in [0, 1], got {args.margin}")
+    if args.topk < 1:
+        parser.error(f"argument --topk: must be at least 1, got {args.topk}")
+    if args.batch_size < 1:
+        parser.error(f"argument --batch-size: must be at least 1, got {args.batch_size}")
+    fmt = _predict_format(args)
     try:
-        results = api.predict(args.checkpoint, args.images, detect=not args.no_detect, margin=args.margin)
+        files = api.expand_images(args.images)
+    except FileNotFoundError as e:
+        parser.error(f"argument INPUT: {e}")
+    try:
+        model, class_names, saved = api.load_trained(args.checkpoint)
     except (FileNotFoundError, ValueError, OSError) as e:
-        parser.error(str(e))
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
-        face = "face found" if r["box"] is not None else "whole image"
-        print(f"{r['file']}: {r['label']} ({face}; " + ", ".join(f"{n} {p:.2f}" for n, p in top) + ")")
-    return 0
+        parser.error(f"argument checkpoint: {e}")
+    try:
+        results = api.predict(model, files, detect=not args.no_detect, margin=args.margin,
+                              image_size=saved.data.image_size, class_names=class_names, topk=args.topk,
+                              batch_size=args.batch_size, device=args.device)  # fmt: skip
+    except RuntimeError as e:  # a bad --device
+        if args.device is None:
+            raise
+        parser.error(f"argument --device: {e}")
+    text = format_predictions(results, fmt, args.topk)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        from pathlib import Path
+
+        Path(args.output).write_text(text, encoding="utf-8")
+    failed = [r for r in results if r["error"] is not None]
+    if failed:
+        print(f"predict: {len(failed)} of {len(results)} images could not be read (see their rows)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def add_parsers(subparsers: Any) -> None:
