@@ -1,6 +1,10 @@
 """``python -m ferfast.train COMMAND ...``: ferfast's command line (see :mod:`ferfast.cli`).
 
 Commands: ``data {check,detect,synth}`` prepares datasets. ``--help`` on any command explains it.
+
+A failure prints one line ``python -m ferfast.train COMMAND: error: ...`` and exits 2 (a bad option or
+setting) or 1 (at run time: a missing file, a locked folder, a damaged checkpoint...); ``--debug`` prints
+the traceback too. The table of which error is which is in :mod:`ferfast.cli`.
 """
 
 from __future__ import annotations

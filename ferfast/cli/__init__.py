@@ -6,17 +6,44 @@ sub-parser, and ``run(args) -> int``, which does the work and returns the exit c
 
 Every parser is an :class:`ArgumentParser`, which refuses abbreviated options (the Python API takes
 only whole keys, so the command line does too) and suggests the closest options for an unknown one.
+
+Failures (:func:`main`, the one place they are mapped; the Python API raises as before). A failure the
+user can cause ends the command with one line on stderr, ``python -m ferfast.train CMD: error: MESSAGE``
+(the first line of the exception's message; for ``raise X from Y`` the outermost exception of the table),
+and the exit status below; with ``--debug`` (before or after the command) the full traceback comes first.
+
+exit  exception (checked in this order; the first match decides)
+----  --------------------------------------------------------------------------------------------
+2     a bad option or value found while parsing (argparse, ``parser.error``; an unknown
+      ``--model.name`` is one: the config's validation names the option)
+2     :class:`ferfast.config.ConfigError` (a bad setting), :class:`argparse.ArgumentError`
+130   ``KeyboardInterrupt`` (one line: ``interrupted``)
+1     runtime: ``OSError`` and all its kinds (``FileNotFoundError``, ``NotADirectoryError``,
+      ``IsADirectoryError``, ``FileExistsError``, ``PermissionError``, :class:`ferfast._io.DiskFullError`,
+      :class:`ferfast.data.check.UnreadableImageError`), ``MemoryError``, ``torch.OutOfMemoryError``,
+      :class:`ferfast.models.checkpoint.CheckpointError` (and ``CorruptCheckpointError``,
+      ``UnsafeCheckpointError``), :class:`ferfast.data.splits.SplitMismatchError`,
+      :class:`ferfast.engine.runlock.RunLockedError`, :class:`ferfast.engine.logging.NonFiniteLossError`
+2     usage: any other ``ValueError`` or ``TypeError`` (a bad value, e.g. an unknown model name
+      reaching the API)
+1     internal error (a bug): anything else (``AssertionError``, other ``RuntimeError``s, ``IndexError``,
+      ``KeyError``...): the traceback, then one line asking to report it
+
+The table is checked in the order above (the runtime ``ValueError`` subclasses before plain ``ValueError``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["COMMANDS", "ArgumentParser", "build_parser", "main", "nonnegative_int", "positive_int", "progress_bar"]
+__all__ = ["COMMANDS", "EXIT_INTERRUPTED", "EXIT_RUNTIME", "EXIT_USAGE", "ArgumentParser", "build_parser",
+           "classify_error", "main", "nonnegative_int", "positive_int", "progress_bar"]  # fmt: skip
 
 #: The command modules under ``ferfast.cli``, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("data", "demo", "models")
@@ -33,6 +60,12 @@ models: `python -m ferfast.train list-models` lists the names --model.name accep
 (mae_vit_demo) select the same architecture in every command.
 """
 
+
+#: Exit statuses of :func:`main`: a failure at run time (missing file, locked folder...), a bad option or
+#: setting (argparse's convention), and Ctrl-C (128 + SIGINT).
+EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+_PROG = "python -m ferfast.train"
 
 #: Set on the namespace by the innermost parser that met unknown arguments, so that the error names its usage.
 _UNKNOWN_OWNER = "_ferfast_unknown_owner"
@@ -70,6 +103,10 @@ class ArgumentParser(argparse.ArgumentParser):
             owner.error(owner.unrecognized_message(extras))
         return namespace
 
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        """One line, ``PROG: error: MESSAGE`` (without argparse's usage lines: ``--help`` shows them), exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_first_line(message)}\n")
+
     def unrecognized_message(self, extras: Sequence[str]) -> str:
         """``unrecognized arguments: ...``, then for each unknown ``--option`` the options of this parser it may mean:
         those it abbreviates (said to be refused), else the closest by spelling."""
@@ -95,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ferfast.train", description=_DESCRIPTION, epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="on a failure, print the full traceback (also accepted after the command)",
+    )  # fmt: skip
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
     from ferfast.cli.stages import add_parsers
 
@@ -109,11 +150,86 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: the process's arguments) and run the command; returns its exit code.
 
-    Bad options exit with status 2 and a message naming the option (argparse's convention).
+    Bad options exit with status 2 and one line naming the option (argparse's convention). An exception
+    from the command is mapped by :func:`classify_error` (the table in this module's docstring): a user's
+    error prints one line and returns 1 or 2, Ctrl-C returns 130, a bug prints its traceback and a line
+    asking to report it. With ``--debug`` anywhere before ``--``, every failure prints its traceback.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return int(args.command_run(args))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    prog = _PROG
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        prog = f"{_PROG} {args.command}"
+        return int(args.command_run(args))
+    except (KeyboardInterrupt, Exception) as e:
+        status, message = classify_error(e)
+        if debug:
+            traceback.print_exc()
+        if message is None:  # a bug: its traceback, then how to report it
+            if not debug:
+                traceback.print_exc()
+            print(f"{prog}: internal error ({type(e).__name__}): this is a bug in ferfast; please report it with "
+                  "the traceback above and the command line", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"{prog}: error: {message}", file=sys.stderr)
+        return status
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _message(e: BaseException) -> str:
+    text = e.args[0] if isinstance(e, KeyError) and e.args else e
+    return _first_line(str(text)) or type(e).__name__
+
+
+def _user_status(e: BaseException) -> int | None:
+    """The exit status of a user's error ``e`` by the module's table (its type alone); None for a bug."""
+    from ferfast.config import ConfigError
+
+    if isinstance(e, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(e, ConfigError | argparse.ArgumentError):
+        return EXIT_USAGE
+    runtime: list[type] = [OSError, MemoryError]
+    for module, name in (
+        ("ferfast.models.checkpoint", "CheckpointError"), ("ferfast.data.splits", "SplitMismatchError"),
+        ("ferfast.engine.runlock", "RunLockedError"), ("ferfast.engine.logging", "NonFiniteLossError"),
+        ("torch", "OutOfMemoryError"),
+    ):  # fmt: skip
+        cls = getattr(sys.modules.get(module), name, None)  # not imported: none of them was raised
+        if isinstance(cls, type):
+            runtime.append(cls)
+    if isinstance(e, tuple(runtime)):
+        return EXIT_RUNTIME
+    if isinstance(e, ValueError | TypeError):
+        return EXIT_USAGE
+    return None
+
+
+def classify_error(e: BaseException) -> tuple[int, str | None]:
+    """``(exit status, one-line message)`` for an exception reaching the CLI; the message is None for a bug.
+
+    Follows ``raise ... from`` causes (``__cause__``, not the implicit ``__context__``): the outermost
+    exception the table knows gives the status and the message, so ``RuntimeError(...) from
+    FileNotFoundError(...)`` reports the missing file once.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        status = _user_status(cause)
+        if status is not None:
+            message = "interrupted" if status == EXIT_INTERRUPTED else _message(cause)
+            return status, message
+        cause = cause.__cause__
+    return EXIT_RUNTIME, None
 
 
 def positive_int(text: str) -> int:

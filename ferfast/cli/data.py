@@ -400,8 +400,8 @@ def _run_synth(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 progress=progress,
             )
-    except (FileExistsError, NotADirectoryError) as e:
-        parser.error(f"argument OUT: {e}")
+    except (FileExistsError, NotADirectoryError) as e:  # a run-time failure (exit 1), naming OUT
+        raise type(e)(f"argument OUT: {e}") from None
     except (TypeError, ValueError) as e:
         _synth_option_error(parser, e)
     if not rendered:
