@@ -43,8 +43,8 @@ from PIL import Image
 from ferfast.data.augment import transform_boxes
 from ferfast.data.check import SkipCounter, UnreadableImageError, check_image, decode_rgb
 from ferfast.data.imageio import read_probed
+from ferfast.data.normalize import normalize_batch
 from ferfast.data.plan import VIEWS, LoaderPlan, PlanLoader
-from ferfast.data.torch_loader import normalize_batch
 
 __all__ = ["DaliFaceLoader", "dali_available", "decoder_rejects", "load_plugin", "plugin_path"]
 
@@ -537,7 +537,7 @@ class DaliFaceLoader(PlanLoader):
             batch[name] = t
         if self.device == "gpu":
             self._last = outputs
-        return normalize_batch(batch, self.plan.config) if self.normalize else batch
+        return normalize_batch(batch, self.plan.config.mean, self.plan.config.std) if self.normalize else batch
 
     def _recover(self) -> int:
         """After a pipeline failure: fully decode the batches in flight with PIL; skip what PIL cannot decode, and

@@ -7,14 +7,29 @@ in one elementwise pass, instead of in the loader's workers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ferfast.data.augment import FACE_MEAN, FACE_STD
 
-__all__ = ["normalize_images"]
+__all__ = ["is_image_key", "normalize_batch", "normalize_images"]
+
+
+def is_image_key(key: str) -> bool:
+    """True for the batch entries that hold images: ``images``, ``images_weak``, ``images_strong``, ..."""
+    return key == "images" or key.startswith("images_")
+
+
+def normalize_batch(
+    batch: Mapping[str, Any], mean: Sequence[float] = FACE_MEAN, std: Sequence[float] = FACE_STD
+) -> dict[str, Any]:
+    """``batch`` with every image entry (:func:`is_image_key`) passed through :func:`normalize_images` (fp32);
+    the other entries as they are. The loaders' ``normalize=True`` and the engine's prefetcher both use it."""
+    return {k: normalize_images(v, mean, std) if is_image_key(k) and isinstance(v, Tensor) else v
+            for k, v in batch.items()}  # fmt: skip
 
 
 def normalize_images(

@@ -19,11 +19,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from ferfast.data.augment import AugmentConfig
 from ferfast.data.check import SkipCounter, UnreadableImageError, decode_rgb
 from ferfast.data.imageio import read_probed
-from ferfast.data.normalize import normalize_images
-from ferfast.data.plan import IMAGE_KEYS, VIEWS, LoaderPlan, PlanLoader
+from ferfast.data.normalize import normalize_batch
+from ferfast.data.plan import VIEWS, LoaderPlan, PlanLoader
 from ferfast.data.rand_augment import apply_rand_augment_torch
 
 __all__ = ["TorchFaceLoader", "decode_rgb_tensor", "load_step"]
@@ -66,14 +65,6 @@ def _make_view(
         out = F.horizontal_flip(out)
         box = F.horizontal_flip(box)
     return out, (box.as_subclass(torch.Tensor)[0] / size).clamp_(0.0, 1.0)
-
-
-def normalize_batch(batch: dict, config: AugmentConfig) -> dict:
-    """The batch with its uint8 image keys normalised to float32 ``(x / 255 - mean) / std`` (``normalize=True``)."""
-    for key in IMAGE_KEYS:
-        if key in batch:
-            batch[key] = normalize_images(batch[key], config.mean, config.std)
-    return batch
 
 
 def load_step(
@@ -133,7 +124,7 @@ def load_step(
             out["labels"] = torch.from_numpy(ds.labels[used_arr])
             if ds.soft_labels is not None:
                 out["soft_labels"] = torch.from_numpy(ds.soft_labels[used_arr])
-    return normalize_batch(out, cfg) if normalize else out
+    return normalize_batch(out, cfg.mean, cfg.std) if normalize else out
 
 
 class _Steps(Dataset):

@@ -25,15 +25,10 @@ import torch
 from torch import Tensor
 
 from ferfast.data.augment import FACE_MEAN, FACE_STD
-from ferfast.data.normalize import normalize_images
+from ferfast.data.normalize import is_image_key, normalize_batch
 from ferfast.engine.steps import to_device
 
 __all__ = ["DevicePrefetcher", "is_image_key", "prepare_batch"]
-
-
-def is_image_key(key: str) -> bool:
-    """True for the batch entries that hold images: ``images``, ``images_weak``, ``images_strong``, ..."""
-    return key == "images" or key.startswith("images_")
 
 
 def prepare_batch(
@@ -46,9 +41,7 @@ def prepare_batch(
 
     One call, synchronous on the CPU; on CUDA the copies are asynchronous when the batch is pinned.
     """
-    moved = to_device(batch, torch.device(device))
-    return {k: normalize_images(v, mean, std) if is_image_key(k) and isinstance(v, Tensor) else v
-            for k, v in moved.items()}  # fmt: skip
+    return normalize_batch(to_device(batch, torch.device(device)), mean, std)
 
 
 class DevicePrefetcher:
