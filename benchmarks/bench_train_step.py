@@ -268,24 +268,28 @@ def build_pretrain_step(
     return step, (batch,), info
 
 
+def _classifier_setup(
+    shape: shapes.TrainShape, device: torch.device, provider: str, model_kwargs: dict[str, Any]
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+    """What the stage-1 and stage-2 builders share: the classifier, a labeled batch, the ops backend and precision."""
+    model = _build(
+        lambda: create_model(shape.model, img_size=shape.img_size, num_classes=shape.num_classes, **model_kwargs),
+        device,
+    )
+    batch = {"images": shapes.cls_images(shape.cls, device), "labels": shapes.cls_labels(shape.cls, device)}
+    info: dict[str, Any] = {"ops_backend": resolve_backend(device, BACKEND[provider]),
+                            "precision": precision_of(shape, device, provider)}
+    return model, batch, info
+
+
 def build_stage1_step(
     shape: shapes.TrainShape, device: torch.device, provider: str, **model_kwargs: Any
 ) -> Built:
     """``(step, args, info)``: ``step(*args)`` runs one stage-1 step (face-IoU Mixup) and returns the loss."""
-    backend = BACKEND[provider]
-    precision = precision_of(shape, device, provider)
-    vit = _build(
-        lambda: create_model(shape.model, img_size=shape.img_size, num_classes=shape.num_classes, **model_kwargs),
-        device,
-    )
-    cls = shape.cls
-    batch = {
-        "images": shapes.cls_images(cls, device),
-        "labels": shapes.cls_labels(cls, device),
-        "boxes": shapes.face_boxes(cls, device),
-    }
-    info: dict[str, Any] = {"ops_backend": resolve_backend(device, backend), "precision": precision,
-                            "forward_images": 2 * shape.batch}
+    vit, batch, info = _classifier_setup(shape, device, provider, model_kwargs)
+    backend, precision = BACKEND[provider], info["precision"]
+    batch["boxes"] = shapes.face_boxes(shape.cls, device)
+    info["forward_images"] = 2 * shape.batch
 
     if provider == SSFER:
         from timm.data import Mixup  # SSFER's Mixup; timm is a dev/bench dependency
@@ -333,21 +337,11 @@ def build_stage2_step(
     shape: shapes.TrainShape, device: torch.device, provider: str, **model_kwargs: Any
 ) -> Built:
     """``(step, args, info)``: ``step(*args)`` runs one stage-2 (FixMatch) step, EMA update included."""
-    backend = BACKEND[provider]
-    precision = precision_of(shape, device, provider)
-    student = _build(
-        lambda: create_model(shape.model, img_size=shape.img_size, num_classes=shape.num_classes, **model_kwargs),
-        device,
-    )
-    cls = shape.cls
-    batch = {
-        "images": shapes.cls_images(cls, device),
-        "labels": shapes.cls_labels(cls, device),
-        "images_weak": shapes.cls_images(cls, device).flip(0).contiguous(),
-        "images_strong": shapes.cls_images(cls, device).flip(2).contiguous(),
-    }
-    info: dict[str, Any] = {"ops_backend": resolve_backend(device, backend), "precision": precision,
-                            "forward_images": 3 * shape.batch, "unlabeled": shape.batch}
+    student, batch, info = _classifier_setup(shape, device, provider, model_kwargs)
+    precision = info["precision"]
+    batch["images_weak"] = shapes.cls_images(shape.cls, device).flip(0).contiguous()
+    batch["images_strong"] = shapes.cls_images(shape.cls, device).flip(2).contiguous()
+    info.update(forward_images=3 * shape.batch, unlabeled=shape.batch)
 
     if provider == SSFER:
         from timm.utils import ModelEmaV2
