@@ -46,7 +46,7 @@ __all__ = ["COMMANDS", "EXIT_INTERRUPTED", "EXIT_RUNTIME", "EXIT_USAGE", "Argume
            "classify_error", "main", "nonnegative_int", "positive_int", "progress_bar"]  # fmt: skip
 
 #: The command modules under ``ferfast.cli``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("data", "demo", "models")
+COMMANDS: tuple[str, ...] = ("data", "demo", "export", "models")
 
 _DESCRIPTION = """\
 ferfast: fast semi-supervised facial-expression recognition (SSFER).
