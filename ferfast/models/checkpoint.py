@@ -1,11 +1,13 @@
 """Loading MAE-format checkpoints: official MAE / SSFER pretraining weights into a ViT for fine-tuning,
 and MAE checkpoints back into :class:`MaskedAutoencoderViT` to resume pretraining.
 
-Fine-tuning follows MAE's ``main_finetune.py``: the pretraining decoder (``decoder_*``, ``mask_token``)
-is dropped, a ``head`` of another class count is dropped (and the new head re-initialised with
-std 2e-5), ``pos_embed`` is interpolated (bicubic) to the model's grid, and with global pooling the
-encoder's final ``norm`` is ignored and ``fc_norm`` starts fresh (MAE's choice; ``copy_norm_to_fc_norm``
-copies it instead). Every other missing or unexpected key is an error that names the keys.
+Fine-tuning follows MAE's ``main_finetune.py`` (and SSFER's ``fine-tune.py``, which is based on it): the
+pretraining decoder (``decoder_*``, ``mask_token``) is dropped, a ``head`` of another class count is dropped (and
+the new head re-initialised with std 2e-5), ``pos_embed`` is interpolated (bicubic) to the model's grid. With
+[CLS] pooling (``global_pool=False``: SSFER's fine-tuning, ferfast's default) the encoder's final ``norm`` is
+loaded, as it is the norm the [CLS] feature goes through; with global pooling (MAE's fine-tuning default) that
+``norm`` is ignored and ``fc_norm`` starts fresh (``copy_norm_to_fc_norm`` copies it instead). Every other
+missing or unexpected key is an error that names the keys.
 
 Every checkpoint file ferfast reads goes through :func:`torch_load_safe`: ``torch.load(weights_only=True)``, which
 unpickles only tensors and plain types, never code. A file that holds other Python objects raises
@@ -130,7 +132,7 @@ class LoadReport:
 
     missing_keys: list[str] = field(default_factory=list)  #: model keys left at their init
     unexpected_keys: list[str] = field(default_factory=list)  #: checkpoint keys not loaded, not expected
-    ignored_keys: list[str] = field(default_factory=list)  #: checkpoint keys dropped on purpose (decoder, norm)
+    ignored_keys: list[str] = field(default_factory=list)  #: dropped on purpose: decoder; norm under global pooling
     dropped_head_keys: list[str] = field(default_factory=list)  #: ``head.*`` of another class count
     interpolated: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)  #: old, new
     renamed: dict[str, str] = field(default_factory=dict)  #: checkpoint key -> model key
@@ -242,6 +244,13 @@ def _check_shapes(state: Mapping[str, Tensor], target: Mapping[str, Tensor], nam
         raise ValueError(f"checkpoint {name} does not fit the model (another architecture?): " + "; ".join(wrong))
 
 
+def _pooling_hint(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> str:
+    """A hint for a checkpoint fine-tuned with global pooling (it has ``fc_norm``) loaded into a [CLS] model."""
+    if "fc_norm.weight" in state and "fc_norm.weight" not in target:
+        return "; the checkpoint has fc_norm (fine-tuned with global_pool=True): build the model with global_pool=True"
+    return ""
+
+
 def load_pretrained(
     model: nn.Module,
     source: str | os.PathLike[str] | Mapping[str, Any],
@@ -259,7 +268,8 @@ def load_pretrained(
             than ``head.*`` / ``fc_norm.*`` is missing or a checkpoint key is neither loaded nor a known
             pretraining key; otherwise such keys are only reported.
         copy_norm_to_fc_norm: with global pooling, load the encoder's ``norm.*`` into ``fc_norm.*``
-            (default: MAE's fine-tuning leaves ``fc_norm`` at its init and ignores ``norm``).
+            (default: MAE's fine-tuning leaves ``fc_norm`` at its init and ignores ``norm``). Without global
+            pooling ([CLS], SSFER's) the model has ``norm`` itself and loads the checkpoint's ``norm.*`` into it.
         head_init_std: when the head is not loaded, re-initialise its weight with this truncated-normal
             std and zero its bias, as MAE's ``main_finetune.py`` (2e-5); ``None`` keeps the model's init.
     """
@@ -302,7 +312,7 @@ def load_pretrained(
         raise ValueError(
             f"checkpoint {name} does not match {type(model).__name__} (another architecture?): "
             f"missing keys: {_abbreviate(wrong_missing) or 'none'}; "
-            f"unexpected keys: {_abbreviate(report.unexpected_keys) or 'none'}"
+            f"unexpected keys: {_abbreviate(report.unexpected_keys) or 'none'}" + _pooling_hint(state, target)
         )
     model.load_state_dict(state, strict=False)
     head = getattr(model, "head", None)

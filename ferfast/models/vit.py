@@ -1,8 +1,10 @@
 """Vision Transformer for fine-tuning, with the parameter names of MAE's ``models_vit.py`` (timm's ViT).
 
-Attention runs through ``F.scaled_dot_product_attention``. With ``global_pool=True`` (the default,
-MAE's and SSFER's fine-tuning) the patch tokens are averaged and normalised by ``fc_norm`` and
-there is no final ``norm``; with ``global_pool=False`` the cls token after ``norm`` is the feature.
+Attention runs through ``F.scaled_dot_product_attention``. With ``global_pool=False`` (SSFER's fine-tuning, and
+ferfast's recipes' default through ``ModelConfig.global_pool``) the feature is the [CLS] token after the encoder's
+final ``norm``, which loads from the pretraining checkpoint; with ``global_pool=True`` (MAE's ``main_finetune.py``
+default, and this class's default when built directly) the patch tokens are averaged and normalised by a fresh
+``fc_norm`` and there is no ``norm``.
 """
 
 from __future__ import annotations
@@ -208,7 +210,8 @@ class VisionTransformer(nn.Module):
         drop_rate: dropout after the position embedding, in the blocks and before the head.
         attn_drop_rate: attention-probability dropout.
         drop_path_rate: stochastic depth, rising linearly from 0 to this value over the blocks.
-        global_pool: average the patch tokens and apply ``fc_norm`` (MAE/SSFER fine-tuning), else cls token + ``norm``.
+        global_pool: False (SSFER's fine-tuning, the recipes' default): the [CLS] token after ``norm``; True
+            (MAE's fine-tuning default, kept here): the mean of the patch tokens, then ``fc_norm``.
     """
 
     num_prefix_tokens = 1
@@ -295,7 +298,7 @@ class VisionTransformer(nn.Module):
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Pool the tokens (mean + ``fc_norm``, or cls + ``norm``) and apply ``head`` unless ``pre_logits``."""
+        """Pool the tokens ([CLS] after ``norm``, or mean + ``fc_norm``) and apply ``head`` unless ``pre_logits``."""
         x = self.fc_norm(x[:, 1:].mean(dim=1)) if self.global_pool else self.norm(x)[:, 0]
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)

@@ -105,7 +105,7 @@ def test_models_use_mae_names_and_shapes():
 
 @pytest.mark.parametrize("img_size", [224, 112])
 def test_mae_pretrain_vit_base_loads_for_finetuning(mae_pretrain, img_size):
-    model = vit_base_patch16(num_classes=7, img_size=img_size)
+    model = vit_base_patch16(num_classes=7, img_size=img_size, global_pool=True)  # MAE's fine-tuning default
     report = load_pretrained(model, mae_pretrain)
     assert sorted(report.missing_keys) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
     assert report.unexpected_keys == [] and report.dropped_head_keys == []
@@ -136,7 +136,7 @@ def test_ssfer_checkpoint_loads_decoder_ignored(ssfer_pretrain):
 
 
 def test_copy_norm_to_fc_norm_and_head_of_same_shape_is_kept(mae_pretrain):
-    model = vit_base_patch16(num_classes=7, img_size=112)
+    model = vit_base_patch16(num_classes=7, img_size=112, global_pool=True)
     state = dict(mae_pretrain["model"])
     state["head.weight"], state["head.bias"] = torch.full((7, 768), 0.5), torch.full((7,), 0.25)
     report = load_pretrained(model, state, copy_norm_to_fc_norm=True)
@@ -164,10 +164,11 @@ def test_file_round_trip_with_mae_args_and_prefixes(tmp_path):
         },
         path,
     )
-    model = vit_demo(num_classes=7, img_size=32)
+    model = vit_demo(num_classes=7, img_size=32, global_pool=False)  # [CLS] after norm: norm loaded, not ignored
     report = load_pretrained(model, path)
     assert report.interpolated == {"pos_embed": ((1, 65, 128), (1, 17, 128))}
-    assert len(report.ignored_keys) == len([k for k in mae.state_dict() if k.startswith("decoder_")]) + 1 + 2
+    assert len(report.ignored_keys) == len([k for k in mae.state_dict() if k.startswith("decoder_")]) + 1
+    torch.testing.assert_close(model.norm.weight, mae.norm.weight, rtol=0, atol=0)
     torch.testing.assert_close(model.blocks[3].mlp.fc2.weight, mae.blocks[3].mlp.fc2.weight, rtol=0, atol=0)
 
     resumed = mae_vit_demo()
