@@ -3,8 +3,16 @@
 A checkpoint is MAE's dict ``{'model', 'optimizer', 'epoch', 'scaler', 'ema', 'args'}`` plus ``step`` (the
 iteration inside the epoch, for mid-epoch resumes), ``class_names`` and ``rng`` (the torch, CUDA, numpy and
 Python random states, stored as tensors and plain types so that a ``weights_only`` load reads them). Files are
-named like MAE's: ``checkpoint-{epoch}.pth``, plus ``checkpoint-last.pth`` for ``--resume`` and
+named like MAE's: ``checkpoint-{N}.pth``, plus ``checkpoint-last.pth`` for ``--resume`` and
 ``checkpoint-best.pth`` (the best validation score so far).
+
+Epoch numbering: the ``epoch`` field keeps MAE's meaning, the 0-based index of the last *finished* epoch (MAE
+resumes at ``epoch + 1``; -1 in a checkpoint written during the first epoch). :func:`~ferfast.engine.loop.fit`
+adds ``epochs_done`` (the number of finished epochs, the 1-based number the screen and ``log.jsonl`` show for
+the last one; ``epoch + 1``) and ``step`` (the batches of the next epoch already trained, 0 at an epoch's end),
+and names its numbered files after ``epochs_done``: ``checkpoint-3.pth`` is the state after 3 epochs (earlier
+versions named it ``checkpoint-2.pth``; such files, whose ``epoch`` field is the same, still resume).
+A checkpoint without ``epochs_done`` (MAE's, older ferfast's) reads as ``epochs_done = epoch + 1, step = 0``.
 
 A killed run can trust what it finds: every file is written atomically (a kill leaves at most a temporary
 ``.checkpoint-*.pth.XXXXXXXX.tmp``, which :func:`remove_stale_temp_files` deletes at the next start), a full disk
@@ -289,7 +297,8 @@ def load_latest_checkpoint(
 
 
 def checkpoint_path(output_dir: str | os.PathLike, epoch: int | None = None) -> Path:
-    """MAE's file name in ``output_dir``: ``checkpoint-{epoch}.pth``, or ``checkpoint-last.pth`` for None."""
+    """MAE's file name in ``output_dir``: ``checkpoint-{epoch}.pth`` (fit's: ``epoch`` = finished epochs), or
+    ``checkpoint-last.pth`` for None."""
     return Path(output_dir) / (LAST_CHECKPOINT if epoch is None else f"checkpoint-{int(epoch)}.pth")
 
 
@@ -358,16 +367,24 @@ def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 
 def save_epoch_checkpoint(
-    output_dir: str | os.PathLike, *, epoch: int, keep: int | None = None, numbered: bool = True, **kwargs: Any
+    output_dir: str | os.PathLike,
+    *,
+    epoch: int,
+    keep: int | None = None,
+    numbered: bool = True,
+    number: int | None = None,
+    **kwargs: Any,
 ) -> Path:
-    """Write ``checkpoint-last.pth`` (atomically), link it as ``checkpoint-{epoch}.pth``, keep the ``keep`` newest.
+    """Write ``checkpoint-last.pth`` (atomically), link it as ``checkpoint-{number}.pth``, keep the ``keep`` newest.
 
-    ``keep=None`` keeps every epoch's file, ``keep=0`` only ``checkpoint-last.pth``; ``numbered=False`` writes only
-    ``checkpoint-last.pth`` (between two periodic checkpoints). Returns the last file's path.
+    ``number``: the numbered file's N (default ``epoch``; :func:`~ferfast.engine.loop.fit` passes the number of
+    finished epochs, ``epoch + 1``). ``keep=None`` keeps every numbered file, ``keep=0`` only
+    ``checkpoint-last.pth``; ``numbered=False`` writes only ``checkpoint-last.pth`` (between two periodic
+    checkpoints, or in the middle of an epoch). Returns the last file's path.
     """
     last = save_checkpoint(checkpoint_path(output_dir), epoch=epoch, **kwargs)
     if numbered and keep != 0:
-        link_checkpoint(last, checkpoint_path(output_dir, epoch))
+        link_checkpoint(last, checkpoint_path(output_dir, epoch if number is None else number))
     if keep is not None:
         prune_checkpoints(output_dir, keep)
     return last

@@ -10,7 +10,7 @@ import numbers
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ferfast._io import write_atomic
 from ferfast.engine.dist import get_rank
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "NonFiniteLossError",
     "epoch_summary",
     "nonfinite_found",
+    "nonfinite_where",
     "progress",
     "tensorboard_available",
 ]
@@ -78,11 +80,30 @@ def _scalars(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
         yield prefix, float(value)
 
 
+def _drop_cut_line(path: Path) -> None:
+    """Remove a last line without its newline (a write cut short by a kill) from an existing log, atomically, so
+    that the next record starts on a line of its own."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() == 0:
+                return
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return
+            fh.seek(0)
+            data = fh.read()
+    except FileNotFoundError:
+        return
+    write_atomic(path, lambda out: out.write(data[: data.rfind(b"\n") + 1]))
+
+
 class MetricLogger:
     """Append one JSON object per :meth:`log` call to ``output_dir/log.jsonl`` and mirror scalars to TensorBoard.
 
     ``tensorboard=None`` mirrors when TensorBoard is importable; ``writer`` may be any object with
-    ``add_scalar(tag, value, step)`` and ``flush()``. On ranks other than 0 nothing is written.
+    ``add_scalar(tag, value, step)`` and ``flush()``. On ranks other than 0 nothing is written. An existing log's
+    last line cut short by a kill (no newline) is removed when the logger opens it.
     """
 
     def __init__(
@@ -102,6 +123,7 @@ class MetricLogger:
         if not self.enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        _drop_cut_line(self.path)
         self._fh = open(self.path, "a", encoding="utf-8")  # kept open; close() closes it
         if writer is not None:
             self.writer = writer
@@ -125,6 +147,41 @@ class MetricLogger:
         if self.writer is not None:
             for tag, value in _scalars(prefix, {k: v for k, v in record.items() if k != "step"}):
                 self.writer.add_scalar(tag, value, step)
+
+    def drop_records(self, drop: Callable[[dict[str, Any]], bool]) -> int:
+        """Rewrite the JSON-lines file (atomically) without the records for which ``drop(record)`` is true, and
+        without a last line cut short by a kill; returns how many records went. A resumed run calls it (through
+        :func:`~ferfast.engine.loop.fit`) for the records that its killed predecessor wrote after its last
+        checkpoint, so that the log holds each step once. Lines that are not JSON objects are kept; TensorBoard's
+        events are not rewritten (TensorBoard shows the replayed steps over the old ones). No-op off rank 0."""
+        if not self.enabled or self._fh is None or not self.path.is_file():
+            return 0
+        self._fh.flush()
+        text = self.path.read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        kept, dropped = [], 0
+        for i, line in enumerate(lines):
+            if not line.endswith("\n") and i == len(lines) - 1:  # a write cut short by a kill
+                dropped += 1
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                kept.append(line)
+                continue
+            if isinstance(record, dict) and drop(record):
+                dropped += 1
+            else:
+                kept.append(line)
+        if not dropped:
+            return 0
+        self._fh.close()
+        self._fh = None
+        try:
+            write_atomic(self.path, lambda fh: fh.write("".join(kept).encode("utf-8")))
+        finally:
+            self._fh = open(self.path, "a", encoding="utf-8")
+        return dropped
 
     def flush(self) -> None:
         """Flush the JSON-lines file and the TensorBoard writer."""
@@ -199,19 +256,26 @@ class NonFiniteLossError(RuntimeError):
     """A training loss became NaN or infinite, and the run was told to stop (``policy="stop"``)."""
 
 
+def nonfinite_where(stage: str, epoch: int, count: int, first_bad: int, step: int) -> str:
+    """``"<stage>: <count> non-finite loss(es) in epoch <epoch> up to step <step> (first at step <first_bad>)"``
+    (``epoch``: 1-based, as on the screen; steps: global step indices; ``first_bad`` -1: another rank's)."""
+    first = f"first at step {first_bad}" if first_bad >= 0 else "on another rank"
+    return f"{stage}: {count} non-finite loss(es) in epoch {epoch} up to step {step} ({first})"
+
+
 def nonfinite_found(policy: str, stage: str, epoch: int, count: int, first_bad: int, step: int) -> bool:
-    """React to ``count`` non-finite losses that a read of the device statistics at global ``step`` found
-    (``first_bad``: the first such step, -1 when only another rank had one): ``policy="stop"`` raises
-    :class:`NonFiniteLossError`; ``policy="rollback"`` warns and returns True (the loop reloads its last
-    checkpoint). The loop reads these only every ``log_every`` steps, so that no step waits for the device."""
+    """React to ``count`` non-finite losses that a read of the device statistics at global ``step`` found in
+    ``epoch`` (1-based, as the screen shows it; ``first_bad``: the first such step, -1 when only another rank had
+    one): ``policy="stop"`` raises :class:`NonFiniteLossError`; ``policy="rollback"`` warns and returns True (the
+    caller reloads its last checkpoint; :func:`~ferfast.engine.loop.fit` words its own warning, saying what the
+    rollback changes). The loop reads these only every ``log_every`` steps, so that no step waits for the device."""
     if policy not in ROLLBACK_POLICIES:
         raise ValueError(f"policy must be one of {ROLLBACK_POLICIES}, got {policy!r}")
-    first = f"first at step {first_bad}" if first_bad >= 0 else "on another rank"
-    where = f"{stage}: {count} non-finite loss(es) in epoch {epoch} up to step {step} ({first})"
+    where = nonfinite_where(stage, epoch, count, first_bad, step)
     if policy == "stop":
         raise NonFiniteLossError(
             f"{where}; lower the learning rate, enable gradient clipping, or run with the rollback policy to "
-            "reload the last checkpoint"
+            "reload the last checkpoint (with a lower learning rate, skipping the batch)"
         )
     warnings.warn(f"{where}: rolling back to the last checkpoint", stacklevel=3)
     return True

@@ -62,7 +62,7 @@ def reference(faces, tmp_path_factory):  # noqa: F811
 
 
 def copy_run(src: Path, dst: Path) -> Path:
-    """A copy of a run folder that keeps its hard links (``checkpoint-1.pth`` is ``checkpoint-last.pth``'s twin)."""
+    """A copy of a run folder that keeps its hard links (``checkpoint-2.pth`` is ``checkpoint-last.pth``'s twin)."""
     subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
     return dst
 
@@ -72,11 +72,11 @@ def test_a_replaced_truncated_last_checkpoint_resumes_from_the_newest_numbered(f
     folder = copy_run(killed, tmp_path / "run")
     last = folder / "checkpoint-last.pth"
     data = last.read_bytes()
-    last.unlink()  # a new file (e.g. a copy cut short): checkpoint-1.pth, its hard-linked twin, stays intact
+    last.unlink()  # a new file (e.g. a copy cut short): checkpoint-2.pth, its hard-linked twin, stays intact
     last.write_bytes(data[: len(data) // 2])
-    with pytest.warns(UserWarning, match=r"checkpoint-last\.pth is .*truncated.*resuming from .*checkpoint-1\.pth"):
+    with pytest.warns(UserWarning, match=r"checkpoint-last\.pth is .*truncated.*resuming from .*checkpoint-2\.pth"):
         model, _, rest = run(faces, folder, 4, cfg={"keep": None})
-    assert [r["epoch"] for r in rest] == [2.0, 3.0]  # epoch 1 (0-based) was the last intact one
+    assert [r["epoch"] for r in rest] == [3.0, 4.0]  # epoch 2 was the last intact one
     assert [r["loss"] for r in rest] == [r["loss"] for r in full[2:]]
     assert torch.equal(params(model), full_params)
     assert load_checkpoint(last)["epoch"] == 3  # rewritten whole by the resumed run
@@ -85,15 +85,15 @@ def test_a_replaced_truncated_last_checkpoint_resumes_from_the_newest_numbered(f
 def test_an_emptied_last_checkpoint_goes_back_as_far_as_needed(faces, reference, tmp_path):  # noqa: F811
     full_params, full, killed = reference
     folder = copy_run(killed, tmp_path / "run")
-    last, one = folder / "checkpoint-last.pth", folder / "checkpoint-1.pth"
-    twins = os.path.samefile(last, one)  # a hard link (link_checkpoint), unless the file system copies
-    last.write_bytes(b"")  # emptied in place: its hard-linked twin checkpoint-1.pth is emptied too
-    used, start = ("checkpoint-0", 1) if twins else ("checkpoint-1", 2)
+    last, two = folder / "checkpoint-last.pth", folder / "checkpoint-2.pth"
+    twins = os.path.samefile(last, two)  # a hard link (link_checkpoint), unless the file system copies
+    last.write_bytes(b"")  # emptied in place: its hard-linked twin checkpoint-2.pth is emptied too
+    used, start = ("checkpoint-1", 1) if twins else ("checkpoint-2", 2)
     with pytest.warns(UserWarning, match=rf"checkpoint-last\.pth is empty.*resuming from .*{used}\.pth") as rec:
         model, _, rest = run(faces, folder, 4, cfg={"keep": None})
     message = str(next(w.message for w in rec if "damaged" in str(w.message)))
-    assert ("checkpoint-1.pth is empty" in message) == twins  # every skipped file is named
-    assert [r["epoch"] for r in rest] == [float(e) for e in range(start, 4)]
+    assert ("checkpoint-2.pth is empty" in message) == twins  # every skipped file is named
+    assert [r["epoch"] for r in rest] == [float(e) for e in range(start + 1, 5)]
     assert [r["loss"] for r in rest] == [r["loss"] for r in full[start:]]
     assert torch.equal(params(model), full_params)
 
@@ -101,12 +101,12 @@ def test_an_emptied_last_checkpoint_goes_back_as_far_as_needed(faces, reference,
 def test_no_intact_checkpoint_is_one_error_naming_every_file(faces, reference, tmp_path):  # noqa: F811
     _, _, killed = reference
     folder = copy_run(killed, tmp_path / "run")
-    for name in ("checkpoint-last.pth", "checkpoint-0.pth", "checkpoint-1.pth"):
+    for name in ("checkpoint-last.pth", "checkpoint-1.pth", "checkpoint-2.pth"):
         (folder / name).write_bytes(b"")
     with pytest.raises(CorruptCheckpointError, match="no checkpoint there loads") as err:
         run(faces, folder, 4, cfg={"keep": None})
     text = str(err.value)
-    assert all(n in text for n in ("checkpoint-last.pth is empty", "checkpoint-1.pth", "checkpoint-0.pth"))
+    assert all(n in text for n in ("checkpoint-last.pth is empty", "checkpoint-2.pth", "checkpoint-1.pth"))
     assert isinstance(err.value, ValueError)
     assert load_latest_checkpoint(tmp_path / "nothing-here") is None
 
@@ -117,7 +117,7 @@ def test_a_refused_checkpoint_in_the_run_folder_is_not_skipped(faces, reference,
     (folder / "checkpoint-last.pth").unlink()
     torch.save({"model": {}, "epoch": 1, "x": Payload()}, folder / "checkpoint-last.pth")
     with pytest.raises(UnsafeCheckpointError, match=r"checkpoint-last\.pth holds Python objects"):
-        run(faces, folder, 4, cfg={"keep": None})  # someone else's file: no silent fallback to checkpoint-1
+        run(faces, folder, 4, cfg={"keep": None})  # someone else's file: no silent fallback to checkpoint-2
     with pytest.raises(UnsafeCheckpointError, match=r"checkpoint-last\.pth"):
         run(faces, tmp_path / "other", 4, resume_from=folder / "checkpoint-last.pth")
 
@@ -157,7 +157,7 @@ def test_a_kill_during_a_save_leaves_a_temp_file_that_the_next_start_removes(fac
         (folder / name).write_bytes(b"x")
     with pytest.warns(UserWarning, match=r"removed 2 temporary files left in .* by an interrupted checkpoint write"):
         _, _, rest = run(faces, folder, 2)
-    assert [r["epoch"] for r in rest] == [1.0]  # resumed after the removal
+    assert [r["epoch"] for r in rest] == [2.0]  # resumed after the removal
     assert [n for n in names(folder) if n.endswith(".tmp")] == sorted(others)
 
 

@@ -4,6 +4,7 @@ periodic and best checkpoints, periodic evaluation, fp16 with a GradScaler, torc
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -65,7 +66,7 @@ def test_a_killed_run_resumes_exactly(faces, tmp_path):
     run(faces, tmp_path / "killed", 2)  # "killed" after epoch 2: a fresh process resumes
     torch.manual_seed(1234)  # whatever the new process's RNG holds, the checkpoint's states win
     model, ema, rest = run(faces, tmp_path / "killed", 4)
-    assert [r["epoch"] for r in rest] == [2.0, 3.0]
+    assert [r["epoch"] for r in rest] == [3.0, 4.0]  # 1-based, as on the screen
     assert [r["loss"] for r in rest] == [r["loss"] for r in full[2:]]  # bit-identical losses
     assert torch.equal(params(model), params(full_model))
     assert torch.equal(params(ema.module), params(full_ema.module))
@@ -86,11 +87,17 @@ def test_non_finite_loss_stops_or_rolls_back(faces, tmp_path):
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         run(faces, tmp_path / "stop", 3, step_fn=flaky)
     calls["n"] = 0
-    clean_model, _, _ = run(faces, tmp_path / "clean", 3)
-    with pytest.warns(UserWarning, match=r"step 13 \(first at step 13\): rolling back"):
-        model, _, hist = run(faces, tmp_path / "rollback", 3, step_fn=flaky, cfg={"nonfinite": "rollback"})
-    assert [r["epoch"] for r in hist] == [0.0, 1.0, 2.0]
-    assert torch.equal(params(model), params(clean_model))  # the transient NaN left no trace
+    with pytest.warns(UserWarning, match=r"step 13 \(first at step 13\): rolling back .*checkpoint-last\.pth "
+                                         r"\(epoch 3, step 0\), rollback 1 of 3: learning rate x0\.5, skipping the "
+                                         r"batch of step 13"):  # fmt: skip
+        _, _, hist = run(faces, tmp_path / "rollback", 3, step_fn=flaky, cfg={"nonfinite": "rollback"})
+    assert [r["epoch"] for r in hist] == [1.0, 2.0, 3.0]
+    assert hist[-1]["lr_scale"] == 0.5 and all(math.isfinite(r["loss"]) for r in hist)
+    records = [json.loads(line) for line in (tmp_path / "rollback" / "log.jsonl").read_text().splitlines()]
+    events = [r for r in records if r.get("event") == "rollback"]
+    assert [(r["step"], r["skipped_step"], r["lr_scale"], r["epoch"]) for r in events] == [(13, 13, 0.5, 3)]
+    steps = [r["step"] for r in records if "event" not in r]
+    assert steps == [s for s in range(18) if s != 13]  # each step once: the replay skipped step 13's batch
 
 
 def test_the_non_finite_check_waits_for_a_log_step_but_names_the_first_bad_step(faces, tmp_path):
@@ -105,19 +112,19 @@ def test_the_non_finite_check_waits_for_a_log_step_but_names_the_first_bad_step(
             out.loss = out.loss * float("nan")
         return out
 
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2 up to step 15 \(first at step 13\)"):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 3 up to step 15 \(first at step 13\)"):
         run(faces, tmp_path / "stop", 3, step_fn=flaky, cfg={"log_every": 4})
-    assert load_checkpoint(tmp_path / "stop" / "checkpoint-last.pth")["epoch"] == 1  # epoch 2 was never saved
+    saved = load_checkpoint(tmp_path / "stop" / "checkpoint-last.pth")
+    assert saved["epoch"] == 1 and saved["epochs_done"] == 2  # the third epoch was never saved
     calls["n"] = 0
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2 up to step 17 \(first at step 13\)"):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 3 up to step 17 \(first at step 13\)"):
         run(faces, tmp_path / "end", 3, step_fn=flaky, cfg={"log_every": 0})  # only the epoch's end reads
     calls["n"] = 0
-    clean_model, _, _ = run(faces, tmp_path / "clean", 3, cfg={"log_every": 4})
     with pytest.warns(UserWarning, match="rolling back"):
         model, _, hist = run(faces, tmp_path / "rollback", 3, step_fn=flaky,
                              cfg={"nonfinite": "rollback", "log_every": 4})  # fmt: skip
-    assert [r["epoch"] for r in hist] == [0.0, 1.0, 2.0]
-    assert torch.equal(params(model), params(clean_model))  # the NaN weights of steps 13-15 were discarded
+    assert [r["epoch"] for r in hist] == [1.0, 2.0, 3.0]
+    assert all(torch.isfinite(params(model)))  # the NaN weights of steps 13-15 were discarded
 
 
 def test_log_records_hold_the_means_since_the_previous_record(faces, tmp_path):
@@ -154,10 +161,10 @@ def test_resume_from_an_explicit_checkpoint_unless_the_run_has_its_own(faces, tm
     run(faces, tmp_path / "elsewhere", 2)
     source = tmp_path / "elsewhere" / "checkpoint-last.pth"
     model, _, rest = run(faces, tmp_path / "new", 4, resume_from=source)
-    assert [r["epoch"] for r in rest] == [2.0, 3.0]
+    assert [r["epoch"] for r in rest] == [3.0, 4.0]
     assert [r["loss"] for r in rest] == [r["loss"] for r in full[2:]]
     assert torch.equal(params(model), params(full_model))
-    _, _, again = run(faces, tmp_path / "new", 4, resume_from=source)  # its own checkpoint-last.pth (epoch 3) wins
+    _, _, again = run(faces, tmp_path / "new", 4, resume_from=source)  # its own checkpoint-last.pth (4 epochs) wins
     assert again == []
     with pytest.raises(FileNotFoundError, match="resume_from"):
         run(faces, tmp_path / "other", 1, resume_from=tmp_path / "missing.pth")
@@ -167,10 +174,12 @@ def test_resume_from_an_explicit_checkpoint_unless_the_run_has_its_own(faces, tm
 
 def test_numbered_checkpoints_every_save_every_epochs_and_after_the_last(faces, tmp_path):
     run(faces, tmp_path / "all", 5, cfg={"save_every": 2, "keep": None})
-    assert [e for e, _ in list_checkpoints(tmp_path / "all")] == [1, 3, 4]
-    assert load_checkpoint(tmp_path / "all" / "checkpoint-last.pth")["epoch"] == 4
+    assert [e for e, _ in list_checkpoints(tmp_path / "all")] == [2, 4, 5]  # checkpoint-N.pth: after N epochs
+    last = load_checkpoint(tmp_path / "all" / "checkpoint-last.pth")
+    assert last["epoch"] == 4 and last["epochs_done"] == 5 and last["step"] == 0  # "epoch": MAE's 0-based index
+    assert load_checkpoint(tmp_path / "all" / "checkpoint-2.pth")["epochs_done"] == 2
     run(faces, tmp_path / "kept", 5, cfg={"save_every": 1, "keep": 2})
-    assert [e for e, _ in list_checkpoints(tmp_path / "kept")] == [3, 4]
+    assert [e for e, _ in list_checkpoints(tmp_path / "kept")] == [4, 5]
 
 
 def test_one_summary_line_every_print_every_epochs_and_after_the_last(faces, tmp_path, capsys):
@@ -212,14 +221,14 @@ def test_evaluation_every_eval_every_epochs_and_the_best_checkpoint_survive_a_re
         run(faces, tmp_path, 5, cfg={"eval_every": 2}, evaluate=evaluate, on_epoch_end=kill_after_epoch_3)
     assert calls == [1, 3]
     _, _, rest = run(faces, tmp_path, 5, cfg={"eval_every": 2}, evaluate=evaluate)
-    assert calls == [1, 3, 4] and [r["epoch"] for r in rest] == [4.0]  # the last epoch is always evaluated
+    assert calls == [1, 3, 4] and [r["epoch"] for r in rest] == [5.0]  # the last epoch is always evaluated
     assert rest[0]["val_accuracy"] == 0.6 and rest[0]["val_macro_f1"] == 0.3
     best = load_checkpoint(tmp_path / BEST_CHECKPOINT)
     assert best["epoch"] == 3 and best[BEST_KEY] == {"metric": "val_accuracy", "value": 0.7, "epoch": 3}
     epochs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if "time_s" in r]
-    assert [(r["epoch"], r.get("val_accuracy")) for r in epochs] == [(0, None), (1, 0.5), (2, None), (3, 0.7),
-                                                                     (4, 0.6)]  # fmt: skip
+    assert [(r["epoch"], r.get("val_accuracy")) for r in epochs] == [(1, None), (2, 0.5), (3, None), (4, 0.7),
+                                                                     (5, 0.6)]  # fmt: skip
     with pytest.raises(ValueError, match="best_metric"):
         run(faces, tmp_path / "no_metric", 1, evaluate=lambda epoch: {"val_loss": 1.0})
 
@@ -262,7 +271,8 @@ def test_compile_runs_the_step_on_the_compiled_model(faces, tmp_path):
     [({"epochs": 0}, "epochs"), ({"accum_steps": 0}, "accum_steps"), ({"save_every": 0}, "save_every"),
      ({"eval_every": 0}, "eval_every"), ({"precision": "fp8"}, "precision"), ({"keep": -1}, "keep"),
      ({"print_every": -1}, "print_every"), ({"compile_mode": "fast"}, "compile_mode"),
-     ({"nonfinite": "ignore"}, "nonfinite"), ({"log_every": -1}, "log_every")],
+     ({"nonfinite": "ignore"}, "nonfinite"), ({"log_every": -1}, "log_every"),
+     ({"save_every_steps": -1}, "save_every_steps")],
 )  # fmt: skip
 def test_bad_config_values_are_named(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
