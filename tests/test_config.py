@@ -30,7 +30,7 @@ from ferfast.config import (
 from ferfast.data.augment import FACE_MEAN, AugmentConfig, RandAugmentConfig
 from ferfast.data.formats import FORMATS
 
-# -- defaults = DESIGN.md section 4 -----------------------------------------------------------------
+# -- defaults = the recipes of docs/design.md ------------------------------------------------------
 
 
 def test_defaults_are_the_papers_recipes():

@@ -1,6 +1,6 @@
 """Helpers of ferfast's tests: backends and devices, tolerances, verbose comparisons, data factories.
 
-Tolerances (DESIGN.md §8):
+Tolerances (docs/design.md, Numerical tolerances):
 
 * float64 and float32 results are compared with the exact answer (the reference run in
   float64 on the same input values): about ``1e-10`` and ``1e-5`` relative.

@@ -5,7 +5,7 @@ Both loaders (torch and DALI) get their random resized crop windows and flips fr
 (10 attempts) for a batch from a seeded generator, and :func:`resolve_crop_windows` turns them
 into integer pixel windows once each image's size is known. :func:`transform_boxes` moves
 relative face boxes through the crop and the flip, so face-IoU Mixup needs no detector.
-Defaults are SSFER's (DESIGN.md section 4).
+Defaults are SSFER's (docs/design.md, Recipes).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ __all__ = [
     "transform_boxes",
 ]
 
-#: Face normalisation statistics (RGB, [0, 1] scale) used by SSFER's fine-tuning (DESIGN.md section 3).
+#: Face normalisation statistics (RGB, [0, 1] scale) used by SSFER's fine-tuning (docs/design.md).
 FACE_MEAN: tuple[float, float, float] = (0.588, 0.459, 0.402)
 FACE_STD: tuple[float, float, float] = (0.228, 0.202, 0.190)
 #: torchvision's RandomResizedCrop tries this many windows before falling back to a central crop.

@@ -9,7 +9,7 @@ as every ferfast decoder does), crops and resizes in one ``fn.resize`` (ROI, bic
 RandAugment to the strong view (``nvidia.dali.auto_aug``), and flips with ``fn.crop_mirror_normalize``,
 which writes uint8 CHW: normalisation happens on the training device
 (:func:`ferfast.data.normalize_images`). DALI cannot report the window its own ``random_resized_crop``
-chose, which is why the windows come from ferfast (DESIGN.md section 3).
+chose, which is why the windows come from ferfast (docs/design.md).
 
 A file that still fails in DALI's decoder aborts the pipeline; the loader then decodes the batches in
 flight with PIL: a file PIL cannot decode either (corrupt data behind intact markers) is skipped; a

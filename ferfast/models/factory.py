@@ -9,7 +9,7 @@ architecture: :func:`resolve_model_names` maps ``vit_demo`` and ``mae_vit_demo``
 
 ViT sizes are timm's: tiny 192/12/3, small 384/12/6, base 768/12/12, large 1024/24/16 (dim/depth/heads).
 MAE decoders: 512/8/16 for base and large (MAE's), 256/4/8 for tiny and small (ferfast's choice, MAE
-released none). The demo configs fit DESIGN.md §6's CPU budget: 64x64 images, patch 8.
+released none). The demo configs fit the demo's CPU budget (docs/design.md): 64x64 images, patch 8.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ _LETTERS = {"tiny": "Ti", "small": "S", "base": "B", "large": "L"}
 def _source(family: str) -> str:
     """Where the family's configuration comes from (a registered name outside ferfast's: its docstring)."""
     if family in DEMO or family.removeprefix("vit_") in DEMO:
-        return "ferfast's demo model (DESIGN.md §6); decoder ferfast's"
+        return "ferfast's demo model (docs/design.md); decoder ferfast's"
     parts = family.split("_")
     if len(parts) == 3 and parts[1] in _LETTERS and parts[2].startswith("patch"):
         size, patch = parts[1], parts[2].removeprefix("patch")
@@ -275,7 +275,7 @@ def vit_large_patch8(**kwargs: Any) -> VisionTransformer:
 
 @register_model
 def vit_demo(**kwargs: Any) -> VisionTransformer:
-    """The demo's ViT: dim 128, depth 4, 4 heads, patch 8, 64x64 images (DESIGN.md §6)."""
+    """The demo's ViT: dim 128, depth 4, 4 heads, patch 8, 64x64 images (docs/design.md)."""
     return VisionTransformer(**{**_demo_cfg("demo"), **kwargs})
 
 

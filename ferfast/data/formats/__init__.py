@@ -1,5 +1,5 @@
 """FER datasets in their official on-disk formats, each a :class:`ferfast.data.base.FaceDataset` with canonical
-labels (DESIGN.md section 3).
+labels (docs/design.md, Datasets and labels).
 
 Labeled: RAF-DB basic (:class:`RAFDB`, also the synthetic generator's layout), FERPlus (:class:`FERPlus`),
 AffectNet-7/-8 (:class:`AffectNet`), ImageFolder (:class:`FERImageFolder`). Unlabeled face collections for

@@ -126,7 +126,7 @@ class SyntheticFaceConfig:
 
     Defaults give RAF-DB-like aligned 100x100 crops: the face fills most of the image, shifted by up
     to ``align_jitter`` of the size and rolled by up to ``max_rotation`` degrees (a small ViT from
-    scratch stalls on unaligned faces, DESIGN.md section 6).
+    scratch stalls on unaligned faces, docs/design.md).
     """
 
     size: int = 100  #: image height and width in pixels
