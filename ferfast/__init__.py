@@ -1,41 +1,21 @@
 """ferfast: fast semi-supervised facial-expression recognition (SSFER) on fused kernels.
 
 The public ops live in :mod:`ferfast.ops`; :func:`info` reports what was built and
-which backend each device uses.
+which backend each device uses; :func:`pretrain`, :func:`finetune`, :func:`evaluate`,
+:func:`semisup`, :func:`load_model` and :func:`predict` run the pipeline (:mod:`ferfast.api`).
+
+Everything here is imported on first use (PEP 562), so that ``import ferfast`` and the command
+line's ``--help`` do not pay for torch, the native library or the data layer until they are used.
+Importing :mod:`ferfast.ops` (or anything that dispatches to a backend) loads ``ferfast._C`` and
+registers its ops.
 """
 
 from __future__ import annotations
 
-from ferfast import _extension
+import importlib
+from typing import Any
+
 from ferfast._version import __version__
-
-if _extension.HAS_OPS:
-    from ferfast import _library
-
-    _library.register_native_ops()
-
-from ferfast import ops
-from ferfast._info import info
-from ferfast.backends import available_backends, default_backend, resolve_backend, set_default_backend
-from ferfast.ops import (
-    FaceIoUMixup,
-    FaceMixBatch,
-    FaceMixLoss,
-    FixMatchLoss,
-    MaskedPatchMSELoss,
-    box_iou,
-    face_mixup,
-    facemix_loss,
-    fixmatch_loss,
-    fused_head_masked_mse,
-    masked_patch_mse,
-    mixup_soft_targets,
-    paired_box_iou,
-    patchify_gather,
-    random_masking,
-    unshuffle_tokens,
-)
-from ferfast.runtime import tune_cpu_allocator
 
 __all__ = [
     "FaceIoUMixup",
@@ -60,22 +40,40 @@ __all__ = [
     "ops",
     "paired_box_iou",
     "patchify_gather",
+    "predict",
     "pretrain",
     "random_masking",
     "resolve_backend",
+    "semisup",
     "set_default_backend",
     "tune_cpu_allocator",
     "unshuffle_tokens",
 ]
 
-#: The pipeline's entry points, imported on first use so that ``import ferfast`` stays light
-#: (the data layer pulls in torchvision, OpenCV and, when installed, DALI).
-_API = ("evaluate", "finetune", "load_model", "predict", "pretrain")
+_OPS = ("FaceIoUMixup", "FaceMixBatch", "FaceMixLoss", "FixMatchLoss", "MaskedPatchMSELoss", "box_iou", "face_mixup",
+        "facemix_loss", "fixmatch_loss", "fused_head_masked_mse", "masked_patch_mse", "mixup_soft_targets",
+        "paired_box_iou", "patchify_gather", "random_masking", "unshuffle_tokens")  # fmt: skip
+#: public name -> the module that defines it
+_HOMES: dict[str, str] = {
+    **dict.fromkeys(_OPS, "ferfast.ops"),
+    **dict.fromkeys(("available_backends", "default_backend", "resolve_backend", "set_default_backend"),
+                    "ferfast.backends"),
+    **dict.fromkeys(("evaluate", "finetune", "load_model", "predict", "pretrain", "semisup"), "ferfast.api"),
+    "info": "ferfast._info",
+    "tune_cpu_allocator": "ferfast.runtime",
+}  # fmt: skip
 
 
-def __getattr__(name: str):
-    if name in _API:
-        from ferfast import api
+def __getattr__(name: str) -> Any:
+    if name == "ops":
+        return importlib.import_module("ferfast.ops")
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'ferfast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return getattr(api, name)
-    raise AttributeError(f"module 'ferfast' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

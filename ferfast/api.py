@@ -1,14 +1,19 @@
-"""``ferfast.pretrain / finetune / evaluate / load_model``: the pipeline in one call each.
+"""``ferfast.pretrain / finetune / semisup / evaluate / load_model / predict``: the pipeline in one call each.
 
 Each takes a :class:`~ferfast.config.TrainConfig` (or nothing) plus overrides as keyword arguments,
 ``section__field=value`` (``data__root="/data/RAF-DB/basic"``, ``stage1__epochs=10``), or a
-mapping of dotted keys. Defaults are SSFER's recipes (DESIGN.md section 4)::
+mapping of dotted keys. Defaults are SSFER's recipes (the README's pipeline section). The names are the command line's::
 
     import ferfast
-    ckpt = ferfast.pretrain(data__unlabeled_root="/data/ms1m", run__output_dir="runs/mae")
-    result = ferfast.finetune(data__root="/data/RAF-DB/basic", data__labeled_fraction=0.25,
-                              model__pretrained=ckpt, run__output_dir="runs/raf25")
+    ckpt = ferfast.pretrain(data__unlabeled_root="/data/ms1m", run__output_dir="runs/mae")   # MAE
+    ferfast.finetune(data__root="/data/RAF-DB/basic", data__labeled_fraction=0.25,          # stage 1
+                     model__pretrained=ckpt, run__output_dir="runs/raf25")
+    result = ferfast.semisup(data__root="/data/RAF-DB/basic", run__output_dir="runs/raf25")  # stage 2
     model, class_names = ferfast.load_model("runs/raf25/stage2/checkpoint-last.pth")
+
+A later stage takes its settings from the earlier stage's checkpoint (:mod:`ferfast.engine.handover`): stage 1
+the model and image size of the pretraining, stage 2 the model, image size, dataset and label split of stage 1.
+``fresh=True`` starts a stage over, moving its old folder aside (:func:`ferfast.engine.runlock.move_aside`).
 
 Under ``torchrun`` (``torchrun --nproc_per_node N -m ferfast.train finetune ...``, or a script that calls these
 functions) :func:`pretrain`, :func:`finetune` and :func:`evaluate` join the process group for the length of the
@@ -31,17 +36,18 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ferfast.config import TrainConfig, build_config, config_from_dict
-from ferfast.engine.checkpoint import load_checkpoint
+from ferfast.config import TrainConfig, build_config, config_from_dict, get_key, given_keys, replace_keys
+from ferfast.engine.checkpoint import load_checkpoint, load_latest_checkpoint
 from ferfast.engine.dist import distributed
-from ferfast.engine.runlock import run_lock
+from ferfast.engine.handover import FROM_PRETRAIN, FROM_STAGE1, check_class_names, hand_over, saved_config
+from ferfast.engine.runlock import move_aside, run_lock
 from ferfast.engine.stages import evaluate as _evaluate
 from ferfast.engine.stages import evaluation_data, prepare_data, run_pretrain, run_stage1, run_stage2
 from ferfast.models import create_model
 
 __all__ = [
     "IMAGE_EXTENSIONS", "STAGES", "evaluate", "expand_images", "finetune", "load_model", "load_trained", "make_config",
-    "predict", "pretrain",
+    "predict", "pretrain", "semisup",
 ]  # fmt: skip
 
 #: What :func:`finetune` can run.
@@ -55,9 +61,10 @@ def make_config(
     overrides."""
     if config is not None and not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a ferfast.config.TrainConfig, got {type(config).__name__}")
-    base = {} if config is None else {"data": config.data, "model": config.model, "run": config.run,
-                                      "pretrain": config.pretrain, "stage1": config.stage1, "stage2": config.stage2}
-    return build_config(TrainConfig, overrides=overrides, **{**base, **kwargs})
+    if config is None:
+        return build_config(TrainConfig, overrides=overrides, **kwargs)
+    changes = build_config(TrainConfig, overrides=overrides, **kwargs)  # validates; records the keys given
+    return replace_keys(config, {k: get_key(changes, k) for k in given_keys(changes)}, given=given_keys(changes))
 
 
 def _without_resume(cfg: TrainConfig) -> TrainConfig:
@@ -65,38 +72,148 @@ def _without_resume(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=None))
 
 
-def pretrain(config: TrainConfig | None = None, **kwargs: Any) -> Path:
-    """MAE pretraining on unlabeled faces; returns the checkpoint that :func:`finetune` starts from."""
+def _start_fresh(cfg: TrainConfig, folders: Sequence[str], split: bool, stage: str) -> None:
+    """``fresh=True``: move the stage folders a call writes (and, for stage 1, the run's split file) aside into
+    ``run.output_dir/previous-<time>/`` (rank 0; :func:`~ferfast.engine.runlock.move_aside`), and say where."""
+    from ferfast.engine.dist import broadcast_object, is_distributed, is_main_process
+
+    out = Path(cfg.run.output_dir)
+    paths = [out / f for f in folders] + ([out / "split.json"] if split and cfg.data.split_file is None else [])
+    moved, error = None, None
+    if is_main_process():
+        try:
+            moved = move_aside(paths, out)
+        except (OSError, RuntimeError) as e:
+            error = e
+    if is_distributed():
+        message = broadcast_object(None if error is None else str(error))
+        if message is not None and error is None:
+            raise RuntimeError(f"rank 0 could not move the previous run aside: {message}")
+    if error is not None:
+        raise error
+    if moved is not None:
+        _say([f"fresh start: the previous run's {', '.join(p.name for p in paths if (moved / p.name).exists())} "
+              f"moved to {moved}"], stage, cfg)  # fmt: skip
+
+
+def pretrain(config: TrainConfig | None = None, *, fresh: bool = False, **kwargs: Any) -> Path:
+    """MAE pretraining on unlabeled faces; returns the checkpoint that :func:`finetune` starts from.
+
+    A run continues from its folder's checkpoint (a killed run; "already finished" when it is complete);
+    ``fresh=True`` starts over, moving the old ``pretrain`` folder aside (nothing is deleted).
+    """
     cfg = make_config(config, **kwargs)
     with distributed():
+        if fresh:
+            _start_fresh(cfg, ["pretrain"], False, "pretrain")
+        if (own := _handover_from_own_folder(cfg, "pretrain")) is not None:
+            cfg, lines = own
+            _say(lines, "pretrain", cfg)
         return run_pretrain(cfg)
 
 
-def finetune(config: TrainConfig | None = None, stages: Sequence[str] = STAGES, **kwargs: Any) -> dict[str, Any]:
-    """Stage 1 (face-IoU Mixup) and/or stage 2 (FixMatch), then the evaluation on the test split.
+#: what a stage continuing in its own folder (a killed or extended run) takes from its own checkpoint
+_OWN_KEYS = {"pretrain": FROM_PRETRAIN, "stage1": FROM_STAGE1, "stage2": FROM_STAGE1}
 
-    Returns ``{"metrics": {...}, "checkpoint": Path, "class_names": [...]}`` of the last stage run.
-    Stage 2 alone starts from ``output_dir/stage1``'s checkpoint. ``run.resume`` applies to the first stage run
-    (a later stage continues from its own folder's checkpoint, if any).
+
+def _handover_from_own_folder(cfg: TrainConfig, stage: str) -> tuple[TrainConfig, list[str]] | None:
+    """A stage whose folder has a checkpoint continues from it (:func:`ferfast.engine.loop.fit`), so it takes that
+    run's settings, as from an earlier stage: re-running the same command, or one with fewer options, resumes."""
+    found = load_latest_checkpoint(Path(cfg.run.output_dir) / stage)
+    saved = None if found is None else saved_config(found[1])
+    if saved is None or saved[1] != stage:
+        return None
+    cfg, report = hand_over(cfg, saved[0], found[0], _OWN_KEYS[stage], stage)
+    return cfg, report.lines()
+
+
+def _handover_from_pretraining(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """Stage 1 from a ferfast pretraining checkpoint (``model.pretrained``) takes its model and image size."""
+    if (own := _handover_from_own_folder(cfg, "stage1")) is not None:
+        return own
+    if cfg.model.pretrained is None:
+        return cfg, []
+    found = saved_config(load_checkpoint(cfg.model.pretrained))
+    if found is None or found[1] != "pretrain":  # MAE's or SSFER's own checkpoint: nothing recorded to take
+        return cfg, []
+    cfg, report = hand_over(cfg, found[0], cfg.model.pretrained, FROM_PRETRAIN, "pretrain")
+    return cfg, report.lines()
+
+
+def _stage1_checkpoint(out: Path) -> Path:
+    path = out / "stage1" / "checkpoint-last.pth"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"stage 2 starts from stage 1's checkpoint, and there is none: {path} does not exist (run stage 1, "
+            "`finetune`, with the same run.output_dir first)"
+        )
+    return path
+
+
+def _say(lines: Sequence[str], stage: str, cfg: TrainConfig) -> None:
+    from ferfast.engine.dist import is_main_process
+
+    if is_main_process() and cfg.run.print_every:
+        for line in lines:
+            print(f"{stage}: {line}", flush=True)
+
+
+def finetune(
+    config: TrainConfig | None = None, stages: Sequence[str] = ("stage1",), *, fresh: bool = False, **kwargs: Any
+) -> dict[str, Any]:
+    """Stage 1 (face-IoU Mixup; the CLI's ``finetune``) and/or stage 2 (FixMatch; the CLI's ``semisup``, also
+    :func:`semisup`), then the evaluation on the test split.
+
+    ``stages``: ``("stage1",)`` (the default), ``("stage2",)`` or ``("stage1", "stage2")`` for both. Returns
+    ``{"metrics": {...}, "checkpoint": Path, "class_names": [...], "config": TrainConfig}`` of the last stage run.
+
+    Stages hand over (:mod:`ferfast.engine.handover`): stage 1 from a ferfast pretraining checkpoint
+    (``model.pretrained``) takes its model and image size; stage 2 alone starts from
+    ``run.output_dir/stage1/checkpoint-last.pth`` and takes its model, image size, dataset and label split. A
+    setting given here that contradicts the checkpoint is a :class:`~ferfast.config.ConfigError` naming both.
+    ``run.resume`` applies to the first stage run (a later stage continues from its own folder's checkpoint).
+    ``fresh=True`` starts over: the folders of the stages run (stage 1's with stage 2's, which was trained from it,
+    and the label split file) are moved aside into ``run.output_dir/previous-<time>/``; nothing is deleted.
     """
     stages = tuple(stages)
-    if not stages or any(s not in STAGES for s in stages):
-        raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {stages}")
+    if stages not in (("stage1",), ("stage2",), STAGES):
+        raise ValueError(f"stages must be ('stage1',), ('stage2',) or {STAGES}, got {stages}")
     cfg = make_config(config, **kwargs)
     out = Path(cfg.run.output_dir)
     last = stages[-1]
     with distributed():
+        if fresh:
+            folders = ["stage1", "stage2"] if stages[0] == "stage1" else ["stage2"]
+            _start_fresh(cfg, folders, stages[0] == "stage1", stages[0])
+        if stages[0] == "stage1":
+            cfg, lines = _handover_from_pretraining(cfg)
+        else:  # stage 1's folder, locked while we read it: refused while another run still trains stage 1
+            with run_lock(out / "stage1"):
+                source = _stage1_checkpoint(out)
+                model, stage1_classes, saved = load_trained(source)
+            own = _handover_from_own_folder(cfg, "stage2")
+            if own is not None:  # continuing stage 2: its own settings, which were stage 1's
+                cfg = own[0]
+            cfg, report = hand_over(cfg, saved, source, FROM_STAGE1, "stage1")
+            lines = report.lines() if own is None else own[1]
+        _say(lines, stages[0], cfg)
         data = prepare_data(cfg)
+        if stages[0] == "stage2":
+            check_class_names(data.class_names, stage1_classes, cfg.data.root, source)
         with run_lock(out / last):  # the last stage's folder stays ours until its evaluation is written
             if "stage1" in stages:
                 model = run_stage1(cfg, data).module
-            else:  # stage 1's folder, locked while we read it: refused while another run still trains stage 1
-                with run_lock(out / "stage1"):
-                    model, _ = load_model(out / "stage1" / "checkpoint-last.pth")
             if "stage2" in stages:
                 model = run_stage2(cfg if stages[0] == "stage2" else _without_resume(cfg), data, model).module
             metrics = _evaluate(model, data.test, cfg, out / last / "eval")
-    return {"metrics": metrics, "checkpoint": out / last / "checkpoint-last.pth", "class_names": list(data.class_names)}
+    return {"metrics": metrics, "checkpoint": out / last / "checkpoint-last.pth", "class_names": list(data.class_names),
+            "config": cfg}  # fmt: skip
+
+
+def semisup(config: TrainConfig | None = None, *, fresh: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Stage 2 (FixMatch with the EMA teacher) from ``run.output_dir``'s stage-1 checkpoint, taking its settings;
+    the CLI's ``semisup``. Same as ``finetune(config, stages=("stage2",), ...)``."""
+    return finetune(config, stages=("stage2",), fresh=fresh, **kwargs)
 
 
 def load_model(checkpoint: str | os.PathLike, *, ema: bool = True) -> tuple[nn.Module, list[str]]:

@@ -4,7 +4,7 @@ A recipe is a tree of frozen dataclasses (:class:`TrainConfig` groups ``data``, 
 stage sections ``pretrain``, ``stage1``, ``stage2``; each stage has its own ``optim``). Every field carries a
 one-line help text (``field(metadata={"help": ...})``) that ``--help`` shows. Values come, lowest first, from
 
-1. the dataclass defaults (the paper's recipe, DESIGN.md section 4),
+1. the dataclass defaults (the paper's recipe, docs/design.md, Recipes),
 2. config files (``.yaml``/``.yml`` or ``.toml``; nested tables or dotted keys),
 3. keyword arguments of the Python API (``stage1={"epochs": 10}``, ``stage1__epochs=10``, a section instance),
 4. command-line overrides (``--stage1.optim.lr 1e-4``, ``--data.root=/x``, ``stage2.threshold=0.9``).
@@ -28,10 +28,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
 from ferfast._io import write_text_atomic
-from ferfast.data.augment import AugmentConfig, RandAugmentConfig
+
+if TYPE_CHECKING:  # the data layer imports torch: loaded only when a loader's settings are asked for
+    from ferfast.data.augment import AugmentConfig, RandAugmentConfig
 
 try:  # Python 3.11+
     import tomllib as _toml
@@ -42,6 +44,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         _toml = None
 
 __all__ = [
+    "DEFAULT_MODEL",
     "ConfigError",
     "DataConfig",
     "ModelConfig",
@@ -57,7 +60,10 @@ __all__ = [
     "config_from_dict",
     "config_keys",
     "config_to_dict",
+    "get_key",
+    "given_keys",
     "load_config",
+    "replace_keys",
     "save_config",
 ]
 
@@ -341,10 +347,16 @@ class DataConfig(_Section):
 
     def augment(self, rand_augment: RandAugmentConfig | None = None) -> AugmentConfig:
         """The loaders' :class:`~ferfast.data.augment.AugmentConfig` (face mean/std) for these settings."""
+        from ferfast.data.augment import AugmentConfig, RandAugmentConfig
+
         return AugmentConfig(
             image_size=self.image_size, scale=self.scale, ratio=self.ratio, flip_prob=self.flip_prob,
             rand_augment=rand_augment or RandAugmentConfig(),
         )  # fmt: skip
+
+
+#: ``model.name``'s default: SSFER's ViT-B/16 (a family name, as :func:`ferfast.models.resolve_model_names` gives)
+DEFAULT_MODEL = "vit_base_patch16"
 
 
 @dataclass(frozen=True)
@@ -352,7 +364,7 @@ class ModelConfig(_Section):
     """The ViT encoder (timm/MAE names) and the checkpoint it starts from."""
 
     name: str = field(
-        default="vit_base_patch16",
+        default=DEFAULT_MODEL,
         metadata=_doc(
             "ViT architecture (timm/MAE names): vit_demo, vit_small_patch16, vit_base_patch16, ...; mae_vit_demo "
             "etc. name the same one (pretraining builds its MAE, fine-tuning its classifier); see `python -m "
@@ -365,7 +377,11 @@ class ModelConfig(_Section):
     )
     drop_path: float = field(default=0.1, metadata=_doc("stochastic depth rate of fine-tuning"))
     global_pool: bool = field(
-        default=True, metadata=_doc("classify the mean of the patch tokens (MAE's fine-tuning) instead of [CLS]")
+        default=False,
+        metadata=_doc(
+            "false: the [CLS] token after the encoder's norm (SSFER's fine-tuning); true: the mean of the patch "
+            "tokens with a fresh fc_norm (MAE's fine-tuning default)"
+        ),
     )
     pretrained: Path | None = field(
         default=None, metadata=_doc("checkpoint to start from (MAE, SSFER or ferfast; head dropped)")
@@ -378,13 +394,14 @@ class ModelConfig(_Section):
         one is an error listing the valid names and the closest.
         """
         _check(bool(self.name.strip()), "name", "must not be empty", self.name)
-        from ferfast.models.factory import resolve_model_names  # lazily: the registry imports the models
+        if self.name != DEFAULT_MODEL:  # the default is a family name (a test checks it): no registry import
+            from ferfast.models.factory import resolve_model_names  # lazily: the registry imports torch
 
-        try:
-            _, family = resolve_model_names(self.name)
-        except ValueError as e:
-            raise ConfigError("name", str(e)) from None
-        object.__setattr__(self, "name", family)
+            try:
+                _, family = resolve_model_names(self.name)
+            except ValueError as e:
+                raise ConfigError("name", str(e)) from None
+            object.__setattr__(self, "name", family)
         _positive(self, "num_classes")
         _check(0.0 <= self.drop_path < 1.0, "drop_path", "must be in [0, 1)", self.drop_path)
 
@@ -444,7 +461,7 @@ def _check_stage(stage: Any, *batch_fields: str) -> None:
 
 @dataclass(frozen=True)
 class PretrainConfig(_Section):
-    """MAE pretraining on unlabeled faces (MAE ViT-B/16, DESIGN.md section 4)."""
+    """MAE pretraining on unlabeled faces (MAE ViT-B/16, docs/design.md, Recipes)."""
 
     epochs: int = field(default=400, metadata=_doc("pretraining epochs (MAE's main_pretrain default)"))
     batch_size: int = field(
@@ -547,6 +564,8 @@ class Stage2Config(_Section):
 
     def rand_augment(self) -> RandAugmentConfig:
         """The strong view's :class:`~ferfast.data.augment.RandAugmentConfig`."""
+        from ferfast.data.augment import RandAugmentConfig
+
         return RandAugmentConfig(
             num_ops=self.rand_augment_ops,
             magnitude=self.rand_augment_magnitude,
@@ -600,8 +619,14 @@ class RunConfig(_Section):
     )
     save_every: int = field(
         default=10,
-        metadata=_doc("a numbered checkpoint-<epoch>.pth every N epochs and after the last (checkpoint-last.pth: "
-                      "every epoch)"),
+        metadata=_doc("a numbered checkpoint-<N>.pth (the state after N epochs) every N epochs and after the last "
+                      "(checkpoint-last.pth: every epoch)"),
+    )  # fmt: skip
+    save_every_steps: int = field(
+        default=0,
+        metadata=_doc("also write checkpoint-last.pth every N steps inside an epoch (at an optimizer step), so that "
+                      "a killed run of long epochs resumes in the middle of one, exactly; 0: only at the epochs' "
+                      "ends"),
     )  # fmt: skip
     keep_checkpoints: int = field(
         default=2, metadata=_doc("keep the N newest numbered checkpoints (plus checkpoint-last and checkpoint-best)")
@@ -609,7 +634,7 @@ class RunConfig(_Section):
     tensorboard: bool = field(default=True, metadata=_doc("write TensorBoard events next to the JSON-lines log"))
 
     def validate(self) -> None:
-        _nonnegative(self, "seed", "print_every")
+        _nonnegative(self, "seed", "print_every", "save_every_steps")
         _positive(self, "log_every", "eval_every", "save_every", "keep_checkpoints")
 
 
@@ -825,7 +850,48 @@ def build_config(
             flat.update(_parse_override_list(cls, overrides))
         else:
             raise TypeError(f"overrides must be a mapping or a list of strings, got {type(overrides).__name__}")
-    return _build(cls, flat, "", base=None)
+    return _with_given(_build(cls, flat, "", base=None), flat)
+
+
+#: the attribute where :func:`build_config` records the keys it was given (see :func:`given_keys`)
+_GIVEN_ATTR = "_ferfast_given_keys"
+
+
+def _with_given(cfg: C, keys: Any) -> C:
+    object.__setattr__(cfg, _GIVEN_ATTR, frozenset(keys))
+    return cfg
+
+
+def given_keys(cfg: Any) -> frozenset[str]:
+    """The dotted keys set explicitly on ``cfg`` (by a file, keyword or option of :func:`build_config`, or an
+    option on the command line); for a config built otherwise, the keys whose values differ from the defaults.
+
+    A stage that takes its settings from another stage's checkpoint (:mod:`ferfast.engine.handover`) keeps the
+    keys given here and inherits the others.
+    """
+    recorded = getattr(cfg, _GIVEN_ATTR, None)
+    if recorded is not None:
+        return recorded
+    default = type(cfg)()
+    return frozenset(k for k in config_keys(type(cfg)) if get_key(cfg, k) != get_key(default, k))
+
+
+def get_key(cfg: Any, key: str) -> Any:
+    """The value of a dotted key (``"stage1.optim.lr"``) of a config."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def replace_keys(cfg: C, values: Mapping[str, Any], *, given: Any = ()) -> C:
+    """``cfg`` with the dotted keys of ``values`` replaced (validated). Its given keys (:func:`given_keys`) are
+    ``cfg``'s plus ``given``: an inherited setting is not one the user gave."""
+    cls = type(cfg)
+    sections = {f.name: getattr(cfg, f.name) for f, tp in _init_fields(cls) if _is_section(tp)}
+    flat = _flatten(cls, sections, "")
+    flat.update(_flatten(cls, dict(values), ""))
+    return _with_given(_build(cls, flat, "", base=None), given_keys(cfg) | frozenset(given))
 
 
 def _plain(value: Any) -> Any:
@@ -907,12 +973,14 @@ def _argparse_type(tp: Any, key: str) -> Any:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, cls: type, sections: Sequence[str] | None = None
+    parser: argparse.ArgumentParser, cls: type, sections: Sequence[str] | None = None,
+    keys: Sequence[str] | None = None,
 ) -> argparse.ArgumentParser:
     """Add ``--config FILE`` and one ``--section.field VALUE`` option per setting of ``cls`` to ``parser``.
 
     Options are grouped by section, with the field's help and default; ``sections`` limits them to some
-    top-level sections (e.g. ``("data", "model", "run", "stage1")``). Read them back with :func:`config_from_args`.
+    top-level sections (e.g. ``("data", "model", "run", "stage1")``), ``keys`` to some dotted keys (a command
+    that uses only those, e.g. ``evaluate``). Read them back with :func:`config_from_args`.
 
     Abbreviated options are turned off on ``parser`` (``allow_abbrev = False``): argparse would otherwise take
     ``--stage1.epoch`` for ``--stage1.epochs``, a key that :func:`build_config` and the Python API reject, so
@@ -940,6 +1008,8 @@ def add_config_arguments(
                 sub = parser.add_argument_group(f"{key} options", f.metadata.get("help"))
                 add(tp, default, key + ".", sub)
                 continue
+            if keys is not None and key not in keys:
+                continue
             help_text = f.metadata.get("help", "")
             kw: dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS, metavar=_metavar(tp))
             if tp is bool:
@@ -948,6 +1018,10 @@ def add_config_arguments(
             help_text = f"{help_text} (default: {_show(default)})".replace("%", "%%")
             group.add_argument(f"--{key}", type=_argparse_type(tp, key), help=help_text, **kw)
 
+    if keys is not None:
+        unknown = sorted(set(keys) - set(_leaves(cls)))
+        if unknown:
+            raise ValueError(f"keys: {unknown} are not settings of {cls.__name__}")
     base = cls()
     for f, tp in _init_fields(cls):
         if _is_section(tp) and (sections is None or f.name in sections):

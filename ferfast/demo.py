@@ -29,15 +29,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ferfast._io import write_text_atomic
 from ferfast.config import TrainConfig, build_config, config_keys
-from ferfast.data import write_synthetic_dataset
-from ferfast.data.synthetic import SyntheticFaceConfig
-from ferfast.engine.stages import evaluate, prepare_data, run_pretrain, run_stage1, run_stage2
+
+if TYPE_CHECKING:  # torch, the data layer and the engine are imported when the demo runs, not for `--help`
+    from ferfast.data.synthetic import SyntheticFaceConfig
 
 __all__ = [
     "ARMS",
@@ -90,10 +88,12 @@ class DataRecipe:
     background: float = 0.3
 
     def face_config(self) -> SyntheticFaceConfig:
+        from ferfast.data.synthetic import SyntheticFaceConfig
+
         return SyntheticFaceConfig(size=self.size, intensity=self.intensity, background=self.background)
 
 
-#: SSFER's recipe (DESIGN.md section 4) scaled to ten minutes of a 2-core CPU: the TrainConfig settings of every
+#: SSFER's recipe (docs/design.md, Recipes) scaled to ten minutes of a 2-core CPU: the TrainConfig settings of every
 #: arm. A 4-block ViT on 64x64 faces; MAE 9 epochs on the 10k unlabeled faces; stage 1 at batch 32 for 40 epochs
 #: of the 300 labeled images (360 steps), with the EMA decay, learning rates and layer decay a model this small and
 #: a schedule this short need; stage 2 at 32 labeled + 32 unlabeled images per step for 2 passes over the unlabeled
@@ -221,6 +221,8 @@ def arm_config(
     ``steps`` is ``(stage-1 steps per epoch with the labeled fraction, stage-2 steps per epoch)``; its epochs and
     warmup are converted to epochs of the whole training set (its learning rate schedule has the same shape in steps).
     """
+    import torch
+
     recipe = QUICK_RECIPE if cfg.quick else DEMO_RECIPE
     faces = cfg.faces_dir
     seed_dir = cfg.out_dir / f"seed{seed}"
@@ -293,6 +295,8 @@ def _print(line: str) -> None:
 
 def run_demo(cfg: DemoConfig | None = None, echo: Callable[[str], None] = _print) -> DemoResult:
     """Run the ablation for every seed of ``cfg``; ``echo`` receives one line per finished step."""
+    from ferfast.data import write_synthetic_dataset
+
     cfg = cfg or DemoConfig()
     check_config(cfg)
     t_start = time.perf_counter()
@@ -322,6 +326,8 @@ def run_demo(cfg: DemoConfig | None = None, echo: Callable[[str], None] = _print
 
 def _run_seed(cfg: DemoConfig, seed: int, stage_seconds: dict[str, float], echo: Callable[[str], None]) -> list:
     """Pretrain once, then every arm of ``cfg`` for ``seed``."""
+    from ferfast.engine.stages import evaluate, prepare_data, run_pretrain, run_stage1, run_stage2
+
     rows: list[ArmResult] = []
     wanted = [_ARM[k] for k in cfg.arms]
     mae: Path | None = None
@@ -362,6 +368,8 @@ def _run_seed(cfg: DemoConfig, seed: int, stage_seconds: dict[str, float], echo:
 
 def _fraction_steps(cfg: DemoConfig, seed: int, mae: Path | None) -> tuple[int, int]:
     """Steps per epoch of stage 1 and stage 2 with the labeled fraction (for a ceiling run without those arms)."""
+    from ferfast.engine.stages import prepare_data
+
     acfg = arm_config(cfg, _ARM["mixup"], seed, mae)
     data = prepare_data(acfg)
     return len(data.labeled) // acfg.stage1.batch_size, len(data.unlabeled) // acfg.stage2.unlabeled_batch_size

@@ -143,6 +143,5 @@ def test_cli_jsonl_and_csv_outputs_and_exit_codes(checkpoint, photos, tmp_path, 
         with pytest.raises(SystemExit) as e:
             main(["predict", str(checkpoint), str(photos / "b.jpg"), *bad])
         assert e.value.code == 2
-    with pytest.raises(SystemExit) as e:
-        main(["predict", str(checkpoint), str(photos / "*.gif")])
-    assert e.value.code == 2 and "*.gif" in capsys.readouterr().err
+    assert main(["predict", str(checkpoint), str(photos / "*.gif")]) == 1  # names no file: a runtime failure
+    assert "*.gif" in capsys.readouterr().err

@@ -12,31 +12,50 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from typing import Any
 
 from ferfast.config import TrainConfig, add_config_arguments, config_from_args
 
 __all__ = ["COMMAND_HELP", "add_parsers"]
 
-#: command -> (its help line, the config sections it reads, what it runs)
+#: command -> (its help line, the config sections it reads)
 COMMAND_HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     "pretrain": ("MAE face-reconstruction pretraining on unlabeled faces", ("data", "model", "run", "pretrain")),
-    "finetune": ("stage 1: supervised fine-tuning with face-IoU Mixup on the labeled fraction",
-                 ("data", "model", "run", "stage1")),
-    "semisup": ("stage 2: FixMatch with an EMA teacher, from stage 1's checkpoint in run.output_dir",
-                ("data", "model", "run", "stage1", "stage2")),
-    "evaluate": ("accuracy, mean class accuracy, macro-F1 and confusion matrix of a checkpoint",
-                 ("data", "model", "run")),
+    "finetune": ("stage 1: supervised fine-tuning with face-IoU Mixup on the labeled fraction, from a pretrained "
+                 "encoder", ("data", "model", "run", "stage1")),
+    "semisup": ("stage 2: FixMatch with an EMA teacher, from stage 1's checkpoint in run.output_dir (its settings "
+                "carried over)", ("data", "model", "run", "stage1", "stage2")),
+    "evaluate": ("accuracy, mean class accuracy, macro-F1 and confusion matrix of a checkpoint", ("data", "run")),
 }  # fmt: skip
+
+#: the settings evaluate uses besides the checkpoint's own (model, image size, classes): where the test images are,
+#: how they are loaded, and the device
+EVALUATE_KEYS = ("data.root", "data.format", "data.test_split", "data.loader", "data.dali_device",
+                 "data.num_workers", "run.device")  # fmt: skip
 
 _EXAMPLES = {
     "pretrain": "python -m ferfast.train pretrain --data.unlabeled_root /data/ms1m --run.output_dir runs/mae",
     "finetune": "python -m ferfast.train finetune --data.root /data/RAF-DB/basic --data.labeled_fraction 0.25 "
     "--model.pretrained runs/mae/pretrain/checkpoint-last.pth --run.output_dir runs/raf25",
-    "semisup": "python -m ferfast.train semisup --data.root /data/RAF-DB/basic --data.labeled_fraction 0.25 "
-    "--run.output_dir runs/raf25",
+    "semisup": "python -m ferfast.train semisup --data.root /data/RAF-DB/basic --run.output_dir runs/raf25",
     "evaluate": "python -m ferfast.train evaluate runs/raf25/stage2/checkpoint-last.pth",
 }
+
+_NOTES = {
+    "pretrain": "Pretrains on data.unlabeled_root; without it on data.root's unlabeled/ folder when it has one "
+    "(`data synth` writes one), else on data.root's training images. Writes RUN/pretrain/.",
+    "finetune": "Takes the model and image size from a ferfast pretraining checkpoint (--model.pretrained); the "
+    "label split is drawn once (data.labeled_fraction, data.seed) and kept in RUN/split.json for stage 2. "
+    "Writes RUN/stage1/.",
+    "semisup": "Starts from RUN/stage1/checkpoint-last.pth and takes its model, image size, dataset and label "
+    "split (an option that contradicts them is an error naming both values). Writes RUN/stage2/.",
+    "evaluate": "The model, image size and classes come from the checkpoint; the test images from the options, "
+    "else from the checkpoint's own settings.",
+}
+
+_RESUME_NOTE = ("A stage continues from its folder's last checkpoint (a killed run), says \"already finished\" when "
+                "it is complete, and refuses a folder another run is using; --fresh starts it over.")
 
 
 def _add_predict(subparsers: Any) -> None:
@@ -52,8 +71,9 @@ def _add_predict(subparsers: Any) -> None:
         "JSON lines, .csv -> CSV, else --format). Each row has path, topk ([class, probability] pairs), box "
         "(relative x1 y1 x2 y2, or none for the whole image) and error (for a file that cannot be read or "
         "decoded: the others are still classified).\n\n"
-        "exit status: 0 when every image was classified, 1 when some could not be read (their rows say why), "
-        "2 for a usage error (bad option, unreadable checkpoint, an input that names no image).\n\n"
+        "exit status: 0 when every image was classified; 1 when some could not be read (their rows say why), "
+        "an input names no image, or the checkpoint is missing or damaged; 2 for a usage error (a bad option, a "
+        "checkpoint that is not a stage-1 or stage-2 classifier's).\n\n"
         "example:\n  python -m ferfast.train predict runs/raf25/stage2/checkpoint-last.pth photos/ --topk 3 "
         "--output predictions.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -142,13 +162,14 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         parser.error(f"argument --batch-size: must be at least 1, got {args.batch_size}")
     fmt = _predict_format(args)
-    try:
-        files = api.expand_images(args.images)
-    except FileNotFoundError as e:
-        parser.error(f"argument INPUT: {e}")
+    files = api.expand_images(args.images)  # FileNotFoundError naming the input: a runtime failure, exit 1
     try:
         model, class_names, saved = api.load_trained(args.checkpoint)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except ValueError as e:  # not a classifier checkpoint; a missing or damaged one is a runtime failure (exit 1)
+        from ferfast.models.checkpoint import CheckpointError
+
+        if isinstance(e, CheckpointError):
+            raise
         parser.error(f"argument checkpoint: {e}")
     try:
         results = api.predict(model, files, detect=not args.no_detect, margin=args.margin,
@@ -174,14 +195,20 @@ def _run_predict(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: Any) -> None:
     """Add the stage commands and ``predict`` to the ``ferfast.train`` parser."""
     for name, (help_line, sections) in COMMAND_HELP.items():
+        notes = textwrap.fill(_NOTES[name] + ("" if name == "evaluate" else " " + _RESUME_NOTE), 100)
         parser = subparsers.add_parser(
-            name, help=help_line, description=f"{help_line}.\n\nexample:\n  {_EXAMPLES[name]}",
-            formatter_class=argparse.RawDescriptionHelpFormatter, usage=f"python -m ferfast.train {name} [options]",
+            name, help=help_line, formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=f"{help_line}.\n\n{notes}\n\nexample:\n  {_EXAMPLES[name]}",
+            usage=f"python -m ferfast.train {name} {'CHECKPOINT ' if name == 'evaluate' else ''}[options]",
         )  # fmt: skip
         if name == "evaluate":
             parser.add_argument("checkpoint", help="a stage-1 or stage-2 checkpoint (its config is the base)")
             parser.add_argument("--out", help="folder for metrics.json and confusion.png (default: next to it)")
-        add_config_arguments(parser, TrainConfig, sections=sections)
+            add_config_arguments(parser, TrainConfig, sections=sections, keys=EVALUATE_KEYS)
+        else:
+            parser.add_argument("--fresh", action="store_true",
+                                help="start the stage over: its old folder is moved into RUN/previous-<time>/")
+            add_config_arguments(parser, TrainConfig, sections=sections)
         parser.set_defaults(command_run=_run, stage_command=name, stage_parser=parser)
     _add_predict(subparsers)
 
@@ -210,7 +237,13 @@ def _run_stage_command(args: argparse.Namespace) -> int:
 
         try:
             model, _, base = api.load_trained(args.checkpoint)
-        except (FileNotFoundError, ValueError) as e:
+        except FileNotFoundError:
+            raise
+        except ValueError as e:  # not a classifier checkpoint (a damaged one is a CheckpointError: runtime)
+            from ferfast.models.checkpoint import CheckpointError
+
+            if isinstance(e, CheckpointError):
+                raise
             parser.error(f"argument checkpoint: {e}")
         cfg = config_from_args(TrainConfig, args, parser, data=base.data, model=base.model, run=base.run)
         out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
@@ -220,11 +253,11 @@ def _run_stage_command(args: argparse.Namespace) -> int:
         return 0
     cfg = config_from_args(TrainConfig, args, parser)
     if args.stage_command == "pretrain":
-        _say(f"pretrained encoder: {api.pretrain(cfg)}")
+        _say(f"pretrain: encoder checkpoint {api.pretrain(cfg, fresh=args.fresh)}")
         return 0
     stages = ("stage1",) if args.stage_command == "finetune" else ("stage2",)
-    result = api.finetune(cfg, stages=stages)
+    result = api.finetune(cfg, stages=stages, fresh=args.fresh)
     m = result["metrics"]
-    _say(f"{stages[0]}: accuracy {m['accuracy']:.4f}, mean class accuracy {m['mean_class_accuracy']:.4f}, "
+    _say(f"{stages[0]}: test accuracy {m['accuracy']:.4f}, mean class accuracy {m['mean_class_accuracy']:.4f}, "
          f"macro-F1 {m['macro_f1']:.4f}; checkpoint {result['checkpoint']}")  # fmt: skip
     return 0

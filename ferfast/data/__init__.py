@@ -1,6 +1,6 @@
 """ferfast's data layer: FER datasets in their official layouts, label splits, face boxes, loaders, synthetic faces.
 
-DESIGN.md section 3. Every format builds a :class:`FaceDataset` (encoded images, labels in the
+See docs/design.md, Datasets and labels. Every format builds a :class:`FaceDataset` (encoded images, labels in the
 canonical class order :data:`CANONICAL_CLASSES`, face boxes); :func:`build_loader` turns datasets
 into batches ``{images, labels, boxes, index, ...}`` (uint8 images, normalised on the training
 device by :func:`normalize_images`) for the four uses (pretrain, stage 1, stage 2, eval) with DALI or
@@ -54,7 +54,14 @@ from ferfast.data.rand_augment import (
     draw_rand_augment,
 )
 from ferfast.data.sampling import ShardedBatches
-from ferfast.data.splits import LabelSplit, labeled_per_class, load_split, save_split, split_labeled
+from ferfast.data.splits import (
+    LabelSplit,
+    SplitMismatchError,
+    labeled_per_class,
+    load_split,
+    save_split,
+    split_labeled,
+)
 from ferfast.data.synthetic import (
     EXPRESSION_PARAMS,
     EXPRESSION_PROTOTYPES,
@@ -99,6 +106,7 @@ __all__ = [
     "RandAugmentDraws",
     "ShardedBatches",
     "SkipCounter",
+    "SplitMismatchError",
     "SyntheticFaceConfig",
     "TorchFaceLoader",
     "UnreadableImageError",

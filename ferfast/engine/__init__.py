@@ -16,7 +16,9 @@ from ferfast.engine.checkpoint import (
     link_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_latest_checkpoint,
     prune_checkpoints,
+    remove_stale_temp_files,
     restore_rng,
     save_checkpoint,
     save_epoch_checkpoint,
@@ -41,6 +43,7 @@ from ferfast.engine.dist import (
     is_main_process,
 )
 from ferfast.engine.ema import ModelEma
+from ferfast.engine.handover import Handover, hand_over
 from ferfast.engine.logging import (
     LOG_FILE,
     MetricLogger,
@@ -54,10 +57,11 @@ from ferfast.engine.loop import BEST_KEY, RANK_RNG_KEY, FitConfig, fit
 from ferfast.engine.metrics import classification_metrics, confusion_matrix, confusion_png_size, save_confusion_png
 from ferfast.engine.precision import choose_precision, resolve_precision
 from ferfast.engine.prefetch import DevicePrefetcher, prepare_batch
-from ferfast.engine.runlock import LOCK_FILE, RunLockedError, lock_holder, run_lock
+from ferfast.engine.runlock import LOCK_FILE, RunLockedError, lock_holder, move_aside, run_lock
 from ferfast.engine.schedule import cosine_with_warmup, scaled_lr, set_lr, step_decay
 from ferfast.engine.stages import FERData, evaluate, prepare_data, run_pretrain, run_stage1, run_stage2
 from ferfast.engine.steps import PRECISIONS, StepOutput, autocast, pretrain_step, stage1_step, stage2_step, to_device
+from ferfast.models.checkpoint import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError
 
 __all__ = [
     "BEST_CHECKPOINT",
@@ -67,15 +71,19 @@ __all__ = [
     "LOG_FILE",
     "PRECISIONS",
     "RANK_RNG_KEY",
+    "CheckpointError",
+    "CorruptCheckpointError",
     "DevicePrefetcher",
     "DistInfo",
     "FERData",
     "FitConfig",
+    "Handover",
     "MetricLogger",
     "ModelEma",
     "NonFiniteLossError",
     "RunLockedError",
     "StepOutput",
+    "UnsafeCheckpointError",
     "all_gather_objects",
     "all_gather_tensor",
     "all_reduce_mean",
@@ -96,6 +104,7 @@ __all__ = [
     "fit",
     "get_rank",
     "get_world_size",
+    "hand_over",
     "init_distributed",
     "is_distributed",
     "is_main_process",
@@ -103,13 +112,16 @@ __all__ = [
     "link_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_latest_checkpoint",
     "lock_holder",
+    "move_aside",
     "nonfinite_found",
     "prepare_batch",
     "prepare_data",
     "pretrain_step",
     "progress",
     "prune_checkpoints",
+    "remove_stale_temp_files",
     "resolve_precision",
     "restore_rng",
     "run_lock",

@@ -35,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_FILE", "RunLockedError", "lock_holder", "run_lock"]
+__all__ = ["LOCK_FILE", "RunLockedError", "lock_holder", "move_aside", "run_lock"]
 
 #: the lock file in a locked folder
 LOCK_FILE = "ferfast.lock"
@@ -178,3 +178,30 @@ def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
         del _HELD[key]
         if fd is not None:
             _release(folder, fd, created)
+
+
+def move_aside(paths: list[str | os.PathLike], into: str | os.PathLike) -> Path | None:
+    """Start over without losing anything: move the existing ``paths`` (a run's stage folders, its split file)
+    into a new folder ``<into>/previous-<YYYYmmdd-HHMMSS>/`` under their own names; returns that folder, or None
+    when none of them exists. Nothing is deleted.
+
+    A folder another run holds is refused (:class:`RunLockedError`) before anything moves: each folder is locked
+    while it is checked, and moved only after all were checked. Rank 0 only (the caller waits for it).
+    """
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if not existing:
+        return None
+    for path in existing:
+        if path.is_dir():
+            with run_lock(path):  # refuses a folder in use, naming its holder
+                pass
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = Path(into) / f"previous-{stamp}"
+    n = 1
+    while target.exists():
+        target = Path(into) / f"previous-{stamp}-{n}"
+        n += 1
+    target.mkdir(parents=True)
+    for path in existing:
+        path.rename(target / path.name)
+    return target

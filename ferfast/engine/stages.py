@@ -339,7 +339,7 @@ def make_optimizer(model: nn.Module, optim: OptimConfig, effective_batch: int) -
     groups = param_groups(model, optim.weight_decay, optim.layer_decay)
     for group in groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())  # 3x faster on the CPU (DESIGN §5)
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())  # 3x faster on the CPU (docs/design.md)
     return torch.optim.AdamW(groups, lr=lr, betas=optim.betas, eps=optim.eps, fused=fused), lr
 
 
@@ -392,7 +392,8 @@ def _fit_config(cfg: TrainConfig, optim: OptimConfig, epochs: int, base_lr: floa
         epochs=epochs, lr_at=lr_function(optim, epochs, base_lr), output_dir=out,
         precision=precision, precision_note=why, clip_grad=optim.clip_grad,
         accum_steps=optim.accum_steps, nonfinite=cfg.run.nonfinite, log_every=cfg.run.log_every,
-        keep=cfg.run.keep_checkpoints, save_every=cfg.run.save_every, eval_every=cfg.run.eval_every,
+        keep=cfg.run.keep_checkpoints, save_every=cfg.run.save_every, save_every_steps=cfg.run.save_every_steps,
+        eval_every=cfg.run.eval_every,
         compile=cfg.run.compile, compile_mode=cfg.run.compile_mode, print_every=cfg.run.print_every,
         image_mean=augment.mean, image_std=augment.std,
     )  # fmt: skip
@@ -441,6 +442,86 @@ def _save_stage_config(cfg: TrainConfig, out: Path) -> None:
         save_config(cfg, out / "config.yaml")
 
 
+def _say(cfg: TrainConfig, stage: str, lines: list[str]) -> None:
+    """The start-up summary (rank 0, unless ``run.print_every`` is 0): one ``stage: ...`` line each."""
+    if is_main_process() and cfg.run.print_every:
+        for line in lines:
+            print(f"{stage}: {line}", flush=True)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def _describe_model(model: nn.Module, cfg: TrainConfig, name: str) -> str:
+    params = sum(p.numel() for p in model.parameters())
+    pooling = ""
+    if not name.startswith("mae_"):
+        pooling = ", mean of the patch tokens (MAE's pooling)" if cfg.model.global_pool else ", [CLS] after norm"
+    return f"model {name}: {_count(params)} parameters, {cfg.data.image_size} px images{pooling}"
+
+
+def _describe_loader(loader: object, cfg: TrainConfig) -> str:
+    """The loader's backend, where it decodes, its workers."""
+    name = type(loader).__name__
+    if "Dali" in name:
+        where = getattr(loader, "device", cfg.data.dali_device)
+        return f"loader DALI ({where} decoding)"
+    workers = cfg.data.num_workers
+    return f"loader torch ({workers} worker process{'es' if workers != 1 else ''})" if workers else "loader torch " \
+        "(decoding in the main process)"
+
+
+def _describe_pretrained(start: Path | None, report: object | None) -> str:
+    """Where stage 1's weights come from and what loaded (the missing and unexpected keys, by name)."""
+    if start is None:
+        return "weights: random initialisation (no model.pretrained: training from scratch)"
+    missing = list(getattr(report, "missing_keys", []))
+    unexpected = list(getattr(report, "unexpected_keys", []))
+    ignored = len(getattr(report, "ignored_keys", []))
+    interpolated = ", ".join(f"{k} {list(a)} -> {list(b)}" for k, (a, b) in getattr(report, "interpolated", {}).items())
+    text = (f"weights: {start}; missing keys (initialised here): {', '.join(missing) or 'none'}; unexpected keys: "
+            f"{', '.join(unexpected) or 'none'}; {ignored} pretraining-only keys (decoder...) ignored")  # fmt: skip
+    return text + (f"; interpolated {interpolated}" if interpolated else "")
+
+
+def _describe_data(data: FERData, cfg: TrainConfig) -> list[str]:
+    """The labeled dataset, the label split and where it comes from, and the evaluation split."""
+    train, split = data.train, data.split
+    source = "drawn now" if data.pending_split_file is not None else "from its file"
+    where = data.pending_split_file or cfg.data.split_file or Path(cfg.run.output_dir) / "split.json"
+    val = data.validation
+    which = cfg.data.val_split or cfg.data.test_split
+    return [
+        f"data {cfg.data.root} ({type(train).__name__}): {len(train)} training images of {len(data.class_names)} "
+        f"classes ({', '.join(data.class_names)})",
+        f"labels: {len(split.labeled)} labeled ({split.fraction:g} of the training images, seed {split.seed}), "
+        f"{len(split.unlabeled)} unlabeled; split {source} ({where})",
+        f"validation: {len(val)} images of the {which!r} split after each evaluated epoch",
+    ]
+
+
+def _pretrain_faces(cfg: TrainConfig) -> tuple[FaceDataset, str]:
+    """MAE's faces and a line saying which: ``data.unlabeled_root``; else ``<data.root>/unlabeled/`` when it has
+    images (``data synth``'s pool); else the labeled dataset's training images."""
+    if cfg.data.unlabeled_root is not None:
+        fmt = cfg.data.unlabeled_format
+        fmt = detect_format(cfg.data.unlabeled_root) if fmt == "auto" else fmt
+        faces = open_dataset(fmt, cfg.data.unlabeled_root, "unlabeled")
+        return faces, f"data {cfg.data.unlabeled_root} ({fmt}): {len(faces)} unlabeled faces (data.unlabeled_root)"
+    if cfg.data.root is not None and (Path(cfg.data.root) / "unlabeled").is_dir():
+        pool = Path(cfg.data.root) / "unlabeled"
+        faces = open_dataset("folder", pool, "unlabeled")
+        if len(faces):
+            return faces, (f"data {pool}: {len(faces)} unlabeled faces (the unlabeled/ folder of data.root; set "
+                           "data.unlabeled_root to pretrain on another collection)")  # fmt: skip
+    if cfg.data.root is None:
+        raise ConfigError("data.unlabeled_root", "is not set, nor data.root: pretraining needs faces to train on")
+    faces = prepare_data(cfg).train
+    return faces, (f"data {cfg.data.root}: its {len(faces)} labeled training images, labels unused (no "
+                   "data.unlabeled_root, and no unlabeled/ folder in data.root)")  # fmt: skip
+
+
 def run_pretrain(cfg: TrainConfig) -> Path:
     """MAE pretraining; returns the checkpoint (MAE's layout) that stage 1 starts from.
 
@@ -451,12 +532,7 @@ def run_pretrain(cfg: TrainConfig) -> Path:
     with run_lock(out):
         device = resolve_device(cfg.run.device)
         torch.manual_seed(cfg.run.seed)
-        if cfg.data.unlabeled_root is not None:
-            fmt = cfg.data.unlabeled_format
-            fmt = detect_format(cfg.data.unlabeled_root) if fmt == "auto" else fmt
-            faces = open_dataset(fmt, cfg.data.unlabeled_root, "unlabeled")
-        else:
-            faces = prepare_data(cfg).train
+        faces, data_line = _pretrain_faces(cfg)
         p = cfg.pretrain
         mae = build_mae(cfg).to(device)
         _seed_training_draws(cfg.run.seed)
@@ -464,6 +540,11 @@ def run_pretrain(cfg: TrainConfig) -> Path:
                          seed=cfg.run.seed)  # fmt: skip
         opt, lr = make_optimizer(mae, p.optim, effective_batch_size(p.batch_size, p.optim))
         fit_cfg = _fit_config(cfg, p.optim, p.epochs, lr, out, device, mae, mae=True)
+        _say(cfg, "pretrain", [
+            data_line,
+            _describe_model(mae, cfg, f"mae_{cfg.model.name}") + f", {p.mask_ratio:.0%} of the patches masked",
+            f"{_describe_loader(loader, cfg)}, batch {p.batch_size}, learning rate {lr:.3g} | output {out}",
+        ])  # fmt: skip
         _save_stage_config(cfg, out)
         with _logger(cfg, out) as logger:
             fit(lambda m, b: pretrain_step(m, b, p.mask_ratio), mae, opt, loader, fit_cfg, device=device,
@@ -484,18 +565,22 @@ def run_stage1(cfg: TrainConfig, data: FERData, pretrained: Path | None = None) 
         s = cfg.stage1
         model = build_classifier(cfg, len(data.class_names)).to(device)
         start = pretrained or cfg.model.pretrained
-        if start is not None:
-            load_pretrained(model, start)
+        resuming = any(out.glob("checkpoint-*.pth"))  # fit restores the run's own weights: no pretrained load
+        report = load_pretrained(model, start) if start is not None and not resuming else None
         ema = ModelEma(model, s.ema_decay)
         mixup = build_mixup(cfg, len(data.class_names))
         warn_without_face_boxes(cfg, data.labeled)
         _seed_training_draws(cfg.run.seed)
 
-        def reseed(epoch: int) -> None:  # Mixup's own draws: a function of (seed, epoch): a resumed run repeats them
-            mixup.rng = np.random.default_rng([cfg.run.seed, epoch])
+        position = [0, 0]  # (epoch, step) of the next batch: Mixup's draws are a function of (seed, epoch, step)
+
+        def reseed(epoch: int, start_step: int) -> None:  # so a resumed run, mid-epoch too, repeats them
+            position[:] = [epoch, start_step]
 
         def step(m: nn.Module, b: dict) -> StepOutput:
             if s.mixup:
+                mixup.rng = np.random.default_rng([cfg.run.seed, *position])
+                position[1] += 1
                 return stage1_step(m, b, mixup)
             loss = nn.functional.cross_entropy(m(b["images"]), b["labels"], label_smoothing=s.label_smoothing)
             return StepOutput(loss, {"loss": loss.detach()})
@@ -505,6 +590,16 @@ def run_stage1(cfg: TrainConfig, data: FERData, pretrained: Path | None = None) 
         opt, lr = make_optimizer(model, s.optim, effective_batch_size(s.batch_size, s.optim))
         fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, model)
         validate = _validator(ema.module, data.validation, cfg)
+        mixup_line = "face-IoU Mixup off (stage1.mixup false)"
+        if s.mixup:
+            boxes = int(np.isfinite(data.labeled.boxes).all(axis=1).sum())
+            mixup_line = f"face-IoU Mixup on: face boxes known for {boxes} of {len(data.labeled)} labeled images"
+        _say(cfg, "stage1", [
+            *_describe_data(data, cfg), _describe_model(model, cfg, cfg.model.name),
+            f"weights: continuing this stage's own run in {out}" if resuming else
+            _describe_pretrained(None if start is None else Path(start), report), mixup_line,
+            f"{_describe_loader(loader, cfg)}, batch {s.batch_size}, learning rate {lr:.3g} | output {out}",
+        ])  # fmt: skip
         data.write_split()
         _save_stage_config(cfg, out)
         with _logger(cfg, out) as logger:
@@ -540,6 +635,13 @@ def run_stage2(cfg: TrainConfig, data: FERData, start: nn.Module) -> ModelEma:
         opt, lr = make_optimizer(student, s.optim, effective_batch_size(s.batch_size, s.optim))
         fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, student)
         validate = _validator(teacher.module, data.validation, cfg)
+        _say(cfg, "stage2", [
+            *_describe_data(data, cfg), _describe_model(student, cfg, cfg.model.name) + ", from stage 1's EMA weights",
+            f"FixMatch: pseudo-labels with p >= {s.threshold:g} from the EMA teacher (decay {s.ema_decay:g}), "
+            f"unlabeled loss weight {s.unlabeled_weight:g}",
+            f"{_describe_loader(loader, cfg)}, batch {s.batch_size} labeled + {s.unlabeled_batch_size} unlabeled, "
+            f"learning rate {lr:.3g} | output {out}",
+        ])  # fmt: skip
         data.write_split()
         _save_stage_config(cfg, out)
         with _logger(cfg, out) as logger:

@@ -7,7 +7,10 @@ SSFER checkpoints load with :func:`load_pretrained`. This package knows nothing 
 from __future__ import annotations
 
 from ferfast.models.checkpoint import (
+    CheckpointError,
+    CorruptCheckpointError,
     LoadReport,
+    UnsafeCheckpointError,
     load_mae_checkpoint,
     load_pretrained,
     mae_state_dict,
@@ -54,10 +57,13 @@ from ferfast.models.vit import (
 )
 
 __all__ = [
+    "CheckpointError",
+    "CorruptCheckpointError",
     "LoadReport",
     "MaskedAutoencoderViT",
     "ModelInfo",
     "PatchEmbed",
+    "UnsafeCheckpointError",
     "VisionTransformer",
     "conv_to_linear_patch_weight",
     "create_model",

@@ -239,9 +239,9 @@ def test_run_resume_continues_an_explicit_checkpoint_unless_the_run_has_its_own(
     for name, value in full.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
     log = tmp_path / "new" / "stage1" / "log.jsonl"
-    assert [r["epoch"] for r in epoch_records(log)] == [1]  # epoch 0 came from the checkpoint
+    assert [r["epoch"] for r in epoch_records(log)] == [2]  # epoch 1 came from the checkpoint
     run_stage1(constant_lr(synth, tmp_path / "new", **{"run.resume": str(source)}), data)
-    assert [r["epoch"] for r in epoch_records(log)] == [1]  # its own checkpoint-last.pth (the last epoch) won
+    assert [r["epoch"] for r in epoch_records(log)] == [2]  # its own checkpoint-last.pth (the last epoch) won
     with pytest.raises(ConfigError, match=r"run\.resume: checkpoint not found"):
         run_stage1(tiny_config(synth, tmp_path / "x", **{"run.resume": str(tmp_path / "missing.pth")}), data)
 
@@ -252,7 +252,7 @@ def test_stage1_evaluates_on_the_val_split_and_keeps_the_best(synth, tmp_path):
     assert data.validation is data.val and len(data.val) == 56
     ema = run_stage1(cfg, data)
     records = epoch_records(tmp_path / "stage1" / "log.jsonl")
-    assert [r["epoch"] for r in records] == [0, 1] and all("val_mean_class_accuracy" in r for r in records)
+    assert [r["epoch"] for r in records] == [1, 2] and all("val_mean_class_accuracy" in r for r in records)
     assert records[-1]["val_accuracy"] == pytest.approx(evaluate(ema.module, data.train, cfg)["accuracy"])
     best = load_checkpoint(tmp_path / "stage1" / BEST_CHECKPOINT)
     assert best["best"]["value"] == max(r["val_accuracy"] for r in records)
