@@ -10,29 +10,33 @@ chosen per model / per op with ``backend=`` (:mod:`ferfast.backends`):
   ``fused_head_masked_mse`` (``fused_head=True``), with and without ``norm_pix_loss``. The reference run is
   always MAE's plain path: ``decoder_pred`` on every token, then ``masked_patch_mse_ref``.
 - Stage 1: a tiny ViT fine-tuned with :class:`~ferfast.ops.FaceIoUMixup` through
-  :func:`ferfast.engine.steps.stage1_step` (20 AdamW steps, one forward pass over ``[originals; mixed]``),
-  the same ``lam`` draws in both runs (the mixup's seed).
+  :func:`ferfast.engine.steps.stage1_step`, driven by :func:`ferfast.engine.fit` (the epoch loop the stages run:
+  40 AdamW steps at 3e-3, one forward pass over ``[originals; mixed]``), the same ``lam`` draws in both runs (the
+  mixup's seed). Stage 2 (FixMatch through ``fit``) is in ``test_tiny_fixmatch.py``.
 
-Triton interpreted on the CPU (no GPU) runs smaller configurations for 10 steps (see ``MAE_INTERPRETED``);
+Triton interpreted on the CPU (no GPU) runs smaller configurations (see ``MAE_INTERPRETED``, ``STAGE1_INTERPRETED``);
 on a GPU every backend runs the full ones, reference included, on the GPU.
 
 Data: synthetic faces drawn by :func:`ferfast.data.synthetic.render_faces` in the test (32 faces, 32x32, with
 their face boxes), normalised with the face mean/std; nothing is downloaded.
 
-What is asserted: the loss goes down (training works); the masks are identical step by step (index outputs
-match bit for bit on every backend); every step's loss agrees with the reference's within ``loss_rtol(step)``;
-the final parameters and the final model's outputs on held-out faces agree.
+What is asserted: the loss goes down (training works: MAE's last 5 losses below 0.8x its first 5; stage 1's too,
+0.95x interpreted, and the trained ViT classifies at least 40% of its training faces right, chance being 1/7; the
+measured values are at ``Stage1Config`` and in the stage-1 test); the masks are identical
+step by step (index outputs match bit for bit on every backend); every step's loss agrees with the reference's
+within ``loss_rtol(step)``; the final parameters and the final model's outputs on held-out faces agree.
 
 Tolerances, fp32. The per-op tests hold every fp32 op to about ``1e-5`` relative of the exact answer; the
 backends differ from the reference only in the order of their sums, so a step's loss starts a few ulp apart
 (measured here, fp32 on the CPU: at most 1.8e-7 relative over the 20 steps, cpu and interpreted triton
 alike, with one intra-op thread). Each AdamW step can amplify an earlier difference in the weights, so the
-bound starts at the op-level ``1e-5`` and grows linearly to ~1e-4 at step 20 (:func:`loss_rtol`); the
-closest measured step used 1.4% of its bound, so the check is not flaky. It is still tight enough to see
-small semantic changes: the control tests show it rejects a norm-pix target with the *biased* variance
-(the target scaled by sqrt(48/47), 1%: all 20 steps) and face boxes rounded to whole pixels of 224 x 224
-as SSFER's code does (IoU changes of ~1%: 19 of 20 steps). A 5% change of the label smoothing
-(0.1 -> 0.105) is caught at 19 of 20 steps too; a 1% change stays inside the bound.
+bound starts at the op-level ``1e-5`` and grows linearly to ~1e-4 at step 20 (~2e-4 at stage 1's step 40,
+:func:`loss_rtol`); the closest measured step used 1.4% of its bound (stage 1's 40 steps: 0.5%), so the check is
+not flaky. It is still tight enough to see small semantic changes: the control tests show it rejects a norm-pix
+target with the *biased* variance (the target scaled by sqrt(48/47), 1%: all 20 steps) and face boxes rounded to
+whole pixels of 224 x 224 as SSFER's code does (IoU changes of ~1%: 29 of stage 1's 40 steps). A 5% change of
+the label smoothing (0.1 -> 0.105) was caught at 19 of 20 steps of the former 20-step stage 1 too; a 1% change
+stays inside the bound.
 
 The final parameters agree to 1.1e-5 of each tensor's scale (bound ``PARAM_RTOL = 1e-4``), the final
 models' outputs on held-out faces to 2.2e-7 (bound ``OUTPUT_RTOL = 1e-4``). On a GPU (cuDNN, SDPA kernels,
@@ -48,7 +52,9 @@ The functional check (outputs on held-out faces) covers it instead.
 from __future__ import annotations
 
 import functools
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +63,8 @@ from torch import Tensor, nn
 
 from ferfast.data.augment import FACE_MEAN, FACE_STD
 from ferfast.data.synthetic import SyntheticFaceConfig, render_faces
-from ferfast.engine.steps import stage1_step
+from ferfast.engine.loop import FitConfig, fit
+from ferfast.engine.steps import StepOutput, stage1_step
 from ferfast.models import MaskedAutoencoderViT, VisionTransformer
 from ferfast.ops import FaceIoUMixup
 from tests.utils import BACKENDS, backend_cases, backend_device, is_interpreted
@@ -112,17 +119,20 @@ class Stage1Config:
     img_size: int = 32
     patch_size: int = 8
     batch: int = 16
-    steps: int = STEPS
-    lr: float = 1e-3
+    #: 40 steps at 3e-3 train for real (measured: the last 5 losses 0.69x the first 5, 20 of the 32 training faces
+    #: classified right); the old 20 steps at 1e-3 only reached 0.95x
+    steps: int = 40
+    lr: float = 3e-3
     label_smoothing: float = 0.1
 
 
 MAE = MAEConfig()
 STAGE1 = Stage1Config()
 #: interpreted Triton runs every kernel program in Python (~0.1-0.5 s a kernel launch here): a quarter of the MAE's
-#: batch and patches (16x16 images, L = 16), half the stage-1 batch and 10 steps keep each case to a few seconds
+#: batch and patches (16x16 images, L = 16) and 10 steps, half the stage-1 batch and 16 steps keep each case to a few
+#: seconds
 MAE_INTERPRETED = MAEConfig(img_size=16, batch=4, steps=10)
-STAGE1_INTERPRETED = Stage1Config(batch=8, steps=10)
+STAGE1_INTERPRETED = Stage1Config(batch=8, steps=16)
 SEED = 0
 
 
@@ -185,8 +195,41 @@ def train_mae(
     return Run(torch.tensor(losses, dtype=torch.float64), model, masks)
 
 
+class BatchList:
+    """A loader for :func:`ferfast.engine.fit` over fixed batches (float images, already normalised: the prefetcher
+    passes them through), honouring ``set_epoch(epoch, start_step)``."""
+
+    def __init__(self, batches: list[dict[str, Tensor]]) -> None:
+        self.batches = batches
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.start = start_step
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches[self.start :])
+
+
+def fit_quietly(
+    step_fn, model: nn.Module, opt: torch.optim.Optimizer, loader, epochs: int, lr: float,
+    best_metric: str = "val_accuracy", **kwargs,
+) -> list[dict[str, float]]:  # fmt: skip
+    """:func:`ferfast.engine.fit` at a constant learning rate, silent, its checkpoints in a temporary folder; returns
+    fit's history (one record per epoch: the means of the steps' statistics, and ``evaluate``'s scores)."""
+    device = next(model.parameters()).device
+    with tempfile.TemporaryDirectory(prefix="ferfast-convergence-") as out:
+        cfg = FitConfig(epochs=epochs, lr_at=lambda _epoch: lr, output_dir=Path(out), log_every=0, keep=0,
+                        show_progress=False, print_every=0, best_metric=best_metric)  # fmt: skip
+        return fit(step_fn, model, opt, loader, cfg, device=device, resume=False, **kwargs)
+
+
 def train_stage1(cfg: Stage1Config, device: torch.device, backend: str, round_boxes: bool = False) -> Run:
-    """``round_boxes``: round the face boxes to whole pixels of a 224 x 224 image, as SSFER's code does
+    """Stage 1 through :func:`ferfast.engine.fit` (one epoch of ``cfg.steps`` batches), every step's loss recorded.
+
+    ``round_boxes``: round the face boxes to whole pixels of a 224 x 224 image, as SSFER's code does
     (``int(x + .5)``); ferfast keeps the exact boxes. Only the control test uses it."""
     model = tiny_vit(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
@@ -194,14 +237,17 @@ def train_stage1(cfg: Stage1Config, device: torch.device, backend: str, round_bo
     if round_boxes:
         boxes = torch.floor(boxes * 224 + 0.5) / 224
     mixup = FaceIoUMixup(NUM_CLASSES, label_smoothing=cfg.label_smoothing, seed=4, backend=backend)
+    batches = [{"images": x[rows], "labels": y[rows], "boxes": boxes[rows]}
+               for rows in (_rows(step, cfg.batch) for step in range(cfg.steps))]  # fmt: skip
     losses = []
-    for step in range(cfg.steps):
-        rows = _rows(step, cfg.batch)
-        out = stage1_step(model, {"images": x[rows], "labels": y[rows], "boxes": boxes[rows]}, mixup)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
+
+    def step(m: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
+        out = stage1_step(m, batch, mixup)
         losses.append(float(out.loss.detach()))
+        return out
+
+    fit_quietly(step, model, opt, BatchList(batches), epochs=1, lr=cfg.lr)
+    assert len(losses) == cfg.steps, f"fit ran {len(losses)} steps, expected {cfg.steps}"
     return Run(torch.tensor(losses, dtype=torch.float64), model, [])
 
 
@@ -283,6 +329,14 @@ def mae_probe_loss(run: Run, cfg: MAEConfig, device: torch.device) -> Tensor:
     finally:
         model.backend = saved
     return loss
+
+
+def assert_fits_training_faces(run: Run, cfg: Stage1Config, device: torch.device, name: str, min_accuracy: float):
+    """The trained ViT classifies at least ``min_accuracy`` of its training faces right (chance: 1 / 7)."""
+    x, y, _ = synthetic_faces(2 * cfg.batch, cfg.img_size, seed=3)
+    with torch.no_grad():
+        accuracy = float((run.model.eval()(x.to(device)).argmax(1).cpu() == y).float().mean())
+    assert accuracy >= min_accuracy, f"{name}: {accuracy:.2f} of the training faces right, below {min_accuracy}"
 
 
 def vit_probe_logits(run: Run, cfg: Stage1Config, device: torch.device) -> Tensor:
@@ -371,8 +425,12 @@ def test_tiny_stage1_face_iou_mixup_matches_reference(backend):
     run = train_stage1(cfg, device, backend)
     name = f"stage 1 {backend}"
 
-    assert_trains(ref.losses, name + " (reference)", factor=0.97)
-    assert_trains(run.losses, name, factor=0.97)
+    # measured: 0.69 (40 steps; 20 of the 32 training faces right afterwards), interpreted 0.885 (16 steps, batch 8)
+    factor = 0.95 if is_interpreted(backend) else 0.8
+    assert_trains(ref.losses, name + " (reference)", factor=factor)
+    assert_trains(run.losses, name, factor=factor)
+    if not is_interpreted(backend):
+        assert_fits_training_faces(run, cfg, device, name, min_accuracy=0.4)
     assert_curves_agree(run.losses, ref.losses, name)
     assert_params_close(run.model, ref.model, name)
     assert_outputs_close(vit_probe_logits(run, cfg, device), vit_probe_logits(ref, cfg, device), name)
@@ -382,4 +440,4 @@ def test_stage1_tolerance_rejects_rounded_face_boxes():
     """Control: the loss-curve check sees SSFER's whole-pixel face boxes (IoU changes of ~1%) instead of exact ones."""
     ref = reference_stage1(STAGE1, "cpu")
     wrong = train_stage1(STAGE1, torch.device("cpu"), "reference", round_boxes=True)
-    assert len(curve_mismatches(wrong.losses, ref.losses)) >= STEPS // 2
+    assert len(curve_mismatches(wrong.losses, ref.losses)) >= STAGE1.steps // 2  # measured: 29 of 40
