@@ -544,6 +544,9 @@ class Stage2Config(_Section):
         default=0.7, metadata=_doc("confidence a pseudo-label needs (max softmax of the weak view)")
     )
     unlabeled_weight: float = field(default=5.0, metadata=_doc("weight of the unlabeled (pseudo-label) loss"))
+    label_smoothing: float = field(
+        default=0.1, metadata=_doc("label smoothing of the labeled images' cross-entropy (SSFER's 0.1, as in stage 1)")
+    )
     rand_augment_ops: int = field(
         default=2, metadata=_doc("RandAugment ops per strong view (timm's rand-m9-mstd0.5-inc1)")
     )
@@ -558,6 +561,7 @@ class Stage2Config(_Section):
         _check_stage(self, "batch_size", "unlabeled_batch_size")
         _in_unit(self, "ema_decay", low_open=False, high_open=True)
         _in_unit(self, "threshold", low_open=False, high_open=False)
+        _in_unit(self, "label_smoothing", low_open=False, high_open=True)
         _nonnegative(self, "unlabeled_weight", "rand_augment_ops", "rand_augment_magnitude_std")
         magnitude = self.rand_augment_magnitude
         _check(0.0 <= magnitude <= 10.0, "rand_augment_magnitude", "must be in [0, 10] (timm's scale)", magnitude)

@@ -25,7 +25,7 @@ COMMAND_HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     "finetune": ("stage 1: supervised fine-tuning with face-IoU Mixup on the labeled fraction, from a pretrained "
                  "encoder", ("data", "model", "run", "stage1")),
     "semisup": ("stage 2: FixMatch with an EMA teacher, from stage 1's checkpoint in run.output_dir (its settings "
-                "carried over)", ("data", "model", "run", "stage1", "stage2")),
+                "carried over)", ("data", "model", "run", "stage2")),
     "evaluate": ("accuracy, mean class accuracy, macro-F1 and confusion matrix of a checkpoint", ("data", "run")),
 }  # fmt: skip
 

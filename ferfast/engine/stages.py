@@ -630,7 +630,7 @@ def run_stage2(cfg: TrainConfig, data: FERData, start: nn.Module) -> ModelEma:
 
         def step(m: nn.Module, b: dict) -> StepOutput:
             return stage2_step(m, teacher.module, b, threshold=s.threshold, unlabeled_weight=s.unlabeled_weight,
-                               label_smoothing=cfg.stage1.label_smoothing)  # fmt: skip
+                               label_smoothing=s.label_smoothing)  # fmt: skip
 
         opt, lr = make_optimizer(student, s.optim, effective_batch_size(s.batch_size, s.optim))
         fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, student)
