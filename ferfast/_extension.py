@@ -154,7 +154,3 @@ def load_problems(require: tuple[str, ...] | list[str] = ()) -> list[str]:
 
 
 _load()
-if HAS_OPS:  # the C++ ops' autograd and fake kernels, once per process, whoever imports this first
-    from ferfast import _library
-
-    _library.register_native_ops()

@@ -3,7 +3,8 @@
 
 The shape functions and backward formulas are plain functions so that every
 backend's op (``ferfast::*`` from C++, ``ferfast_triton::*`` from Triton) registers
-the same ones with :func:`register_op`.
+the same ones with :func:`register_op`, which iterates the op declarations of
+:mod:`ferfast.ops._registry` (the one place that says which op has which fake kernel and autograd formula).
 """
 
 from __future__ import annotations
@@ -49,16 +50,14 @@ def unshuffle_tokens_backward_fake(
     grad: Tensor, ids_restore: Tensor, num_prefix_tokens: int, num_visible: int
 ) -> tuple[Tensor, Tensor]:
     b, _, d = grad.shape
-    token_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
-    return grad.new_empty((b, num_prefix_tokens + num_visible, d)), grad.new_empty((d,), dtype=token_dtype)
+    return grad.new_empty((b, num_prefix_tokens + num_visible, d)), grad.new_empty((d,), dtype=acc_dtype(grad))
 
 
 def masked_patch_mse_fake(
     imgs: Tensor, pred: Tensor, mask: Tensor, patch_size: int, norm_pix_loss: bool, compute_grad: bool
 ) -> tuple[Tensor, Tensor]:
     grad = pred.new_empty(pred.shape) if compute_grad else pred.new_empty((0,))
-    wide = torch.float64 in (imgs.dtype, pred.dtype)
-    return pred.new_empty((), dtype=torch.float64 if wide else torch.float32), grad
+    return pred.new_empty((), dtype=acc_dtype(imgs, pred)), grad
 
 
 def scale_grad_fake(grad: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
@@ -113,7 +112,7 @@ def fixmatch_loss_fake(
 # ---- autograd ----------------------------------------------------------------------------------
 
 
-def _patchify_gather_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
+def patchify_gather_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
     imgs, ids_keep, patch_size = inputs
     ctx.save_for_backward(ids_keep)
     ctx.patch_size = patch_size
@@ -121,7 +120,7 @@ def _patchify_gather_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
     ctx.imgs_dtype = imgs.dtype
 
 
-def _make_patchify_gather_backward(backward_op: Callable) -> Callable:
+def make_patchify_gather_backward(backward_op: Callable) -> Callable:
     def backward(ctx: Any, grad: Tensor):
         (ids_keep,) = ctx.saved_tensors
         c, h, w = ctx.imgs_shape
@@ -131,7 +130,7 @@ def _make_patchify_gather_backward(backward_op: Callable) -> Callable:
     return backward
 
 
-def _unshuffle_tokens_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
+def unshuffle_tokens_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
     x, mask_token, ids_restore, num_prefix_tokens = inputs
     ctx.save_for_backward(ids_restore)
     ctx.num_prefix_tokens = num_prefix_tokens
@@ -141,7 +140,7 @@ def _unshuffle_tokens_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
     ctx.mask_token_dtype = mask_token.dtype
 
 
-def _make_unshuffle_tokens_backward(backward_op: Callable) -> Callable:
+def make_unshuffle_tokens_backward(backward_op: Callable) -> Callable:
     def backward(ctx: Any, grad: Tensor):
         (ids_restore,) = ctx.saved_tensors
         grad_x, grad_token = backward_op(grad.contiguous(), ids_restore, ctx.num_prefix_tokens, ctx.num_visible)
@@ -157,7 +156,7 @@ def scale_grad_torch(grad: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     The backward multiply of the C++ backends and the reference; the Triton backend fuses it into one
     pass (``ferfast_triton::_scale_grad``), where eager torch makes three for fp16/bf16 gradients.
     """
-    acc = torch.float64 if torch.float64 in (grad.dtype, scale.dtype, dtype) else torch.float32
+    acc = acc_dtype(grad, scale, dtype)
     out = grad * scale.to(acc) if grad.dtype == acc else grad.to(acc) * scale.to(acc)
     return out.to(dtype)
 
@@ -184,14 +183,14 @@ def scale_grad(
     flush to zero nor overflow. ``grad_loss`` and ``denom`` stay on the device: no host read, whatever their
     values (no ``grad_loss == 1`` shortcut).
     """
-    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(grad)
     scale = grad_loss.to(acc) * factor
     if denom is not None:
         scale = scale / denom.to(acc)
     return scale_fn(grad, scale, grad.dtype if dtype is None else dtype)
 
 
-def _masked_patch_mse_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+def masked_patch_mse_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
     compute_grad = inputs[5]
     if not compute_grad and inputs[1].requires_grad:
         raise RuntimeError("masked_patch_mse was called with compute_grad=False on a pred that requires grad")
@@ -205,7 +204,7 @@ def _masked_patch_mse_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tenso
     ctx.pdim = inputs[1].shape[-1]
 
 
-def _make_masked_patch_mse_backward(scale_fn: ScaleFn) -> Callable:
+def make_masked_patch_mse_backward(scale_fn: ScaleFn) -> Callable:
     def backward(ctx: Any, grad_loss: Tensor, _grad_grad: Tensor):
         """The un-normalised gradient was computed in forward; backward applies ``2 * grad_loss / (P * denom)``."""
         grad_pred, denom = ctx.saved_tensors
@@ -216,7 +215,7 @@ def _make_masked_patch_mse_backward(scale_fn: ScaleFn) -> Callable:
     return backward
 
 
-def _face_mixup_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
+def face_mixup_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
     x, lam, perm, with_originals = inputs
     ctx.save_for_backward(lam, perm)
     ctx.with_originals = with_originals
@@ -228,7 +227,7 @@ def face_mixup_backward_math(grad: Tensor, lam: Tensor, perm: Tensor, with_origi
     (``index_add_``: any ``perm``, repeated partners included), in float32 (float64 for float64 grads)."""
     b = perm.shape[0]
     g_mix = grad[b:] if with_originals else grad
-    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(grad)
     lam_c = lam.to(acc).reshape(-1).expand(b).reshape(b, *([1] * (grad.dim() - 1)))
     g_mix = g_mix.to(acc)
     grad_x = g_mix * lam_c
@@ -238,12 +237,12 @@ def face_mixup_backward_math(grad: Tensor, lam: Tensor, perm: Tensor, with_origi
     return grad_x.to(x_dtype)
 
 
-def _face_mixup_backward(ctx: Any, grad: Tensor):
+def face_mixup_backward(ctx: Any, grad: Tensor):
     lam, perm = ctx.saved_tensors
     return face_mixup_backward_math(grad, lam, perm, ctx.with_originals, ctx.x_dtype), None, None, None
 
 
-def _facemix_loss_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor, Tensor]) -> None:
+def facemix_loss_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor, Tensor]) -> None:
     compute_grad = inputs[6]
     if not compute_grad and (inputs[0].requires_grad or inputs[1].requires_grad):
         raise RuntimeError("facemix_loss was called with compute_grad=False on logits that require grad")
@@ -254,7 +253,7 @@ def _facemix_loss_setup(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor, T
     ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
 
 
-def _make_facemix_loss_backward(scale_fn: ScaleFn) -> Callable:
+def make_facemix_loss_backward(scale_fn: ScaleFn) -> Callable:
     def backward(ctx: Any, grad_loss: Tensor, _g1: Tensor, _g2: Tensor):
         """The op's gradients are ``B * d loss / d logits`` in float32; backward applies ``grad_loss / B``."""
         grad_real, grad_mixed = ctx.saved_tensors
@@ -275,7 +274,7 @@ def _make_facemix_loss_backward(scale_fn: ScaleFn) -> Callable:
     return backward
 
 
-def _fixmatch_loss_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
+def fixmatch_loss_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
     compute_grad = inputs[3]
     if not compute_grad and inputs[1].requires_grad:
         raise RuntimeError("fixmatch_loss was called with compute_grad=False on logits_strong that require grad")
@@ -286,7 +285,7 @@ def _fixmatch_loss_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
     ctx.strong_dtype = inputs[1].dtype
 
 
-def _make_fixmatch_loss_backward(scale_fn: ScaleFn) -> Callable:
+def make_fixmatch_loss_backward(scale_fn: ScaleFn) -> Callable:
     def backward(ctx: Any, grad_loss: Tensor, *_unused: Tensor):
         """The op's gradient is ``B * d loss / d logits_strong`` in float32; backward applies ``grad_loss / B``."""
         (grad_strong,) = ctx.saved_tensors
@@ -298,70 +297,28 @@ def _make_fixmatch_loss_backward(scale_fn: ScaleFn) -> Callable:
     return backward
 
 
-#: Ops of the face-IoU Mixup and FixMatch family and their fake kernels (registered by :func:`register_op`).
-MIXUP_FAKES: dict[str, Callable] = {
-    "box_iou": box_iou_fake,
-    "paired_box_iou": paired_box_iou_fake,
-    "face_mixup": face_mixup_fake,
-    "face_mixup_out": face_mixup_out_fake,
-    "mixup_soft_targets": mixup_soft_targets_fake,
-    "facemix_loss": facemix_loss_fake,
-    "fixmatch_loss": fixmatch_loss_fake,
-}
+def scale_fn(kernels: dict[str, Callable]) -> ScaleFn:
+    """The backward multiply of the losses: the backend's fused ``scale_grad`` kernel, else :func:`scale_grad_torch`."""
+    return kernels.get("scale_grad", scale_grad_torch)
 
 
-def register_op(namespace: str, backward_ops: dict[str, Callable], with_fake: bool = True) -> None:
-    """Register fake kernels (optional) and autograd formulas on ``namespace::<op>``.
+def register_op(
+    namespace: str, backward_ops: dict[str, Callable], with_fake: bool = True, backend: str = "cpu"
+) -> None:
+    """Register the fake kernels (optional) and autograd formulas of every op ``backend`` implements on
+    ``namespace::<op>``, as declared in :data:`ferfast.ops._registry.SPECS` (one loop, one style).
 
-    ``backward_ops`` holds the backend's backward kernels: ``patchify_gather`` and ``unshuffle_tokens``, and
-    optionally ``scale_grad`` (a fused :data:`ScaleFn` for the losses' backward; default :func:`scale_grad_torch`).
+    ``backward_ops`` holds the backend's kernels its backward formulas call: ``patchify_gather`` and
+    ``unshuffle_tokens`` (their backward ops), and optionally ``scale_grad`` (a fused :data:`ScaleFn` for the
+    losses' backward; default :func:`scale_grad_torch`).
     """
-    lib = f"{namespace}::"
-    scale_fn = backward_ops.get("scale_grad", scale_grad_torch)
-    if with_fake:
-        torch.library.register_fake(lib + "random_masking")(random_masking_fake)
-        torch.library.register_fake(lib + "patchify_gather")(patchify_gather_fake)
-        torch.library.register_fake(lib + "_patchify_gather_backward")(patchify_gather_backward_fake)
-        torch.library.register_fake(lib + "unshuffle_tokens")(unshuffle_tokens_fake)
-        torch.library.register_fake(lib + "_unshuffle_tokens_backward")(unshuffle_tokens_backward_fake)
-        torch.library.register_fake(lib + "masked_patch_mse")(masked_patch_mse_fake)
-    torch.library.register_autograd(
-        lib + "patchify_gather",
-        _make_patchify_gather_backward(backward_ops["patchify_gather"]),
-        setup_context=_patchify_gather_setup,
-    )
-    torch.library.register_autograd(
-        lib + "unshuffle_tokens",
-        _make_unshuffle_tokens_backward(backward_ops["unshuffle_tokens"]),
-        setup_context=_unshuffle_tokens_setup,
-    )
-    torch.library.register_autograd(
-        lib + "masked_patch_mse", _make_masked_patch_mse_backward(scale_fn), setup_context=_masked_patch_mse_setup
-    )
-    register_mixup_ops(namespace, with_fake, scale_fn)
+    from ferfast.ops._registry import register
 
-
-def register_mixup_ops(namespace: str, with_fake: bool = True, scale_fn: ScaleFn = scale_grad_torch) -> None:
-    """Fake kernels (optional) and autograd of the face-IoU Mixup / FixMatch ops on ``namespace::<op>``.
-
-    Their backward formulas are plain torch (``face_mixup``) or scale gradients computed in forward
-    (the losses, with ``scale_fn``), so every backend shares them; box IoU and soft targets have no gradient.
-    """
-    lib = f"{namespace}::"
-    if with_fake:
-        for name, fake in MIXUP_FAKES.items():
-            torch.library.register_fake(lib + name)(fake)
-    torch.library.register_autograd(lib + "face_mixup", _face_mixup_backward, setup_context=_face_mixup_setup)
-    torch.library.register_autograd(
-        lib + "facemix_loss", _make_facemix_loss_backward(scale_fn), setup_context=_facemix_loss_setup
-    )
-    torch.library.register_autograd(
-        lib + "fixmatch_loss", _make_fixmatch_loss_backward(scale_fn), setup_context=_fixmatch_loss_setup
-    )
+    register(namespace, backward_ops, with_fake=with_fake, backend=backend)
 
 
 def register_native_ops() -> None:
-    """Register the C++ library's ops (``ferfast::*``); called once ``_C`` is loaded."""
+    """Register the C++ library's ops (``ferfast::*``: the ``cpu`` and ``cuda`` backends) once ``_C`` is loaded."""
     ops = torch.ops.ferfast
     register_op(
         "ferfast",

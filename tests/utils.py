@@ -327,6 +327,20 @@ def op_namespace(backend: str) -> str:
     return "ferfast_triton" if backend == "triton" else "ferfast"
 
 
+#: What a direct ``torch.ops`` call with bad arguments raises, per backend (the public ops raise ValueError/TypeError
+#: before any backend runs; docs/ops.md): the C++ ops' TORCH_CHECK_VALUE/TORCH_CHECK_TYPE (ValueError/TypeError),
+#: the Triton hosts' invariant checks (AssertionError).
+DIRECT_CALL_ERRORS: dict[str, type[Exception] | tuple[type[Exception], ...]] = {
+    "cpu": (ValueError, TypeError),
+    "cuda": (ValueError, TypeError),
+    "triton": AssertionError,
+}
+
+
+def direct_call_error(backend: str) -> type[Exception] | tuple[type[Exception], ...]:
+    return DIRECT_CALL_ERRORS[backend]
+
+
 def ops_missing(backend: str, ops) -> str | None:
     """Why ``backend`` cannot serve ``ops`` (the first one not registered), or ``None``."""
     ns = op_namespace(backend)

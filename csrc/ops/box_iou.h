@@ -7,7 +7,7 @@ namespace ferfast {
 
 inline void check_boxes(const at::Tensor& boxes, const char* name) {
   check_floating(boxes, name);
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, name, " must have shape [N, 4] (xyxy), got ", boxes.sizes());
+  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, name, " must have shape [N, 4] (xyxy), got ", boxes.sizes());
 }
 
 inline void check_box_iou(const at::Tensor& boxes1, const at::Tensor& boxes2) {
@@ -19,7 +19,7 @@ inline void check_box_iou(const at::Tensor& boxes1, const at::Tensor& boxes2) {
 // perm[B] int64 on x's device: the Mixup partner of each sample.
 inline void check_perm(const at::Tensor& perm, int64_t batch, const at::Tensor& ref, const char* ref_name) {
   check_long(perm, "perm");
-  TORCH_CHECK(perm.dim() == 1 && perm.size(0) == batch, "perm must have shape [", batch, "], got ", perm.sizes());
+  TORCH_CHECK_VALUE(perm.dim() == 1 && perm.size(0) == batch, "perm must have shape [", batch, "], got ", perm.sizes());
   check_same_device(perm, "perm", ref, ref_name);
 }
 

@@ -9,19 +9,19 @@
 namespace ferfast {
 
 inline void check_floating(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating-point tensor, got ", t.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name, " must be a floating-point tensor, got ", t.scalar_type());
 }
 
 inline void check_long(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kLong, name, " must be an int64 tensor, got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, " must be an int64 tensor, got ", t.scalar_type());
 }
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* name) {
-  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dimensions, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() == dim, name, " must have ", dim, " dimensions, got shape ", t.sizes());
 }
 
 inline void check_same_device(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name) {
-  TORCH_CHECK(a.device() == b.device(), a_name, " (", a.device(), ") and ", b_name, " (", b.device(),
+  TORCH_CHECK_VALUE(a.device() == b.device(), a_name, " (", a.device(), ") and ", b_name, " (", b.device(),
               ") must be on the same device");
 }
 
@@ -34,8 +34,8 @@ inline int64_t num_kept(int64_t num_patches, double mask_ratio) {
 inline std::pair<int64_t, int64_t> check_patch_grid(const at::Tensor& imgs, int64_t patch_size) {
   check_dim(imgs, 4, "imgs");
   check_floating(imgs, "imgs");
-  TORCH_CHECK(patch_size > 0, "patch_size must be positive, got ", patch_size);
-  TORCH_CHECK(imgs.size(2) % patch_size == 0 && imgs.size(3) % patch_size == 0, "imgs height and width (",
+  TORCH_CHECK_VALUE(patch_size > 0, "patch_size must be positive, got ", patch_size);
+  TORCH_CHECK_VALUE(imgs.size(2) % patch_size == 0 && imgs.size(3) % patch_size == 0, "imgs height and width (",
               imgs.size(2), ", ", imgs.size(3), ") must be divisible by patch_size ", patch_size);
   return {imgs.size(2) / patch_size, imgs.size(3) / patch_size};
 }

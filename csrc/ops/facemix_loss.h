@@ -15,20 +15,20 @@ inline void check_facemix_loss(const at::Tensor& logits_real, const at::Tensor& 
   check_floating(logits_mixed, "logits_mixed");
   check_dim(logits_real, 2, "logits_real");
   const int64_t B = logits_real.size(0), K = logits_real.size(1);
-  TORCH_CHECK(B > 0 && K > 0, "logits_real must be a non-empty [B, K], got ", logits_real.sizes());
-  TORCH_CHECK(logits_mixed.scalar_type() == logits_real.scalar_type(), "logits_mixed must have logits_real's dtype ",
+  TORCH_CHECK_VALUE(B > 0 && K > 0, "logits_real must be a non-empty [B, K], got ", logits_real.sizes());
+  TORCH_CHECK_TYPE(logits_mixed.scalar_type() == logits_real.scalar_type(), "logits_mixed must have logits_real's dtype ",
               logits_real.scalar_type(), ", got ", logits_mixed.scalar_type());
-  TORCH_CHECK(logits_mixed.sizes() == logits_real.sizes(), "logits_mixed must have logits_real's shape ",
+  TORCH_CHECK_VALUE(logits_mixed.sizes() == logits_real.sizes(), "logits_mixed must have logits_real's shape ",
               logits_real.sizes(), ", got ", logits_mixed.sizes());
   check_long(y, "y");
-  TORCH_CHECK(y.dim() == 1 && y.size(0) == B, "y must have shape [", B, "], got ", y.sizes());
+  TORCH_CHECK_VALUE(y.dim() == 1 && y.size(0) == B, "y must have shape [", B, "], got ", y.sizes());
   check_floating(y_soft, "y_soft");
-  TORCH_CHECK(y_soft.sizes() == logits_real.sizes(), "y_soft must have shape ", logits_real.sizes(), ", got ",
+  TORCH_CHECK_VALUE(y_soft.sizes() == logits_real.sizes(), "y_soft must have shape ", logits_real.sizes(), ", got ",
               y_soft.sizes());
   check_floating(iou, "iou");
-  TORCH_CHECK(iou.dim() == 1 && iou.size(0) == B, "iou must have shape [", B, "], got ", iou.sizes());
+  TORCH_CHECK_VALUE(iou.dim() == 1 && iou.size(0) == B, "iou must have shape [", B, "], got ", iou.sizes());
   check_long(perm, "perm");
-  TORCH_CHECK(perm.dim() == 1 && perm.size(0) == B, "perm must have shape [", B, "], got ", perm.sizes());
+  TORCH_CHECK_VALUE(perm.dim() == 1 && perm.size(0) == B, "perm must have shape [", B, "], got ", perm.sizes());
   check_same_device(logits_mixed, "logits_mixed", logits_real, "logits_real");
   check_same_device(y, "y", logits_real, "logits_real");
   check_same_device(y_soft, "y_soft", logits_real, "logits_real");

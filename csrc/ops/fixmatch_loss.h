@@ -13,12 +13,12 @@ inline void check_fixmatch_loss(const at::Tensor& logits_weak, const at::Tensor&
   check_floating(logits_weak, "logits_weak");
   check_floating(logits_strong, "logits_strong");
   check_dim(logits_weak, 2, "logits_weak");
-  TORCH_CHECK(logits_weak.size(0) > 0 && logits_weak.size(1) > 0, "logits_weak must be a non-empty [B, K], got ",
+  TORCH_CHECK_VALUE(logits_weak.size(0) > 0 && logits_weak.size(1) > 0, "logits_weak must be a non-empty [B, K], got ",
               logits_weak.sizes());
-  TORCH_CHECK(logits_strong.sizes() == logits_weak.sizes(), "logits_strong must have logits_weak's shape ",
+  TORCH_CHECK_VALUE(logits_strong.sizes() == logits_weak.sizes(), "logits_strong must have logits_weak's shape ",
               logits_weak.sizes(), ", got ", logits_strong.sizes());
   check_same_device(logits_strong, "logits_strong", logits_weak, "logits_weak");
-  TORCH_CHECK(threshold >= 0.0 && threshold <= 1.0, "threshold must be in [0, 1], got ", threshold);
+  TORCH_CHECK_VALUE(threshold >= 0.0 && threshold <= 1.0, "threshold must be in [0, 1], got ", threshold);
 }
 
 }  // namespace ferfast

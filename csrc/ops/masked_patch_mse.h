@@ -20,11 +20,11 @@ inline void check_masked_patch_mse(const at::Tensor& imgs, const at::Tensor& pre
   check_same_device(imgs, "imgs", pred, "pred");
   check_same_device(imgs, "imgs", mask, "mask");
   const int64_t B = imgs.size(0), C = imgs.size(1), L = gh * gw, P = patch_size * patch_size * C;
-  TORCH_CHECK(pred.size(0) == B && pred.size(1) == L && pred.size(2) == P, "pred must have shape [", B, ", ", L,
+  TORCH_CHECK_VALUE(pred.size(0) == B && pred.size(1) == L && pred.size(2) == P, "pred must have shape [", B, ", ", L,
               ", ", P, "] for imgs ", imgs.sizes(), " and patch_size ", patch_size, ", got ", pred.sizes());
-  TORCH_CHECK(mask.size(0) == B && mask.size(1) == L, "mask must have shape [", B, ", ", L, "], got ",
+  TORCH_CHECK_VALUE(mask.size(0) == B && mask.size(1) == L, "mask must have shape [", B, ", ", L, "], got ",
               mask.sizes());
-  TORCH_CHECK(!norm_pix_loss || P > 1, "norm_pix_loss needs at least 2 values per patch (unbiased variance)");
+  TORCH_CHECK_VALUE(!norm_pix_loss || P > 1, "norm_pix_loss needs at least 2 values per patch (unbiased variance)");
 }
 
 }  // namespace ferfast

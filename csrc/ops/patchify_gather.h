@@ -10,7 +10,7 @@ inline void check_patchify_gather(const at::Tensor& imgs, const at::Tensor& ids_
   check_dim(ids_keep, 2, "ids_keep");
   check_long(ids_keep, "ids_keep");
   check_same_device(imgs, "imgs", ids_keep, "ids_keep");
-  TORCH_CHECK(ids_keep.size(0) == imgs.size(0), "ids_keep batch size ", ids_keep.size(0),
+  TORCH_CHECK_VALUE(ids_keep.size(0) == imgs.size(0), "ids_keep batch size ", ids_keep.size(0),
               " does not match imgs batch size ", imgs.size(0));
 }
 
@@ -21,9 +21,9 @@ inline void check_patchify_gather_backward(const at::Tensor& grad, const at::Ten
   check_dim(ids_keep, 2, "ids_keep");
   check_long(ids_keep, "ids_keep");
   check_same_device(grad, "grad", ids_keep, "ids_keep");
-  TORCH_CHECK(patch_size > 0 && height % patch_size == 0 && width % patch_size == 0,
+  TORCH_CHECK_VALUE(patch_size > 0 && height % patch_size == 0 && width % patch_size == 0,
               "height and width must be divisible by patch_size");
-  TORCH_CHECK(grad.size(0) == ids_keep.size(0) && grad.size(1) == ids_keep.size(1) &&
+  TORCH_CHECK_VALUE(grad.size(0) == ids_keep.size(0) && grad.size(1) == ids_keep.size(1) &&
                   grad.size(2) == patch_size * patch_size * channels,
               "grad shape ", grad.sizes(), " does not match ids_keep ", ids_keep.sizes(), " and patch dim ",
               patch_size * patch_size * channels);

@@ -7,8 +7,7 @@ from torch import Tensor
 
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
-from ferfast.ops._dispatch import op_namespace
-from ferfast.reference.boxes import box_iou_ref, paired_box_iou_ref
+from ferfast.ops._registry import dispatch
 from ferfast.reference.mixup import flip_perm
 
 __all__ = ["box_iou", "paired_box_iou"]
@@ -56,9 +55,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, backend: str | None = None, valid
     if _checks.values_checked(validate, boxes1, boxes2, backend=chosen):
         _check_box_values(boxes1, "boxes1")
         _check_box_values(boxes2, "boxes2")
-    if chosen == "reference":
-        return box_iou_ref(boxes1, boxes2)
-    return op_namespace(chosen).box_iou(boxes1, boxes2)
+    return dispatch("box_iou", chosen)(boxes1, boxes2)
 
 
 def paired_box_iou(
@@ -85,6 +82,4 @@ def paired_box_iou(
     if _checks.values_checked(validate, boxes, perm, backend=chosen):
         _check_box_values(boxes, "boxes")
         _checks.index_range(perm, b, "perm", "partner indices")
-    if chosen == "reference":
-        return paired_box_iou_ref(boxes, perm)
-    return op_namespace(chosen).paired_box_iou(boxes, perm)
+    return dispatch("paired_box_iou", chosen)(boxes, perm)

@@ -15,9 +15,9 @@ from torch import Tensor
 
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
-from ferfast.ops._dispatch import op_namespace
+from ferfast.ops._registry import dispatch
 from ferfast.reference.dtypes import acc_dtype
-from ferfast.reference.mixup import face_mixup_ref, flip_perm, mixup_soft_targets_ref
+from ferfast.reference.mixup import flip_perm
 
 __all__ = ["face_mixup", "mixup_soft_targets"]
 
@@ -84,9 +84,7 @@ def face_mixup(
         _checks.index_range(perm, b, "perm", "partner indices")
         _check_lam_values(lam)
     if out is None:
-        if chosen == "reference":
-            return face_mixup_ref(x, lam, perm, bool(with_originals))
-        return op_namespace(chosen).face_mixup(x, lam, perm, bool(with_originals))
+        return dispatch("face_mixup", chosen)(x, lam, perm, bool(with_originals))
     out = _checks.tensor(out, "out")
     _checks.same_device(out, "out", x, "x")
     if out.dtype != x.dtype:
@@ -103,10 +101,7 @@ def face_mixup(
         raise RuntimeError("face_mixup(out=...) does not support autograd; call it without out")
     if out.numel() and x.numel() and out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
         raise ValueError("out must not overlap x (face_mixup reads x[perm[i]] after writing row i)")
-    if chosen == "reference":
-        out.copy_(face_mixup_ref(x, lam, perm, out.shape[0] == 2 * b and b > 0))
-    else:
-        op_namespace(chosen).face_mixup_out(x, lam, perm, out)
+    dispatch("face_mixup_out", chosen)(x, lam, perm, out)
     return out
 
 
@@ -156,6 +151,4 @@ def mixup_soft_targets(
     _checks.index(y, "y")
     if checked:
         _checks.index_range(y, num_classes, "y", "class labels")
-    if chosen == "reference":
-        return mixup_soft_targets_ref(y, num_classes, lam, perm, label_smoothing)
-    return op_namespace(chosen).mixup_soft_targets(y, num_classes, lam, perm, label_smoothing)
+    return dispatch("mixup_soft_targets", chosen)(y, num_classes, lam, perm, label_smoothing)

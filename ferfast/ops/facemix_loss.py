@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
-from ferfast.ops._dispatch import op_namespace
-from ferfast.reference.mixup import facemix_loss_ref, flip_perm
+from ferfast.ops._registry import dispatch
+from ferfast.reference.mixup import flip_perm
 
 __all__ = ["FaceMixLoss", "facemix_loss"]
 
@@ -83,10 +83,8 @@ def facemix_loss(
     if _checks.values_checked(validate, iou):
         _checks.unit_values(iou, "iou", "IoUs of each face with its partner's")
     y_soft, iou = y_soft.detach(), iou.detach()
-    if chosen == "reference":
-        return facemix_loss_ref(logits_real, logits_mixed, y, y_soft, iou, perm)
     compute_grad = torch.is_grad_enabled() and (logits_real.requires_grad or logits_mixed.requires_grad)
-    loss, _, _ = op_namespace(chosen).facemix_loss(logits_real, logits_mixed, y, y_soft, iou, perm, compute_grad)
+    loss, _, _ = dispatch("facemix_loss", chosen)(logits_real, logits_mixed, y, y_soft, iou, perm, compute_grad)
     return loss
 
 

@@ -7,8 +7,7 @@ from torch import Tensor, nn
 
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
-from ferfast.ops._dispatch import op_namespace
-from ferfast.reference.ssl import fixmatch_loss_ref
+from ferfast.ops._registry import dispatch
 
 __all__ = ["FixMatchLoss", "fixmatch_loss"]
 
@@ -51,14 +50,9 @@ def fixmatch_loss(
     _checks.same_device(logits_strong, "logits_strong", logits_weak, "logits_weak_teacher")
     threshold = _checks.unit_interval(threshold, "threshold")
     logits_weak = logits_weak.detach()
-    chosen = resolve_backend(logits_weak.device, backend)
-    if chosen == "reference":
-        loss, rate, pseudo, mask = fixmatch_loss_ref(logits_weak, logits_strong, threshold)
-    else:
-        compute_grad = torch.is_grad_enabled() and logits_strong.requires_grad
-        loss, rate, pseudo, mask, _ = op_namespace(chosen).fixmatch_loss(
-            logits_weak, logits_strong, threshold, compute_grad
-        )
+    op = dispatch("fixmatch_loss", resolve_backend(logits_weak.device, backend))
+    compute_grad = torch.is_grad_enabled() and logits_strong.requires_grad
+    loss, rate, pseudo, mask, _ = op(logits_weak, logits_strong, threshold, compute_grad)
     return (loss, rate, pseudo, mask) if return_pseudo_labels else (loss, rate)
 
 

@@ -19,15 +19,11 @@ from torch import Tensor, nn
 from ferfast._library import scale_grad
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
-from ferfast.ops._dispatch import op_namespace
-from ferfast.reference.patch_loss import masked_patch_mse_ref, norm_pix_target_ref
+from ferfast.ops._registry import dispatch
+from ferfast.reference.dtypes import acc_dtype
+from ferfast.reference.patch_loss import norm_pix_target_ref
 
 __all__ = ["MaskedPatchMSELoss", "fused_head_masked_mse", "masked_patch_mse"]
-
-
-def loss_dtype(imgs: Tensor, pred: Tensor) -> torch.dtype:
-    """Losses are float32, or float64 when an input is float64."""
-    return torch.float64 if torch.float64 in (imgs.dtype, pred.dtype) else torch.float32
 
 
 def _check_loss_args(imgs: Any, pred: Any, mask: Any, patch_size: Any, pred_name: str = "pred") -> tuple:
@@ -79,14 +75,9 @@ def masked_patch_mse(
         raise ValueError(f"pred must have shape {list(expected)} for imgs {tuple(imgs.shape)}, got {tuple(pred.shape)}")
     if norm_pix_loss and expected[2] < 2:
         raise ValueError("norm_pix_loss needs at least 2 values per patch (unbiased variance)")
-    chosen = resolve_backend(imgs.device, backend)
-    if chosen == "reference":
-        loss = masked_patch_mse_ref(imgs.detach(), pred, mask.detach(), patch_size, bool(norm_pix_loss))
-        return loss.to(loss_dtype(imgs, pred))
+    op = dispatch("masked_patch_mse", resolve_backend(imgs.device, backend))
     compute_grad = torch.is_grad_enabled() and pred.requires_grad
-    loss, _ = op_namespace(chosen).masked_patch_mse(
-        imgs.detach(), pred, mask.detach(), patch_size, bool(norm_pix_loss), compute_grad
-    )
+    loss, _ = op(imgs.detach(), pred, mask.detach(), patch_size, bool(norm_pix_loss), compute_grad)
     return loss
 
 
@@ -128,7 +119,7 @@ class FusedHeadMaskedMSEFunction(torch.autograd.Function):
     def forward(ctx: Any, h, weight, bias, imgs, mask, patch_size, norm_pix_loss, chunk_size, num_masked):  # type: ignore[override]
         b, length, dim = h.shape
         pdim = weight.shape[0]
-        acc = torch.float64 if torch.float64 in (h.dtype, weight.dtype, imgs.dtype) else torch.float32
+        acc = acc_dtype(h, weight, imgs)
         flat_h = h.reshape(b * length, dim)
         flat_mask = mask.reshape(-1)
         rows_all = _masked_rows(mask, num_masked)

@@ -6,8 +6,7 @@ from torch import Tensor
 
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
-from ferfast.ops._dispatch import op_namespace
-from ferfast.reference.masking import patchify_gather_ref
+from ferfast.ops._registry import dispatch
 
 __all__ = ["patchify_gather"]
 
@@ -26,7 +25,4 @@ def patchify_gather(imgs: Tensor, ids_keep: Tensor, patch_size: int, *, backend:
     _checks.index(ids_keep, "ids_keep")
     _checks.batch(ids_keep, "ids_keep", imgs, "imgs")
     _checks.same_device(ids_keep, "ids_keep", imgs, "imgs")
-    chosen = resolve_backend(imgs.device, backend)
-    if chosen == "reference":
-        return patchify_gather_ref(imgs, ids_keep, patch_size)
-    return op_namespace(chosen).patchify_gather(imgs, ids_keep, patch_size)
+    return dispatch("patchify_gather", resolve_backend(imgs.device, backend))(imgs, ids_keep, patch_size)

@@ -6,8 +6,7 @@ from torch import Tensor
 
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
-from ferfast.ops._dispatch import op_namespace
-from ferfast.reference.masking import random_masking_ref
+from ferfast.ops._registry import dispatch
 
 __all__ = ["random_masking"]
 
@@ -28,7 +27,4 @@ def random_masking(noise: Tensor, mask_ratio: float, *, backend: str | None = No
     _checks.ndim(noise, 2, "noise", "[B, L]")
     _checks.floating(noise, "noise")
     mask_ratio = _checks.mask_ratio(mask_ratio)
-    chosen = resolve_backend(noise.device, backend)
-    if chosen == "reference":
-        return random_masking_ref(noise, mask_ratio)
-    return op_namespace(chosen).random_masking(noise, mask_ratio)
+    return dispatch("random_masking", resolve_backend(noise.device, backend))(noise, mask_ratio)

@@ -6,8 +6,7 @@ from torch import Tensor
 
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
-from ferfast.ops._dispatch import op_namespace
-from ferfast.reference.masking import unshuffle_tokens_ref
+from ferfast.ops._registry import dispatch
 
 __all__ = ["unshuffle_tokens"]
 
@@ -41,7 +40,5 @@ def unshuffle_tokens(
         raise ValueError(
             f"x has {x.shape[1] - num_prefix_tokens} visible tokens, more than ids_restore's {ids_restore.shape[1]}"
         )
-    chosen = resolve_backend(x.device, backend)
-    if chosen == "reference":
-        return unshuffle_tokens_ref(x, mask_token, ids_restore, num_prefix_tokens)
-    return op_namespace(chosen).unshuffle_tokens(x, mask_token.reshape(-1), ids_restore, num_prefix_tokens)
+    op = dispatch("unshuffle_tokens", resolve_backend(x.device, backend))
+    return op(x, mask_token.reshape(-1), ids_restore, num_prefix_tokens)

@@ -8,6 +8,8 @@ from torch import Tensor
 __all__ = ["acc_dtype"]
 
 
-def acc_dtype(*tensors: Tensor) -> torch.dtype:
-    """float64 when any of ``tensors`` is float64 (so fp64 gradchecks are meaningful), else float32."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+def acc_dtype(*tensors: Tensor | torch.dtype) -> torch.dtype:
+    """float64 when any of ``tensors`` (tensors or dtypes) is float64 (so fp64 gradchecks are meaningful), else
+    float32."""
+    wide = any((t if isinstance(t, torch.dtype) else t.dtype) == torch.float64 for t in tensors)
+    return torch.float64 if wide else torch.float32

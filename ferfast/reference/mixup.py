@@ -61,7 +61,7 @@ def mixup_soft_targets_ref(
 
     Returns ``[B, K]`` float32 (float64 when ``lam`` is a float64 tensor).
     """
-    acc = lam.dtype if isinstance(lam, Tensor) and lam.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(lam) if isinstance(lam, Tensor) else torch.float32
     off = label_smoothing / num_classes
     on = 1.0 - label_smoothing + off
     y1 = torch.full((y.shape[0], num_classes), off, dtype=acc, device=y.device)

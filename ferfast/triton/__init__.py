@@ -68,6 +68,5 @@ _library.register_op(
         "scale_grad": torch.ops.ferfast_triton._scale_grad.default,  # the losses' backward, in one pass
     },
     with_fake=INTERPRETED,
+    backend="triton",
 )
-if INTERPRETED:
-    torch.library.register_fake("ferfast_triton::_scale_grad")(_library.scale_grad_fake)

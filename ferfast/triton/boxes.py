@@ -29,6 +29,7 @@ from ferfast.triton.utils import (
     define_op,
     div_acc,
     launch,
+    limit,
     next_power_of_2,
     to_acc,
 )
@@ -113,13 +114,13 @@ def _check_boxes(boxes: Tensor, name: str) -> None:
     )
 
 
-@define_op("ferfast_triton::box_iou", "(Tensor boxes1, Tensor boxes2) -> Tensor")
+@define_op("ferfast_triton::box_iou")
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     _check_boxes(boxes1, "boxes1")
     _check_boxes(boxes2, "boxes2")
     check_same_device(boxes1, "boxes1", boxes2, "boxes2")
     # Like the C++ op, the result's dtype follows boxes1; float64 math if either is float64.
-    wide = torch.float64 in (boxes1.dtype, boxes2.dtype)
+    wide = acc_dtype(boxes1, boxes2) == torch.float64
     boxes1 = boxes1.contiguous()
     boxes2 = boxes2.contiguous()
     n, m = boxes1.shape[0], boxes2.shape[0]
@@ -128,14 +129,14 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         block_n = min(next_power_of_2(n), 32)
         block_m = min(next_power_of_2(m), 64)
         grid = (cdiv(n, block_n), cdiv(m, block_m))
-        check(grid[1] <= 65535, f"boxes2 has too many boxes for one launch: {m}")
+        limit(grid[1] <= 65535, f"boxes2 has too many boxes for one launch: {m}")
         launch(_box_iou_kernel, grid)(
             boxes1, boxes2, out, n, m, WIDE=wide, BLOCK_N=block_n, BLOCK_M=block_m, num_warps=4
         )
     return out
 
 
-@define_op("ferfast_triton::paired_box_iou", "(Tensor boxes, Tensor perm) -> Tensor")
+@define_op("ferfast_triton::paired_box_iou")
 def paired_box_iou(boxes: Tensor, perm: Tensor) -> Tensor:
     _check_boxes(boxes, "boxes")
     b = boxes.shape[0]

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ferfast.reference.dtypes import acc_dtype
 from ferfast.reference.masking import num_kept
 from ferfast.triton.utils import (
     calculate_settings,
@@ -43,6 +44,7 @@ from ferfast.triton.utils import (
     check_same_device,
     define_op,
     launch,
+    limit,
     next_power_of_2,
     to_acc,
 )
@@ -116,16 +118,13 @@ def _random_masking_kernel(
     tl.store(keep_ptr + row * K + rank64, offs_i, mask=valid_i & (rank64 < K))
 
 
-@define_op(
-    "ferfast_triton::random_masking",
-    "(Tensor noise, float mask_ratio) -> (Tensor ids_keep, Tensor mask, Tensor ids_restore)",
-)
+@define_op("ferfast_triton::random_masking")
 def random_masking(noise: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor, Tensor]:
     check_dim(noise, 2, "noise")
     check_floating(noise, "noise")
     check(0.0 <= mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {mask_ratio}")
     b, length = noise.shape
-    check(length < 2**31, f"noise has too many patches per row: {length}")
+    limit(length < 2**31, f"noise has too many patches per row: {length}")
     k = num_kept(length, mask_ratio)
     noise = noise.contiguous()
     ids_keep = noise.new_empty((b, k), dtype=torch.long)
@@ -230,10 +229,7 @@ def _patchify_gather_backward_kernel(
     tl.store(out_ptr + dst, acc.to(out_ptr.dtype.element_ty), mask=in_patch)
 
 
-@define_op(
-    "ferfast_triton::patchify_gather",
-    "(Tensor imgs, Tensor ids_keep, int patch_size) -> Tensor",
-)
+@define_op("ferfast_triton::patchify_gather")
 def patchify_gather(imgs: Tensor, ids_keep: Tensor, patch_size: int) -> Tensor:
     gh, gw = check_patch_grid(imgs, patch_size)
     check_dim(ids_keep, 2, "ids_keep")
@@ -259,10 +255,7 @@ def patchify_gather(imgs: Tensor, ids_keep: Tensor, patch_size: int) -> Tensor:
     return out
 
 
-@define_op(
-    "ferfast_triton::_patchify_gather_backward",
-    "(Tensor grad, Tensor ids_keep, int patch_size, int channels, int height, int width) -> Tensor",
-)
+@define_op("ferfast_triton::_patchify_gather_backward")
 def patchify_gather_backward(
     grad: Tensor, ids_keep: Tensor, patch_size: int, channels: int, height: int, width: int
 ) -> Tensor:
@@ -412,10 +405,7 @@ def _unshuffle_token_grad_kernel(
     tl.store(partial_ptr + b * D + d, acc, mask=in_row)
 
 
-@define_op(
-    "ferfast_triton::unshuffle_tokens",
-    "(Tensor x, Tensor mask_token, Tensor ids_restore, int num_prefix_tokens) -> Tensor",
-)
+@define_op("ferfast_triton::unshuffle_tokens")
 def unshuffle_tokens(x: Tensor, mask_token: Tensor, ids_restore: Tensor, num_prefix_tokens: int) -> Tensor:
     check_dim(x, 3, "x")
     check_floating(x, "x")
@@ -450,10 +440,7 @@ def unshuffle_tokens(x: Tensor, mask_token: Tensor, ids_restore: Tensor, num_pre
     return out
 
 
-@define_op(
-    "ferfast_triton::_unshuffle_tokens_backward",
-    "(Tensor grad, Tensor ids_restore, int num_prefix_tokens, int num_visible) -> (Tensor, Tensor)",
-)
+@define_op("ferfast_triton::_unshuffle_tokens_backward")
 def unshuffle_tokens_backward(
     grad: Tensor, ids_restore: Tensor, num_prefix_tokens: int, num_visible: int
 ) -> tuple[Tensor, Tensor]:
@@ -473,11 +460,11 @@ def unshuffle_tokens_backward(
     grad = grad.contiguous()
     ids_restore = ids_restore.contiguous()
     dim = grad.shape[2]
-    wide = grad.dtype == torch.float64
-    acc_dtype = torch.float64 if wide else torch.float32
+    acc = acc_dtype(grad)
+    wide = acc == torch.float64
     n = num_prefix_tokens + num_visible
     grad_x = grad.new_empty((b, n, dim))
-    partial = grad.new_empty((b, dim), dtype=acc_dtype)
+    partial = grad.new_empty((b, dim), dtype=acc)
     if grad_x.numel() > 0:
         block_d, num_warps = calculate_settings(min(dim, 1024))
         grid = (b * n, cdiv(dim, block_d))

@@ -49,6 +49,7 @@ from ferfast.triton.utils import (
     define_op,
     div_acc,
     launch,
+    limit,
     next_power_of_2,
     softmax_parts,
     to_acc,
@@ -113,13 +114,14 @@ def _launch_face_mixup(x: Tensor, lam: Tensor, perm: Tensor, out: Tensor, with_o
     d = x.numel() // b if b > 0 else 0
     if b == 0 or d == 0:
         return
-    wide = x.dtype == torch.float64
+    acc = acc_dtype(x)
+    wide = acc == torch.float64
     x = x.contiguous()
     perm = perm.contiguous()
-    lam = lam.to(torch.float64 if wide else torch.float32).reshape(-1).contiguous()
+    lam = lam.to(acc).reshape(-1).contiguous()
     block, num_warps = calculate_settings(min(d, MIXUP_BLOCK))
     grid = (b, cdiv(d, block))
-    check(grid[1] <= _MAX_GRID_Y, f"x has too many elements per sample for one launch: {d}")
+    limit(grid[1] <= _MAX_GRID_Y, f"x has too many elements per sample for one launch: {d}")
     launch(_face_mixup_kernel, grid)(
         x,
         lam,
@@ -135,10 +137,7 @@ def _launch_face_mixup(x: Tensor, lam: Tensor, perm: Tensor, out: Tensor, with_o
     )
 
 
-@define_op(
-    "ferfast_triton::face_mixup",
-    "(Tensor x, Tensor lam, Tensor perm, bool with_originals) -> Tensor",
-)
+@define_op("ferfast_triton::face_mixup")
 def face_mixup(x: Tensor, lam: Tensor, perm: Tensor, with_originals: bool) -> Tensor:
     _check_face_mixup(x, lam, perm)
     b = x.shape[0]
@@ -155,11 +154,7 @@ def _overlaps(a: Tensor, b: Tensor) -> bool:
     return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
 
 
-@define_op(
-    "ferfast_triton::face_mixup_out",
-    "(Tensor x, Tensor lam, Tensor perm, Tensor(a!) out) -> ()",
-    mutates_args=("out",),
-)
+@define_op("ferfast_triton::face_mixup_out")
 def face_mixup_out(x: Tensor, lam: Tensor, perm: Tensor, out: Tensor) -> None:
     _check_face_mixup(x, lam, perm)
     check_same_device(out, "out", x, "x")
@@ -210,10 +205,7 @@ def _mixup_soft_targets_kernel(
     tl.store(out_ptr + row * K + k, target * lam + target_p * (1 - lam), mask=valid)
 
 
-@define_op(
-    "ferfast_triton::mixup_soft_targets",
-    "(Tensor y, int num_classes, Tensor lam, Tensor perm, float label_smoothing) -> Tensor",
-)
+@define_op("ferfast_triton::mixup_soft_targets")
 def mixup_soft_targets(y: Tensor, num_classes: int, lam: Tensor, perm: Tensor, label_smoothing: float) -> Tensor:
     check_long(y, "y")
     check(y.dim() == 1, f"y must have shape [B] (int64 class labels), got {tuple(y.shape)}")
@@ -301,11 +293,7 @@ def _facemix_loss_kernel(
         tl.store(grad_mixed_ptr + row, cast_rn(g_mixed, grad_mixed_ptr.dtype.element_ty), mask=valid)
 
 
-@define_op(
-    "ferfast_triton::facemix_loss",
-    "(Tensor logits_real, Tensor logits_mixed, Tensor y, Tensor y_soft, Tensor iou, Tensor perm, "
-    "bool compute_grad) -> (Tensor loss, Tensor grad_real, Tensor grad_mixed)",
-)
+@define_op("ferfast_triton::facemix_loss")
 def facemix_loss(
     logits_real: Tensor,
     logits_mixed: Tensor,

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ferfast.reference.dtypes import acc_dtype
 from ferfast.reference.patch_loss import NORM_PIX_EPS
 from ferfast.triton.utils import (
     calculate_settings,
@@ -91,11 +92,7 @@ def _masked_patch_mse_kernel(
         tl.store(grad_ptr + r * P + e, cast_rn(diff * w, grad_ptr.dtype.element_ty), mask=in_patch)
 
 
-@define_op(
-    "ferfast_triton::masked_patch_mse",
-    "(Tensor imgs, Tensor pred, Tensor mask, int patch_size, bool norm_pix_loss, bool compute_grad) "
-    "-> (Tensor, Tensor)",
-)
+@define_op("ferfast_triton::masked_patch_mse")
 def masked_patch_mse(
     imgs: Tensor, pred: Tensor, mask: Tensor, patch_size: int, norm_pix_loss: bool, compute_grad: bool
 ) -> tuple[Tensor, Tensor]:
@@ -116,11 +113,11 @@ def masked_patch_mse(
     )
     check(tuple(mask.shape) == (b, length), f"mask must have shape [{b}, {length}], got {tuple(mask.shape)}")
     check(not norm_pix_loss or pdim > 1, "norm_pix_loss needs at least 2 values per patch (unbiased variance)")
-    wide = torch.float64 in (imgs.dtype, pred.dtype)
-    acc_dtype = torch.float64 if wide else torch.float32
+    acc = acc_dtype(imgs, pred)
+    wide = acc == torch.float64
     imgs = imgs.contiguous()
     pred = pred.contiguous()
-    mask = mask.to(acc_dtype).contiguous()
+    mask = mask.to(acc).contiguous()
     denom = mask.sum(dtype=torch.float64)
     denom = torch.where(denom == 0, torch.ones_like(denom), denom)  # MAE gives 0/0 = NaN here; ferfast gives 0
     grad = torch.empty_like(pred) if compute_grad else pred.new_empty((0,))
@@ -147,5 +144,5 @@ def masked_patch_mse(
             BLOCK=block,
             num_warps=num_warps,
         )
-    loss = (partial.sum(dtype=torch.float64) / denom).to(acc_dtype)
+    loss = (partial.sum(dtype=torch.float64) / denom).to(acc)
     return loss, grad

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ferfast.reference.dtypes import acc_dtype
 from ferfast.triton.utils import cast_rn, cdiv, check, check_floating, check_same_device, define_op, launch, to_acc
 
 __all__ = ["scale_grad"]
@@ -31,7 +32,7 @@ def _scale_grad_kernel(grad_ptr, scale_ptr, out_ptr, n, WIDE: tl.constexpr, BLOC
     tl.store(out_ptr + offs, cast_rn(g * scale, out_ptr.dtype.element_ty), mask=valid)
 
 
-@define_op("ferfast_triton::_scale_grad", "(Tensor grad, Tensor scale, ScalarType dtype) -> Tensor")
+@define_op("ferfast_triton::_scale_grad")
 def scale_grad(grad: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     """``(grad * scale).to(dtype)`` with fp32 math (fp64 when ``grad``, ``scale`` or ``dtype`` is fp64)."""
     check_floating(grad, "grad")
@@ -42,6 +43,6 @@ def scale_grad(grad: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     out = torch.empty(grad.shape, dtype=dtype, device=grad.device)
     n = grad.numel()
     if n > 0:
-        wide = torch.float64 in (grad.dtype, scale.dtype, dtype)
+        wide = acc_dtype(grad, scale, dtype) == torch.float64
         launch(_scale_grad_kernel, (cdiv(n, _BLOCK),))(grad, scale.reshape(()), out, n, WIDE=wide, BLOCK=_BLOCK)
     return out

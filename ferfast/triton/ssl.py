@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ferfast.reference.dtypes import acc_dtype
 from ferfast.triton.utils import (
     calculate_settings,
     cast_rn,
@@ -80,11 +81,7 @@ def _fixmatch_loss_kernel(
         tl.store(grad_ptr + row, cast_rn(grad, grad_ptr.dtype.element_ty), mask=valid)
 
 
-@define_op(
-    "ferfast_triton::fixmatch_loss",
-    "(Tensor logits_weak, Tensor logits_strong, float threshold, bool compute_grad) -> "
-    "(Tensor loss, Tensor mask_rate, Tensor pseudo_labels, Tensor mask, Tensor grad_strong)",
-)
+@define_op("ferfast_triton::fixmatch_loss")
 def fixmatch_loss(
     logits_weak: Tensor, logits_strong: Tensor, threshold: float, compute_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -100,8 +97,8 @@ def fixmatch_loss(
     check_same_device(logits_strong, "logits_strong", logits_weak, "logits_weak")
     check(0.0 <= threshold <= 1.0, f"threshold must be in [0, 1], got {threshold}")
     block_k, num_warps = calculate_settings(k, "the number of classes K")
-    wide = torch.float64 in (logits_weak.dtype, logits_strong.dtype)
-    acc = torch.float64 if wide else torch.float32
+    acc = acc_dtype(logits_weak, logits_strong)
+    wide = acc == torch.float64
     logits_weak = logits_weak.contiguous()
     logits_strong = logits_strong.contiguous()
     pseudo = logits_weak.new_empty((b,), dtype=torch.long)

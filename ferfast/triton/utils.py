@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ __all__ = [
     "device_guard",
     "div_acc",
     "launch",
+    "limit",
     "next_power_of_2",
     "softmax_parts",
     "to_acc",
@@ -72,9 +73,23 @@ def calculate_settings(n: int, what: str = "the patch dim p*p*C") -> tuple[int, 
 
 
 # ---- host-side checks (metadata only: no device synchronisation) -------------------------------
+#
+# The error-type contract (docs/ops.md): the public ops (ferfast.ops) check every argument and raise
+# ValueError/TypeError; what reaches a Triton host has passed them, so the hosts only assert the invariants
+# their kernels rely on (memory safety for direct ``torch.ops.ferfast_triton`` calls). ``check`` raises
+# AssertionError explicitly rather than with an ``assert`` statement, which ``python -O`` would strip.
+# Launch limits of valid arguments (a grid or block too large) are not argument errors: ``limit`` raises
+# RuntimeError, like ``calculate_settings``.
 
 
 def check(cond: bool, msg: str) -> None:
+    """Assert an invariant of a host's arguments (AssertionError; see the error-type contract above)."""
+    if not cond:
+        raise AssertionError(msg)
+
+
+def limit(cond: bool, msg: str) -> None:
+    """A launch limit that valid arguments can exceed (RuntimeError, like :func:`calculate_settings`)."""
     if not cond:
         raise RuntimeError(msg)
 
@@ -216,7 +231,7 @@ def cast_rn(x, dtype: tl.constexpr):
     return y
 
 
-def define_op(name: str, schema: str, mutates_args: Iterable[str] = ()) -> Callable[[Callable], Callable]:
+def define_op(name: str) -> Callable[[Callable], Callable]:
     """Define ``name`` from a host function that launches kernels through ``wrap_triton``.
 
     On a GPU this is :func:`torch.library.triton_op`: ``torch.compile`` sees the kernels, and
@@ -225,9 +240,14 @@ def define_op(name: str, schema: str, mutates_args: Iterable[str] = ()) -> Calla
     on fake tensors, so the op is an opaque :func:`torch.library.custom_op` instead, and
     its fake kernel comes from :mod:`ferfast._library` (the C++ ops' ones).
 
-    ``mutates_args`` names the arguments the op writes in place (``Tensor(a!)`` in ``schema``).
+    The schema (and the arguments written in place, ``Tensor(a!)``) come from the op's declaration in
+    :mod:`ferfast.ops._registry`, which the C++ ``TORCH_LIBRARY`` block must match (``tests/ops/test_op_specs.py``).
     """
-    mutates = tuple(mutates_args)
+    from ferfast.ops._registry import spec
+
+    declared = spec(name.split("::")[1])
+    schema = declared.schema
+    mutates = tuple(getattr(declared, "mutates_args", ()))
 
     def decorate(fn: Callable) -> Callable:
         if INTERPRETED:

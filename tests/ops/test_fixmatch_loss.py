@@ -17,6 +17,7 @@ from tests.utils import (
     backend_cases,
     backend_device,
     device_with_ops,
+    direct_call_error,
     leaf,
     non_contiguous,
     op_namespace,
@@ -347,7 +348,7 @@ def test_direct_op_calls_reject_bad_input(backend, device):
         (weak, strong, -0.1),
     ]
     for args in bad_args:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(direct_call_error(backend)):
             op(*args, False)
 
 

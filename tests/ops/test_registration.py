@@ -4,34 +4,20 @@ import pytest
 import torch
 
 from ferfast import _extension
+from ferfast.ops._registry import KERNELS, SPECS, spec
 from tests.utils import backend_device
 
-#: The ops whose parity, gradients and opcheck the per-op test files cover. A new op must get tests there.
-TESTED_OPS = {
-    "random_masking",  # test_random_masking.py
-    "patchify_gather",  # test_patchify_gather.py
-    "_patchify_gather_backward",
-    "unshuffle_tokens",  # test_unshuffle_tokens.py
-    "_unshuffle_tokens_backward",
-    "masked_patch_mse",  # test_masked_patch_mse.py
-    "box_iou",  # test_box_iou.py
-    "paired_box_iou",
-    "face_mixup",  # test_face_mixup.py
-    "face_mixup_out",
-    "mixup_soft_targets",  # test_mixup_soft_targets.py
-    "facemix_loss",  # test_facemix_loss.py
-    "fixmatch_loss",  # test_fixmatch_loss.py
-}
+
+#: Derived from the op declarations (``ferfast.ops._registry``): each names the test module that covers its
+#: parity, gradients and opcheck (``test_op_specs.py`` checks that module tests it on each backend).
+def declared(backend: str) -> set[str]:
+    return {s.name for s in (*SPECS, *KERNELS) if backend in s.backends}
+
+
+TESTED_OPS = declared("cpu")
 #: Ops only the Triton backend has: its fused backward multiply of the losses (the C++ backends use torch ops).
-TRITON_ONLY_OPS = {"_scale_grad"}  # test_loss_scaling.py
-DIFFERENTIABLE = {
-    "patchify_gather",
-    "unshuffle_tokens",
-    "masked_patch_mse",
-    "face_mixup",
-    "facemix_loss",
-    "fixmatch_loss",
-}
+TRITON_ONLY_OPS = declared("triton") - TESTED_OPS
+DIFFERENTIABLE = {s.name for s in SPECS if s.differentiable}
 
 
 def registered(namespace: str) -> set[str]:
@@ -73,3 +59,24 @@ def test_triton_ops_are_all_tested_and_differentiable():
     assert registered("ferfast_triton") == TESTED_OPS | TRITON_ONLY_OPS
     for op in DIFFERENTIABLE:
         assert has_kernel("ferfast_triton", op, "Autograd"), op
+
+
+def schema_of(namespace: str, op: str) -> str:
+    """The registered schema without its name: ``(Tensor x, ...) -> ...``."""
+    text = str(getattr(getattr(torch.ops, namespace), op).default._schema)
+    return text[text.index("(") :]
+
+
+@pytest.mark.ext
+def test_native_schemas_are_the_declared_ones():
+    """``csrc/ferfast.cpp`` repeats each declared schema (C++ cannot read Python); they must agree."""
+    backend_device("cpu")
+    for op in TESTED_OPS:
+        assert schema_of("ferfast", op) == spec(op).schema, op
+
+
+@pytest.mark.triton
+def test_triton_schemas_are_the_declared_ones():
+    backend_device("triton")
+    for op in TESTED_OPS | TRITON_ONLY_OPS:
+        assert schema_of("ferfast_triton", op) == spec(op).schema, op

@@ -24,7 +24,7 @@ at::Tensor patchify_gather_cpu(const at::Tensor& imgs_in, const at::Tensor& ids_
     at::parallel_for(0, B * K, 8, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t b = r / K, l = ids_p[r];
-        TORCH_CHECK(l >= 0 && l < L, "ids_keep[", b, ", ", r % K, "] = ", l, " is outside [0, ", L, ")");
+        TORCH_CHECK_VALUE(l >= 0 && l < L, "ids_keep[", b, ", ", r % K, "] = ", l, " is outside [0, ", L, ")");
         const int64_t y0 = (l / gw) * p, x0 = (l % gw) * p;
         scalar_t* o = dst + r * P;
         for (int64_t c = 0; c < C; ++c) {
@@ -59,7 +59,7 @@ at::Tensor patchify_gather_backward_cpu(const at::Tensor& grad_in, const at::Ten
       for (int64_t b = b0; b < b1; ++b) {
         for (int64_t k = 0; k < K; ++k) {
           const int64_t l = ids_p[b * K + k];
-          TORCH_CHECK(l >= 0 && l < L, "ids_keep[", b, ", ", k, "] = ", l, " is outside [0, ", L, ")");
+          TORCH_CHECK_VALUE(l >= 0 && l < L, "ids_keep[", b, ", ", k, "] = ", l, " is outside [0, ", L, ")");
           const int64_t y0 = (l / gw) * p, x0 = (l % gw) * p;
           const scalar_t* gp = g + (b * K + k) * P;
           for (int64_t c = 0; c < C; ++c) {

@@ -36,7 +36,7 @@ at::Tensor unshuffle_tokens_cpu(const at::Tensor& x_in, const at::Tensor& mask_t
           src = xp + (b * N + t) * D;
         } else {
           const int64_t j = ip[b * L + (t - num_prefix)];
-          TORCH_CHECK(j >= 0 && j < L, "ids_restore[", b, ", ", t - num_prefix, "] = ", j, " is outside [0, ", L,
+          TORCH_CHECK_VALUE(j >= 0 && j < L, "ids_restore[", b, ", ", t - num_prefix, "] = ", j, " is outside [0, ", L,
                       ")");
           src = j < K ? xp + (b * N + num_prefix + j) * D : tp;
         }
@@ -68,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> unshuffle_tokens_backward_cpu(const at::Tenso
         acc_t* acc = partial.data() + b * D;
         for (int64_t l = 0; l < L; ++l) {
           const int64_t j = ip[b * L + l];
-          TORCH_CHECK(j >= 0 && j < L, "ids_restore[", b, ", ", l, "] = ", j, " is outside [0, ", L, ")");
+          TORCH_CHECK_VALUE(j >= 0 && j < L, "ids_restore[", b, ", ", l, "] = ", j, " is outside [0, ", L, ")");
           const scalar_t* src = gp + (b * rows + num_prefix + l) * D;
           if (j < K) {
             scalar_t* dst = gx + (b * N + num_prefix + j) * D;
