@@ -255,7 +255,8 @@ def test_bad_value_names_key_and_type(override, key, expected):
         ({"stage2.rand_augment_magnitude": 11}, "stage2.rand_augment_magnitude", r"\[0, 10\]"),
         ({"data.scale": (0.5, 0.2)}, "data.scale", "min <= max"),
         ({"stage1.fallback_box": (220, 25, 25, 220)}, "stage1.fallback_box", "x1 < x2"),
-        ({"run.keep_checkpoints": 0}, "run.keep_checkpoints", "> 0"),
+        ({"run.keep_checkpoints": -1}, "run.keep_checkpoints", ">= 0 or none"),
+        ({"run.log_every": -1}, "run.log_every", ">= 0"),
         ({"run.save_every": 0}, "run.save_every", "> 0"),
         ({"run.eval_every": 0}, "run.eval_every", "> 0"),
         ({"pretrain.decoder_depth": 0}, "pretrain.decoder_depth", "> 0"),
@@ -418,3 +419,76 @@ def test_the_gpu_path_settings_parse():
     cfg = build_config(TrainConfig, overrides=["--run.compile_mode", "reduce-overhead", "--data.dali_device=gpu"])
     assert cfg.run.compile_mode == "reduce-overhead" and cfg.data.dali_device == "gpu"
     assert config_from_dict(TrainConfig, config_to_dict(cfg)) == cfg
+
+
+# -- one package, one way to derive, one override parser, one rule for the run settings --------------------------
+
+
+def test_the_package_has_one_job_per_module():
+    from ferfast.config import build, cli, schema, values
+
+    assert values.ConfigError is ConfigError and schema.TrainConfig is TrainConfig
+    assert build.build_config is build_config and cli.add_config_arguments is add_config_arguments
+    from ferfast import config
+
+    assert "derive_config" in config.__all__ and all(hasattr(config, name) for name in config.__all__)
+
+
+def test_derive_config_changes_some_settings_and_records_them():
+    from ferfast.config import derive_config, given_keys
+
+    base = build_config(TrainConfig, overrides={"stage1.epochs": 7, "data.seed": 3})
+    cfg = derive_config(base, {"stage1.optim.lr": 2e-4}, stage2__epochs=9, run={"log_every": 5})
+    assert (cfg.stage1.epochs, cfg.data.seed, cfg.stage1.optim.lr, cfg.stage2.epochs) == (7, 3, 2e-4, 9)
+    assert cfg.run.log_every == 5 and cfg.run.save_every == base.run.save_every
+    assert given_keys(cfg) == given_keys(base) | {"stage1.optim.lr", "stage2.epochs", "run.log_every"}
+    assert derive_config(base, ["--stage2.epochs", "4", "stage1.mixup=false"]).stage2.epochs == 4
+    assert derive_config(base, stage1__epochs=2, overrides={"stage1.epochs": 3}).stage1.epochs == 3  # overrides win
+    assert derive_config(base) == base
+    with pytest.raises(ConfigError, match=r"stage1\.epochs"):
+        derive_config(base, {"stage1.epochs": 0})
+    with pytest.raises(ConfigError, match=r"did you mean stage1\.epochs"):
+        derive_config(base, {"stage1.epoch": 3})
+
+
+def test_override_words_are_parsed_by_the_command_lines_parser():
+    from ferfast.config.cli import parse_overrides
+
+    words = ["--stage1.optim.lr", "1e-4", "--data.root=/x", "run.compile=true", "--run.tensorboard",
+             "--stage2__epochs", "3", "--data.root", "a=b"]  # fmt: skip
+    assert parse_overrides(TrainConfig, words) == {
+        "stage1.optim.lr": "1e-4", "data.root": "a=b", "run.compile": "true", "run.tensorboard": True,
+        "stage2.epochs": "3",
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse_overrides(TrainConfig, ["--stage1.epochs"])
+    with pytest.raises(ConfigError, match="an override is"):
+        parse_overrides(TrainConfig, ["stage1.epochs"])
+    with pytest.raises(ConfigError, match=r"did you mean stage1\.epochs"):
+        parse_overrides(TrainConfig, ["--stage1.epoch", "3"])
+    with pytest.raises(TypeError, match="strings"):
+        parse_overrides(TrainConfig, ["--stage1.epochs", 3])
+
+
+def test_run_settings_follow_one_rule_in_the_config_and_the_engine(tmp_path):
+    from ferfast.config import RunConfig
+    from ferfast.config.schema import RUN_COUNTS
+    from ferfast.engine.loop import FitConfig
+
+    run = build_config(TrainConfig, overrides={
+        "run.log_every": 0, "run.print_every": 0, "run.keep_checkpoints": 0, "run.save_every_steps": 0,
+        "run.nonfinite": "rollback", "run.compile_mode": "reduce-overhead", "run.eval_every": 3,
+    }).run  # fmt: skip
+    fit = FitConfig.from_run(run, epochs=2, lr_at=lambda e: 1e-3, output_dir=tmp_path, eval_every=1)
+    assert (fit.log_every, fit.print_every, fit.keep, fit.save_every_steps) == (0, 0, 0, 0)
+    assert (fit.nonfinite, fit.compile_mode, fit.save_every, fit.eval_every) == ("rollback", "reduce-overhead", 10, 1)
+    assert RunConfig(keep_checkpoints=None).keep_checkpoints is None  # none: keep all, as FitConfig's keep=None
+    assert FitConfig.from_run(RunConfig(keep_checkpoints=None), epochs=1, lr_at=float, output_dir=tmp_path).keep is None
+    for name, (minimum, _) in RUN_COUNTS.items():
+        fit_name = "keep" if name == "keep_checkpoints" else name
+        with pytest.raises(ConfigError, match=f"run.{name}"):
+            build_config(TrainConfig, overrides={f"run.{name}": minimum - 1})
+        with pytest.raises(ValueError, match=fit_name):
+            FitConfig(epochs=1, lr_at=float, output_dir=tmp_path, **{fit_name: minimum - 1})
+        RunConfig(**{name: minimum})
+        FitConfig(epochs=1, lr_at=float, output_dir=tmp_path, **{fit_name: minimum})
