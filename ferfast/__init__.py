@@ -2,7 +2,9 @@
 
 The public ops live in :mod:`ferfast.ops`; :func:`info` reports what was built and
 which backend each device uses; :func:`pretrain`, :func:`finetune`, :func:`evaluate`,
-:func:`semisup`, :func:`load_model` and :func:`predict` run the pipeline (:mod:`ferfast.api`).
+:func:`semisup`, :func:`load_model` and :func:`predict` run the pipeline (:mod:`ferfast.api`);
+:class:`TrainConfig` is a run's recipe (:mod:`ferfast.config`), :func:`create_model` builds a model by name
+(:mod:`ferfast.models`) and :func:`build_loader` a stage's batches (:mod:`ferfast.data`).
 
 Everything here is imported on first use (PEP 562), so that ``import ferfast`` and the command
 line's ``--help`` do not pay for torch, the native library or the data layer until they are used.
@@ -23,9 +25,12 @@ __all__ = [
     "FaceMixLoss",
     "FixMatchLoss",
     "MaskedPatchMSELoss",
+    "TrainConfig",
     "__version__",
     "available_backends",
     "box_iou",
+    "build_loader",
+    "create_model",
     "default_backend",
     "evaluate",
     "face_mixup",
@@ -60,6 +65,9 @@ _HOMES: dict[str, str] = {
                     "ferfast.backends"),
     **dict.fromkeys(("evaluate", "finetune", "load_model", "predict", "pretrain", "semisup"), "ferfast.api"),
     "info": "ferfast._info",
+    "TrainConfig": "ferfast.config",
+    "create_model": "ferfast.models",
+    "build_loader": "ferfast.data",
     "tune_cpu_allocator": "ferfast.runtime",
 }  # fmt: skip
 

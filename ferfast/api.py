@@ -36,22 +36,23 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ferfast.config import TrainConfig, build_config, config_from_dict, get_key, given_keys, replace_keys
-from ferfast.engine.checkpoint import load_checkpoint, load_latest_checkpoint
+from ferfast.config import TrainConfig, config_from_dict, derive_config
+from ferfast.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint, load_latest_checkpoint
 from ferfast.engine.dist import distributed
+from ferfast.engine.evaluation import evaluate as _evaluate
 from ferfast.engine.handover import FROM_PRETRAIN, FROM_STAGE1, check_class_names, hand_over, saved_config
 from ferfast.engine.runlock import move_aside, run_lock
-from ferfast.engine.stages import evaluate as _evaluate
-from ferfast.engine.stages import evaluation_data, prepare_data, run_pretrain, run_stage1, run_stage2
+from ferfast.engine.stage_data import evaluation_data, prepare_data
+from ferfast.engine.stages import run_pretrain, run_stage1, run_stage2
 from ferfast.models import create_model
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "STAGES", "evaluate", "expand_images", "finetune", "load_model", "load_trained", "make_config",
-    "predict", "pretrain", "semisup",
+    "FINETUNE_STAGES", "IMAGE_EXTENSIONS", "evaluate", "expand_images", "finetune", "load_model", "load_trained",
+    "make_config", "predict", "pretrain", "semisup",
 ]  # fmt: skip
 
 #: What :func:`finetune` can run.
-STAGES = ("stage1", "stage2")
+FINETUNE_STAGES = ("stage1", "stage2")
 
 
 def make_config(
@@ -61,10 +62,7 @@ def make_config(
     overrides."""
     if config is not None and not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a ferfast.config.TrainConfig, got {type(config).__name__}")
-    if config is None:
-        return build_config(TrainConfig, overrides=overrides, **kwargs)
-    changes = build_config(TrainConfig, overrides=overrides, **kwargs)  # validates; records the keys given
-    return replace_keys(config, {k: get_key(changes, k) for k in given_keys(changes)}, given=given_keys(changes))
+    return derive_config(TrainConfig() if config is None else config, overrides or {}, **kwargs)
 
 
 def _without_resume(cfg: TrainConfig) -> TrainConfig:
@@ -141,7 +139,7 @@ def _handover_from_pretraining(cfg: TrainConfig) -> tuple[TrainConfig, list[str]
 
 
 def _stage1_checkpoint(out: Path) -> Path:
-    path = out / "stage1" / "checkpoint-last.pth"
+    path = out / "stage1" / LAST_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(
             f"stage 2 starts from stage 1's checkpoint, and there is none: {path} does not exist (run stage 1, "
@@ -176,8 +174,8 @@ def finetune(
     and the label split file) are moved aside into ``run.output_dir/previous-<time>/``; nothing is deleted.
     """
     stages = tuple(stages)
-    if stages not in (("stage1",), ("stage2",), STAGES):
-        raise ValueError(f"stages must be ('stage1',), ('stage2',) or {STAGES}, got {stages}")
+    if stages not in (("stage1",), ("stage2",), FINETUNE_STAGES):
+        raise ValueError(f"stages must be ('stage1',), ('stage2',) or {FINETUNE_STAGES}, got {stages}")
     cfg = make_config(config, **kwargs)
     out = Path(cfg.run.output_dir)
     last = stages[-1]
@@ -206,7 +204,7 @@ def finetune(
             if "stage2" in stages:
                 model = run_stage2(cfg if stages[0] == "stage2" else _without_resume(cfg), data, model).module
             metrics = _evaluate(model, data.test, cfg, out / last / "eval")
-    return {"metrics": metrics, "checkpoint": out / last / "checkpoint-last.pth", "class_names": list(data.class_names),
+    return {"metrics": metrics, "checkpoint": out / last / LAST_CHECKPOINT, "class_names": list(data.class_names),
             "config": cfg}  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ferfast._io import write_text_atomic
-from ferfast.config import TrainConfig, build_config, config_keys
+from ferfast.config import TrainConfig, build_config, config_keys, derive_config
 
 if TYPE_CHECKING:  # torch, the data layer and the engine are imported when the demo runs, not for `--help`
     from ferfast.data.synthetic import SyntheticFaceConfig
@@ -255,9 +255,7 @@ def _ceiling_budget(config: TrainConfig, stage1_steps: int, stage2_steps: int, n
     per_epoch = max(1, num_train // s1.batch_size)
     epochs = max(1, round(total / per_epoch))
     warmup = s1.optim.warmup_epochs * stage1_steps / per_epoch
-    return build_config(TrainConfig, overrides={"stage1.epochs": epochs, "stage1.optim.warmup_epochs": warmup},
-                        data=config.data, model=config.model, run=config.run, pretrain=config.pretrain,
-                        stage1=config.stage1, stage2=config.stage2)  # fmt: skip
+    return derive_config(config, {"stage1.epochs": epochs, "stage1.optim.warmup_epochs": warmup})
 
 
 def _as_text(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -267,8 +265,7 @@ def _as_text(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _pretrain_config(cfg: DemoConfig, seed: int) -> TrainConfig:
     base = arm_config(cfg, _ARM["pretrain"], seed, None)
-    return build_config(TrainConfig, overrides={"run.output_dir": str(cfg.out_dir / f"seed{seed}" / "mae")},
-                        data=base.data, model=base.model, run=base.run, pretrain=base.pretrain)  # fmt: skip
+    return derive_config(base, {"run.output_dir": str(cfg.out_dir / f"seed{seed}" / "mae")})
 
 
 def _scores(metrics: Mapping[str, Any], arm: str, seed: int, seconds: float, labeled: int) -> ArmResult:
@@ -326,7 +323,9 @@ def run_demo(cfg: DemoConfig | None = None, echo: Callable[[str], None] = _print
 
 def _run_seed(cfg: DemoConfig, seed: int, stage_seconds: dict[str, float], echo: Callable[[str], None]) -> list:
     """Pretrain once, then every arm of ``cfg`` for ``seed``."""
-    from ferfast.engine.stages import evaluate, prepare_data, run_pretrain, run_stage1, run_stage2
+    from ferfast.engine.evaluation import evaluate
+    from ferfast.engine.stage_data import prepare_data
+    from ferfast.engine.stages import run_pretrain, run_stage1, run_stage2
 
     rows: list[ArmResult] = []
     wanted = [_ARM[k] for k in cfg.arms]
@@ -368,7 +367,7 @@ def _run_seed(cfg: DemoConfig, seed: int, stage_seconds: dict[str, float], echo:
 
 def _fraction_steps(cfg: DemoConfig, seed: int, mae: Path | None) -> tuple[int, int]:
     """Steps per epoch of stage 1 and stage 2 with the labeled fraction (for a ceiling run without those arms)."""
-    from ferfast.engine.stages import prepare_data
+    from ferfast.engine.stage_data import prepare_data
 
     acfg = arm_config(cfg, _ARM["mixup"], seed, mae)
     data = prepare_data(acfg)

@@ -245,7 +245,7 @@ def _run_stage_command(args: argparse.Namespace) -> int:
             if isinstance(e, CheckpointError):
                 raise
             parser.error(f"argument checkpoint: {e}")
-        cfg = config_from_args(TrainConfig, args, parser, data=base.data, model=base.model, run=base.run)
+        cfg = config_from_args(TrainConfig, args, parser, base=base)  # the checkpoint's settings < --config < options
         out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
         result = api.evaluate(model, cfg, out)
         _say(json.dumps({k: result[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1")}, indent=2))

@@ -44,9 +44,9 @@ from ferfast.data.formats import (
     detect_format,
     open_dataset,
 )
-from ferfast.data.loaders import DEVICES, build_loader, make_plan, resolve_dali_device
+from ferfast.data.loaders import DEVICES, LOADER_BACKENDS, build_loader, make_plan, resolve_dali_device
 from ferfast.data.normalize import normalize_images
-from ferfast.data.plan import IMAGE_KEYS, STAGES, LoaderPlan
+from ferfast.data.plan import IMAGE_KEYS, LOADER_STAGES, LoaderPlan
 from ferfast.data.rand_augment import (
     RAND_AUGMENT_OPS,
     RandAugmentDraws,
@@ -84,9 +84,10 @@ __all__ = [
     "FER7_CLASSES",
     "FER8_CLASSES",
     "IMAGE_KEYS",
+    "LOADER_BACKENDS",
+    "LOADER_STAGES",
     "RAFDB",
     "RAND_AUGMENT_OPS",
-    "STAGES",
     "UNREADABLE_FILE",
     "AffectNet",
     "AugmentConfig",

@@ -20,13 +20,13 @@ from typing import Any
 from ferfast.data.augment import AugmentConfig
 from ferfast.data.base import FaceDataset
 from ferfast.data.dali_loader import DaliFaceLoader, dali_available
-from ferfast.data.plan import STAGES, LoaderPlan, Stream
+from ferfast.data.plan import LOADER_STAGES, LoaderPlan, Stream
 from ferfast.data.sampling import ShardedBatches
 from ferfast.data.torch_loader import TorchFaceLoader
 
-__all__ = ["BACKENDS", "DEVICES", "build_loader", "make_plan", "resolve_dali_device"]
+__all__ = ["DEVICES", "LOADER_BACKENDS", "build_loader", "make_plan", "resolve_dali_device"]
 
-BACKENDS = ("auto", "dali", "torch")
+LOADER_BACKENDS = ("auto", "dali", "torch")
 #: Where the DALI loader decodes and augments (``data.dali_device`` in a run's config).
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -65,8 +65,8 @@ def make_plan(
     drop_last: bool | None = None,
 ) -> LoaderPlan:
     """The :class:`LoaderPlan` of a stage (see the module docstring); rank/world size from torch.distributed."""
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if stage not in LOADER_STAGES:
+        raise ValueError(f"stage must be one of {LOADER_STAGES}, got {stage!r}")
     if not isinstance(dataset, FaceDataset):
         raise TypeError(f"dataset must be a ferfast.data.FaceDataset, got {type(dataset).__name__}")
     if rank is None or world_size is None:
@@ -126,8 +126,8 @@ def build_loader(
 
     Call ``loader.set_epoch(epoch)`` before each epoch; ``len(loader)`` is the steps per epoch.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in LOADER_BACKENDS:
+        raise ValueError(f"backend must be one of {LOADER_BACKENDS}, got {backend!r}")
     plan = make_plan(stage, dataset, unlabeled=unlabeled, **plan_kwargs)
     if backend == "auto":
         backend = "dali" if dali_available() else "torch"

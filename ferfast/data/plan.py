@@ -43,10 +43,10 @@ from ferfast.data.base import FaceDataset
 from ferfast.data.rand_augment import RandAugmentDraws, draw_rand_augment
 from ferfast.data.sampling import ShardedBatches, batch_rng
 
-__all__ = ["IMAGE_KEYS", "STAGES", "VIEWS", "LoaderPlan", "PlanLoader", "Stream", "ViewDraws"]
+__all__ = ["IMAGE_KEYS", "LOADER_STAGES", "VIEWS", "LoaderPlan", "PlanLoader", "Stream", "ViewDraws"]
 
 #: The four uses of a loader.
-STAGES = ("pretrain", "stage1", "stage2", "eval")
+LOADER_STAGES = ("pretrain", "stage1", "stage2", "eval")
 #: The views of an image: output key of its images and boxes.
 VIEWS = {
     "view": ("images", "boxes"),
@@ -107,8 +107,8 @@ class LoaderPlan:
     rank: int = 0
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.stage not in LOADER_STAGES:
+            raise ValueError(f"stage must be one of {LOADER_STAGES}, got {self.stage!r}")
         for s in self.streams:
             for v in s.views:
                 if v not in VIEWS:

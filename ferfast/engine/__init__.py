@@ -1,8 +1,9 @@
-"""ferfast's training engine: checkpoints, EMA, metrics, learning-rate schedules, logs, distributed helpers
-and the output folders' locks.
+"""ferfast's training engine: checkpoints, EMA, metrics, the optimizer and its learning-rate schedules, logs,
+distributed helpers and the output folders' locks.
 
-The training loops (pretrain, stage 1, stage 2) are built from these parts and from the steps of
-:mod:`ferfast.engine.steps` (one training step of each stage).
+The training loops (pretrain, stage 1, stage 2; :mod:`ferfast.engine.stages`) are built from these parts, the
+steps of :mod:`ferfast.engine.steps` (one training step of each stage, with its loss), the data of
+:mod:`ferfast.engine.stage_data` and the evaluation of :mod:`ferfast.engine.evaluation`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ferfast.engine.dist import (
     is_main_process,
 )
 from ferfast.engine.ema import ModelEma
+from ferfast.engine.evaluation import evaluate
 from ferfast.engine.handover import Handover, hand_over
 from ferfast.engine.logging import (
     LOG_FILE,
@@ -55,11 +57,12 @@ from ferfast.engine.logging import (
 )
 from ferfast.engine.loop import BEST_KEY, RANK_RNG_KEY, FitConfig, fit
 from ferfast.engine.metrics import classification_metrics, confusion_matrix, confusion_png_size, save_confusion_png
+from ferfast.engine.optim import cosine_with_warmup, scaled_lr, set_lr, step_decay
 from ferfast.engine.precision import choose_precision, resolve_precision
 from ferfast.engine.prefetch import DevicePrefetcher, prepare_batch
 from ferfast.engine.runlock import LOCK_FILE, RunLockedError, lock_holder, move_aside, run_lock
-from ferfast.engine.schedule import cosine_with_warmup, scaled_lr, set_lr, step_decay
-from ferfast.engine.stages import FERData, evaluate, prepare_data, run_pretrain, run_stage1, run_stage2
+from ferfast.engine.stage_data import FERData, prepare_data
+from ferfast.engine.stages import run_pretrain, run_stage1, run_stage2
 from ferfast.engine.steps import PRECISIONS, StepOutput, autocast, pretrain_step, stage1_step, stage2_step, to_device
 from ferfast.models.checkpoint import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError
 

@@ -56,6 +56,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ferfast.config import schema as _schema
+from ferfast.config.schema import RunConfig, check_run_settings
+from ferfast.config.values import _check_int
 from ferfast.data.augment import FACE_MEAN, FACE_STD
 from ferfast.engine.checkpoint import (
     BEST_CHECKPOINT,
@@ -78,7 +81,6 @@ from ferfast.engine.dist import (
 )
 from ferfast.engine.ema import ModelEma
 from ferfast.engine.logging import (
-    ROLLBACK_POLICIES,
     MetricLogger,
     NonFiniteLossError,
     epoch_summary,
@@ -86,8 +88,8 @@ from ferfast.engine.logging import (
     nonfinite_where,
     progress,
 )
+from ferfast.engine.optim import set_lr
 from ferfast.engine.prefetch import DevicePrefetcher
-from ferfast.engine.schedule import set_lr
 from ferfast.engine.steps import PRECISIONS, StepOutput, autocast
 from ferfast.models.checkpoint import unwrap_model
 
@@ -116,19 +118,15 @@ ROLLBACK_LR_FACTOR = 0.5
 #: _PROGRESS_LINE_EVERY_S seconds
 _PROGRESS_LINE_MIN_STEPS = 50
 _PROGRESS_LINE_EVERY_S = 30.0
-#: what :class:`FitConfig` does on a non-finite loss
-NONFINITE_POLICIES = ROLLBACK_POLICIES
-#: torch.compile's modes that :class:`FitConfig` accepts
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-
-
-def _check_int(value: Any, name: str, *, minimum: int = 1, allow_none: bool = False) -> None:
-    """An int (not a bool) of at least ``minimum`` (1: positive, 0: non-negative), or None if allowed."""
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{name} must be a {kind} int{' or None' if allow_none else ''}, got {value!r}")
+#: what :class:`FitConfig` does on a non-finite loss: ``run.nonfinite``'s values
+NONFINITE_POLICIES = _schema.NONFINITE_POLICIES
+#: torch.compile's modes that :class:`FitConfig` accepts: ``run.compile_mode``'s values
+COMPILE_MODES = _schema.COMPILE_MODES
+#: FitConfig's names of the run settings it shares with :class:`~ferfast.config.RunConfig` (the others: the same)
+_RUN_NAMES = {"keep": "keep_checkpoints"}
+#: the settings :meth:`FitConfig.from_run` takes from a :class:`~ferfast.config.RunConfig`
+_FROM_RUN = ("nonfinite", "log_every", "keep", "save_every", "save_every_steps", "eval_every", "compile",
+             "compile_mode", "print_every")  # fmt: skip
 
 
 @dataclass
@@ -172,21 +170,25 @@ class FitConfig:
     max_rollbacks: int = 3  #: give up after this many rollbacks in one run (the error lists what each one tried)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "accum_steps", "save_every", "eval_every"):
+        for name in ("epochs", "accum_steps"):
             _check_int(getattr(self, name), name)
-        _check_int(self.print_every, "print_every", minimum=0)
-        _check_int(self.log_every, "log_every", minimum=0)
-        _check_int(self.save_every_steps, "save_every_steps", minimum=0)
-        if self.nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
-        _check_int(self.keep, "keep", minimum=0, allow_none=True)
+        # the settings RunConfig shares: its rule (ferfast.config.schema.RUN_COUNTS), errors under FitConfig's names
+        shared = {_RUN_NAMES.get(name, name): getattr(self, name) for name in _FROM_RUN if name != "compile"}
+        check_run_settings(shared, names={run: fit for fit, run in _RUN_NAMES.items()})
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"clip_grad must be > 0 or None, got {self.clip_grad!r}")
         self.output_dir = Path(self.output_dir)
+
+    @classmethod
+    def from_run(cls, run: RunConfig, **stage_values: Any) -> FitConfig:
+        """A stage's settings: ``run``'s (``nonfinite``, ``log_every``, ``keep_checkpoints`` as ``keep``,
+        ``save_every``, ``save_every_steps``, ``eval_every``, ``compile``, ``compile_mode``, ``print_every``;
+        RunConfig checked them by the same rule) plus ``stage_values`` (``epochs``, ``lr_at``, ``output_dir``,
+        ``precision``...), which win."""
+        values = {name: getattr(run, _RUN_NAMES.get(name, name)) for name in _FROM_RUN}
+        return cls(**{**values, **stage_values})
 
     def due(self, epoch: int, every: int) -> bool:
         """True after every ``every``-th epoch and after the last one (``epoch``: the 0-based index)."""

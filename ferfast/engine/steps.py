@@ -64,12 +64,19 @@ def pretrain_step(mae: nn.Module, batch: dict[str, Tensor], mask_ratio: float = 
     return StepOutput(loss, {"loss": loss.detach(), "mask_ratio": mask.detach().float().mean()})
 
 
-def stage1_step(model: nn.Module, batch: dict[str, Tensor], mixup: FaceIoUMixup) -> StepOutput:
-    """Stage 1: face-IoU Mixup of the labeled batch, one forward pass over ``[originals; mixed]``, SSFER's loss.
+def stage1_step(
+    model: nn.Module, batch: dict[str, Tensor], mixup: FaceIoUMixup | None, label_smoothing: float = 0.0
+) -> StepOutput:
+    """Stage 1 with ``mixup``: face-IoU Mixup of the labeled batch, one forward pass over ``[originals; mixed]``,
+    SSFER's loss (Mixup's own label smoothing applies, not ``label_smoothing``). Without (``stage1.mixup`` false):
+    cross-entropy with ``label_smoothing`` on the labeled batch.
 
     Under DDP the batch is the rank's local one: Mixup pairs images within it, so N ranks are not bit-identical to
     one process mixing the global batch (SSFER's flip pairing would pair other images).
     """
+    if mixup is None:
+        loss = F.cross_entropy(model(batch["images"]), batch["labels"], label_smoothing=label_smoothing)
+        return StepOutput(loss, {"loss": loss.detach()})
     mixed = mixup({"images": batch["images"], "labels": batch["labels"], "boxes": batch.get("boxes")})
     logits = model(mixed.images)
     loss = mixed.loss(logits)
@@ -86,8 +93,9 @@ def stage2_step(
     unlabeled_weight: float = 5.0,
     label_smoothing: float = 0.1,
 ) -> StepOutput:
-    """Stage 2 (FixMatch): supervised CE on the labeled view + ``unlabeled_weight`` x the EMA teacher's
-    confident pseudo-labels (weak view, ``p >= threshold``) on the student's strong view.
+    """Stage 2 (FixMatch): supervised CE with ``label_smoothing`` (stage 2's own) on the labeled view +
+    ``unlabeled_weight`` x the EMA teacher's confident pseudo-labels (weak view, ``p >= threshold``) on the student's
+    strong view.
 
     The student sees the labeled and strong views in one forward pass; the teacher only the weak view. Under DDP
     both losses are means over the rank's local batch (DDP then averages the gradients over the ranks).

@@ -15,7 +15,9 @@ from ferfast.data.dali_loader import dali_available, plugin_path
 from ferfast.data.loaders import build_loader, make_plan
 from ferfast.data.normalize import normalize_images
 
-BACKENDS = ["torch", pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="DALI not installed"))]
+LOADER_BACKENDS = [
+    "torch", pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="DALI not installed")),
+]
 RED, BLUE = (230, 40, 40), (60, 120, 200)
 # Image sizes (W, H): square like aligned FER crops, landscape, portrait, tiny.
 SIZES = [(100, 100), (120, 90), (64, 80), (48, 48), (150, 100), (90, 130)]
@@ -93,7 +95,7 @@ def check_tracking(images, boxes, size, min_side=4.0):
     return checked
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LOADER_BACKENDS)
 @pytest.mark.parametrize("stage", ["stage1", "eval"])
 def test_boxes_follow_crop_resize_flip(tmp_path, backend, stage):
     ds = rect_dataset(tmp_path, n=24)
@@ -108,7 +110,7 @@ def test_boxes_follow_crop_resize_flip(tmp_path, backend, stage):
     assert checked >= (40 if stage == "stage1" else 24)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LOADER_BACKENDS)
 def test_grey_and_png_images_load_as_rgb(tmp_path, backend):
     ds = rect_dataset(tmp_path, n=8, grey_every=2, fmt="PNG")
     loader = build_loader("eval", ds, backend=backend, batch_size=8, config=AugmentConfig(image_size=64),
@@ -121,7 +123,7 @@ def test_grey_and_png_images_load_as_rgb(tmp_path, backend):
     assert np.abs(colour[:, 0] - colour[:, 2]).max() > 100
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LOADER_BACKENDS)
 def test_cmyk_and_odd_sized_jpegs_load_as_rgb(tmp_path, backend):
     Image.new("RGB", (37, 23), RED).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
     Image.new("RGB", (3, 101), BLUE).save(tmp_path / "thin.jpg", quality=95, subsampling=0)
@@ -192,7 +194,7 @@ def test_dali_without_ferfast_operators_tracks_boxes_and_makes_stage2_views(tmp_
         assert x["images_strong"].shape == (8, 3, 48, 48) and x["images_strong"].dtype == torch.uint8
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LOADER_BACKENDS)
 def test_same_seed_same_batches_new_epoch_new_draws(tmp_path, backend):
     ds = rect_dataset(tmp_path, n=16)
     kw = dict(backend=backend, batch_size=8, config=AugmentConfig(image_size=32), num_workers=0)
@@ -237,7 +239,7 @@ def test_eval_plan_keeps_order_and_last_partial_batch():
     assert got == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LOADER_BACKENDS)
 def test_stage2_batches_labeled_view_and_unlabeled_pair(tmp_path, backend):
     ds = rect_dataset(tmp_path, n=30)
     labeled = ds.subset(range(5))  # fewer labeled images than a batch: the labeled set repeats
@@ -271,7 +273,7 @@ def corrupt_files(root):
     return ["truncated.jpg", "empty.jpg", "text.png", "garbage.jpg", "missing.jpg"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LOADER_BACKENDS)
 def test_unreadable_images_are_skipped_counted_and_warned(tmp_path, backend):
     files, boxes = write_rect_images(tmp_path, 12)
     bad = corrupt_files(tmp_path)

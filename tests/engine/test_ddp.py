@@ -21,7 +21,9 @@ from ferfast.config import TrainConfig, build_config
 from ferfast.data import write_synthetic_dataset
 from ferfast.data.synthetic import SyntheticFaceConfig
 from ferfast.engine import RANK_RNG_KEY, distributed, load_checkpoint
-from ferfast.engine.stages import build_classifier, evaluate, prepare_data, run_stage1
+from ferfast.engine.evaluation import evaluate
+from ferfast.engine.stage_data import prepare_data
+from ferfast.engine.stages import build_classifier, run_stage1
 from tests.engine.test_dist import free_port
 
 WORLD = 2

@@ -27,7 +27,7 @@ from torch import nn
 from ferfast.engine.ema import ModelEma
 from ferfast.engine.logging import NonFiniteLossError
 from ferfast.engine.loop import FitConfig, fit
-from ferfast.engine.schedule import cosine_with_warmup
+from ferfast.engine.optim import cosine_with_warmup
 from ferfast.engine.steps import StepOutput
 
 SHAPE = (3, 8, 8)  # image-like [B, C, H, W] float tensors: the prefetcher passes them through as fp32

@@ -40,7 +40,7 @@ from ferfast.config import OptimConfig
 from ferfast.engine import loop
 from ferfast.engine.ema import ModelEma
 from ferfast.engine.loop import FitConfig, fit
-from ferfast.engine.stages import make_optimizer
+from ferfast.engine.optim import make_optimizer
 from ferfast.engine.steps import StepOutput, pretrain_step, stage1_step, stage2_step
 from ferfast.models import create_model
 from ferfast.ops import FaceIoUMixup

@@ -17,7 +17,7 @@ from ferfast.engine.checkpoint import BEST_CHECKPOINT, list_checkpoints, load_ch
 from ferfast.engine.ema import ModelEma
 from ferfast.engine.logging import MetricLogger, NonFiniteLossError
 from ferfast.engine.loop import BEST_KEY, FitConfig, fit
-from ferfast.engine.schedule import cosine_with_warmup
+from ferfast.engine.optim import cosine_with_warmup
 from ferfast.engine.steps import StepOutput
 
 

@@ -9,7 +9,8 @@ import torch
 
 from ferfast.engine import stages
 from ferfast.engine.checkpoint import load_checkpoint
-from ferfast.engine.stages import prepare_data, run_stage1
+from ferfast.engine.stage_data import prepare_data
+from ferfast.engine.stages import run_stage1
 from tests.engine.test_stages import synth, tiny_config  # noqa: F401  (synth: a module-scoped fixture)
 
 

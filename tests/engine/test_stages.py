@@ -1,5 +1,6 @@
 """The stage drivers end to end on synthetic faces: pretrain -> stage 1 -> stage 2 -> evaluate (tiny, CPU), and
-the settings they wire up: resume, validation and the best checkpoint, layer decay, MAE's decoder, fp16, compile."""
+the settings they wire up: resume, validation and the best checkpoint, MAE's decoder, fp16, compile (the optimizer
+and its schedule: tests/engine/test_optim.py)."""
 
 from __future__ import annotations
 
@@ -14,29 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-from ferfast.config import ConfigError, OptimConfig, TrainConfig, build_config
+from ferfast.config import ConfigError, TrainConfig, build_config
 from ferfast.data import write_synthetic_dataset
 from ferfast.data.splits import SplitMismatchError
 from ferfast.data.synthetic import SyntheticFaceConfig
-from ferfast.engine import stages
+from ferfast.engine import evaluation, stage_data, stages
 from ferfast.engine.checkpoint import BEST_CHECKPOINT, load_checkpoint
+from ferfast.engine.evaluation import evaluate
 from ferfast.engine.runlock import LOCK_FILE, RunLockedError
-from ferfast.engine.schedule import set_lr
-from ferfast.engine.stages import (
-    build_classifier,
-    build_mae,
-    build_mixup,
-    effective_batch_size,
-    evaluate,
-    lr_function,
-    make_optimizer,
-    prepare_data,
-    resolve_precision,
-    run_pretrain,
-    run_stage1,
-    run_stage2,
-)
-from ferfast.models import create_model
+from ferfast.engine.stage_data import prepare_data
+from ferfast.engine.stages import build_classifier, build_mae, build_mixup, run_pretrain, run_stage1, run_stage2
 from tests.engine.test_runlock import hold
 
 
@@ -144,53 +132,6 @@ def test_a_stage_refuses_a_folder_another_process_holds(synth, tmp_path):
     assert not (tmp_path / "config.yaml").exists()
 
 
-def test_optimizer_groups_and_schedules():
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    cfg = build_config(TrainConfig)
-    opt, lr = make_optimizer(model, cfg.stage1.optim, 32)
-    assert lr == pytest.approx(1.5e-4)
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
-    assert len(opt.param_groups[0]["params"]) == 1  # only the Linear weight decays
-    lr1 = lr_function(cfg.stage1.optim, 100, 1.5e-4)
-    assert lr1(0.0) == 0.0 and lr1(5.0) == pytest.approx(1.5e-4) and lr1(100.0) == pytest.approx(1e-6)
-    lr2 = lr_function(cfg.stage2.optim, 50, 1.5e-4)
-    assert [lr2(e) for e in (0, 19.9, 20, 40)] == pytest.approx([1.5e-4, 1.5e-4, 1.5e-5, 1.5e-6])
-    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"  # autocast + GradScaler, on the CPU too
-    # "auto": tests/engine/test_precision.py
-
-
-def test_layer_decay_groups_are_maes_param_groups_lrd():
-    model = create_model("vit_demo", img_size=32, num_classes=7)  # 4 blocks: 5 "layers" + the head's
-    opt, _ = make_optimizer(model, OptimConfig(lr=1e-3, weight_decay=0.05, layer_decay=0.5), 32)
-    group = {id(p): g for g in opt.param_groups for p in g["params"]}
-    named = dict(model.named_parameters())
-    assert sum(len(g["params"]) for g in opt.param_groups) == len(named)
-
-    def scale_and_decay(name):
-        g = group[id(named[name])]
-        return g["lr_scale"], g["weight_decay"]
-
-    assert scale_and_decay("cls_token") == scale_and_decay("pos_embed") == (0.5**5, 0.0)  # no_weight_decay()
-    assert scale_and_decay("patch_embed.proj.weight") == (0.5**5, 0.05)
-    assert scale_and_decay("blocks.0.attn.qkv.weight") == (0.5**4, 0.05)
-    assert scale_and_decay("blocks.0.norm1.weight") == (0.5**4, 0.0)  # 1-d: no weight decay
-    assert scale_and_decay("blocks.3.mlp.fc2.weight") == (0.5, 0.05)
-    assert scale_and_decay("head.weight") == (1.0, 0.05) and scale_and_decay("fc_norm.bias") == (1.0, 0.0)
-    set_lr(opt, 2e-3)  # what the schedule does every iteration
-    assert group[id(named["blocks.0.attn.qkv.weight"])]["lr"] == pytest.approx(2e-3 * 0.5**4)
-    with pytest.raises(ValueError, match="layer_decay"):
-        make_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, layer_decay=0.5), 32)
-
-
-def test_maes_lr_rule_counts_every_process(monkeypatch):
-    optim = OptimConfig(blr=1e-3, accum_steps=2)
-    assert effective_batch_size(32, optim) == 64
-    monkeypatch.setattr(stages, "get_world_size", lambda: 4)
-    assert effective_batch_size(32, optim) == 256  # 32 per process x 4 processes x 2 accumulation steps
-    _, lr = make_optimizer(torch.nn.Linear(2, 2), optim, effective_batch_size(32, optim))
-    assert lr == pytest.approx(1e-3)
-
-
 def test_the_decoder_settings_replace_the_models_own(synth, tmp_path):
     demo = build_mae(tiny_config(synth, tmp_path))
     assert (demo.decoder_embed.out_features, len(demo.decoder_blocks)) == (64, 2)  # mae_vit_demo's 64/2/4
@@ -291,7 +232,7 @@ def test_loaders_pin_their_batches_for_cuda_and_take_the_dali_device(synth, tmp_
     assert [(kw["pin_memory"], kw["device"], kw["backend"]) for _, kw in calls] == [(True, "cpu", "torch"),
                                                                                     (False, "cpu", "torch")]
     calls.clear()
-    stages._eval_loader(data.test, cfg)  # run.device is cpu here
+    evaluation._eval_loader(data.test, cfg)  # run.device is cpu here
     assert calls[0][0] == "eval" and calls[0][1]["pin_memory"] is False
     with pytest.raises(ConfigError, match=r"data\.dali_device: is gpu, but data\.loader is torch"):
         stages._loader("stage1", data.labeled, tiny_config(synth, tmp_path, **{"data.dali_device": "gpu"}),
@@ -324,4 +265,4 @@ def test_stage1_warns_when_face_iou_mixup_has_no_face_boxes(synth, tmp_path, mon
         run_stage1(tiny_config(synth, tmp_path, **{"stage1.mixup": False}), _without_boxes(data))
     partial = _without_boxes(data)
     partial.train.boxes[data.split.labeled[0]] = data.train.boxes[data.split.labeled[0]]
-    assert not stages.warn_without_face_boxes(cfg, partial.labeled)  # one known face: the detector found some
+    assert not stage_data.warn_without_face_boxes(cfg, partial.labeled)  # one known face: the detector found some

@@ -74,6 +74,15 @@ def test_random_pairing_mixes_each_image_with_a_drawn_partner():
         FaceIoUMixup(K, mode="pair", pairing="random")
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_stage1_step_without_mixup_is_cross_entropy_with_its_label_smoothing(label_smoothing):
+    model, data = tiny_classifier(), batch()
+    out = stage1_step(model, data, None, label_smoothing)
+    expected = F.cross_entropy(model(data["images"]), data["labels"], label_smoothing=label_smoothing)
+    torch.testing.assert_close(out.loss, expected, rtol=0, atol=0)
+    assert set(out.stats) == {"loss"} and not out.stats["loss"].requires_grad
+
+
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 1.0])
 def test_stage2_step_is_fixmatch(threshold):
     student, teacher, data = tiny_classifier(0), tiny_classifier(1), batch()

@@ -1,4 +1,5 @@
-"""Learning-rate schedules: MAE's warmup + half-cycle cosine, step decay, linear scaling, per-group lr_scale."""
+"""The optimizer and its learning rate: MAE's warmup + half-cycle cosine, step decay, linear scaling, per-group
+lr_scale, AdamW's parameter groups (layer decay included) and the effective batch of MAE's rule."""
 
 import itertools
 import math
@@ -7,7 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ferfast.config import OptimConfig, TrainConfig, build_config
 from ferfast.engine import cosine_with_warmup, scaled_lr, set_lr, step_decay
+from ferfast.engine import optim as optim_module
+from ferfast.engine.optim import effective_batch_size, lr_function, make_optimizer
+from ferfast.engine.precision import resolve_precision
+from ferfast.models import create_model
 
 
 def mae_adjust_learning_rate(epoch, args):
@@ -91,3 +97,50 @@ def test_bad_arguments_are_named(kwargs, name):
     args = {"step": 0, "total_steps": 100, "warmup_steps": 10, "base_lr": 1e-3, **kwargs}
     with pytest.raises(ValueError, match=name):
         cosine_with_warmup(**args)
+
+
+def test_optimizer_groups_and_schedules():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    cfg = build_config(TrainConfig)
+    opt, lr = make_optimizer(model, cfg.stage1.optim, 32)
+    assert lr == pytest.approx(1.5e-4)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert len(opt.param_groups[0]["params"]) == 1  # only the Linear weight decays
+    lr1 = lr_function(cfg.stage1.optim, 100, 1.5e-4)
+    assert lr1(0.0) == 0.0 and lr1(5.0) == pytest.approx(1.5e-4) and lr1(100.0) == pytest.approx(1e-6)
+    lr2 = lr_function(cfg.stage2.optim, 50, 1.5e-4)
+    assert [lr2(e) for e in (0, 19.9, 20, 40)] == pytest.approx([1.5e-4, 1.5e-4, 1.5e-5, 1.5e-6])
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"  # autocast + GradScaler, on the CPU too
+    # "auto": tests/engine/test_precision.py
+
+
+def test_layer_decay_groups_are_maes_param_groups_lrd():
+    model = create_model("vit_demo", img_size=32, num_classes=7)  # 4 blocks: 5 "layers" + the head's
+    opt, _ = make_optimizer(model, OptimConfig(lr=1e-3, weight_decay=0.05, layer_decay=0.5), 32)
+    group = {id(p): g for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(named)
+
+    def scale_and_decay(name):
+        g = group[id(named[name])]
+        return g["lr_scale"], g["weight_decay"]
+
+    assert scale_and_decay("cls_token") == scale_and_decay("pos_embed") == (0.5**5, 0.0)  # no_weight_decay()
+    assert scale_and_decay("patch_embed.proj.weight") == (0.5**5, 0.05)
+    assert scale_and_decay("blocks.0.attn.qkv.weight") == (0.5**4, 0.05)
+    assert scale_and_decay("blocks.0.norm1.weight") == (0.5**4, 0.0)  # 1-d: no weight decay
+    assert scale_and_decay("blocks.3.mlp.fc2.weight") == (0.5, 0.05)
+    assert scale_and_decay("head.weight") == (1.0, 0.05) and scale_and_decay("fc_norm.bias") == (1.0, 0.0)
+    set_lr(opt, 2e-3)  # what the schedule does every iteration
+    assert group[id(named["blocks.0.attn.qkv.weight"])]["lr"] == pytest.approx(2e-3 * 0.5**4)
+    with pytest.raises(ValueError, match="layer_decay"):
+        make_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, layer_decay=0.5), 32)
+
+
+def test_maes_lr_rule_counts_every_process(monkeypatch):
+    optim = OptimConfig(blr=1e-3, accum_steps=2)
+    assert effective_batch_size(32, optim) == 64
+    monkeypatch.setattr(optim_module, "get_world_size", lambda: 4)
+    assert effective_batch_size(32, optim) == 256  # 32 per process x 4 processes x 2 accumulation steps
+    _, lr = make_optimizer(torch.nn.Linear(2, 2), optim, effective_batch_size(32, optim))
+    assert lr == pytest.approx(1e-3)
