@@ -3,8 +3,8 @@
 
 The shape functions and backward formulas are plain functions so that every
 backend's op (``ferfast::*`` from C++, ``ferfast_triton::*`` from Triton) registers
-the same ones with :func:`register_op`, which iterates the op declarations of
-:mod:`ferfast.ops._registry` (the one place that says which op has which fake kernel and autograd formula).
+the same ones with :func:`ferfast._registry.register`, which iterates the op declarations of
+:mod:`ferfast._registry` (the one place that says which op has which fake kernel and autograd formula).
 """
 
 from __future__ import annotations
@@ -300,30 +300,3 @@ def make_fixmatch_loss_backward(scale_fn: ScaleFn) -> Callable:
 def scale_fn(kernels: dict[str, Callable]) -> ScaleFn:
     """The backward multiply of the losses: the backend's fused ``scale_grad`` kernel, else :func:`scale_grad_torch`."""
     return kernels.get("scale_grad", scale_grad_torch)
-
-
-def register_op(
-    namespace: str, backward_ops: dict[str, Callable], with_fake: bool = True, backend: str = "cpu"
-) -> None:
-    """Register the fake kernels (optional) and autograd formulas of every op ``backend`` implements on
-    ``namespace::<op>``, as declared in :data:`ferfast.ops._registry.SPECS` (one loop, one style).
-
-    ``backward_ops`` holds the backend's kernels its backward formulas call: ``patchify_gather`` and
-    ``unshuffle_tokens`` (their backward ops), and optionally ``scale_grad`` (a fused :data:`ScaleFn` for the
-    losses' backward; default :func:`scale_grad_torch`).
-    """
-    from ferfast.ops._registry import register
-
-    register(namespace, backward_ops, with_fake=with_fake, backend=backend)
-
-
-def register_native_ops() -> None:
-    """Register the C++ library's ops (``ferfast::*``: the ``cpu`` and ``cuda`` backends) once ``_C`` is loaded."""
-    ops = torch.ops.ferfast
-    register_op(
-        "ferfast",
-        {
-            "patchify_gather": ops._patchify_gather_backward.default,
-            "unshuffle_tokens": ops._unshuffle_tokens_backward.default,
-        },
-    )

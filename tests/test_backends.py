@@ -103,7 +103,7 @@ def test_bad_backend_names_raise(name, global_backend):
 
 def test_global_choice_is_used(global_backend, monkeypatch):
     """set_default_backend("reference") sends calls without backend= to the reference implementation."""
-    registry = importlib.import_module("ferfast.ops._registry")
+    registry = importlib.import_module("ferfast._registry")
     calls = []
 
     def spy(noise, mask_ratio):

@@ -452,7 +452,7 @@ def test_derive_config_changes_some_settings_and_records_them():
 
 
 def test_override_words_are_parsed_by_the_command_lines_parser():
-    from ferfast.config.cli import parse_overrides
+    from ferfast.config.options import parse_overrides
 
     words = ["--stage1.optim.lr", "1e-4", "--data.root=/x", "run.compile=true", "--run.tensorboard",
              "--stage2__epochs", "3", "--data.root", "a=b"]  # fmt: skip

@@ -110,7 +110,7 @@ class ArgumentParser(argparse.ArgumentParser):
     def unrecognized_message(self, extras: Sequence[str]) -> str:
         """``unrecognized arguments: ...``, then for each unknown ``--option`` the options of this parser it may mean:
         those it abbreviates (said to be refused), else the closest by spelling."""
-        from ferfast.config.build import _close_keys
+        from ferfast.config.keys import _close_keys
 
         hints = []
         names = [s[2:] for s in self._option_string_actions if s.startswith("--")]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -21,9 +20,7 @@ from ferfast.data import FaceDataset
 from ferfast.engine.dist import all_gather_tensor, is_main_process
 from ferfast.engine.metrics import classification_metrics, save_confusion_png
 from ferfast.engine.prefetch import DevicePrefetcher
-
-if TYPE_CHECKING:
-    from types import ModuleType
+from ferfast.engine.stage_data import resolve_device, stage_loader
 
 __all__ = ["EVAL_BATCH_SIZE", "evaluate", "validator"]
 
@@ -31,21 +28,12 @@ __all__ = ["EVAL_BATCH_SIZE", "evaluate", "validator"]
 EVAL_BATCH_SIZE = 64
 
 
-def _stages() -> ModuleType:
-    """:mod:`ferfast.engine.stages`, whose device and loader settings (``resolve_device``, ``_loader``) the evaluation
-    shares; imported when called, as the drivers import this module."""
-    from ferfast.engine import stages
-
-    return stages
-
-
 def _eval_loader(dataset: FaceDataset, cfg: TrainConfig) -> DevicePrefetcher:
     """Whole images resized, in dataset order, sharded over the ranks (padded by wrapping around), on the run's
     device with their images normalised (the next batch copied while one is evaluated, on CUDA)."""
-    stages = _stages()
-    device = stages.resolve_device(cfg.run.device)
+    device = resolve_device(cfg.run.device)
     augment = cfg.data.augment()
-    loader = stages._loader("eval", dataset, cfg, device, batch_size=EVAL_BATCH_SIZE, config=augment)
+    loader = stage_loader("eval", dataset, cfg, device, batch_size=EVAL_BATCH_SIZE, config=augment)
     return DevicePrefetcher(loader, device, augment.mean, augment.std)
 
 
@@ -74,7 +62,7 @@ def evaluate(model: nn.Module, dataset: FaceDataset, cfg: TrainConfig, out_dir: 
 
     In a distributed run every rank evaluates its shard and gets the metrics of the whole dataset.
     """
-    device = _stages().resolve_device(cfg.run.device)
+    device = resolve_device(cfg.run.device)
     model = model.to(device).eval()
     y_true, y_pred = _predictions(model, _eval_loader(dataset, cfg), len(dataset))
     metrics = classification_metrics(y_true, y_pred, len(dataset.class_names))
@@ -90,7 +78,7 @@ def evaluate(model: nn.Module, dataset: FaceDataset, cfg: TrainConfig, out_dir: 
 def validator(model: nn.Module, dataset: FaceDataset, cfg: TrainConfig) -> Callable[[int], dict[str, float]]:
     """``fit``'s ``evaluate``: ``model`` (the EMA, updated in place) on ``dataset`` as ``val_*`` scores."""
     loader = _eval_loader(dataset, cfg)
-    device = _stages().resolve_device(cfg.run.device)
+    device = resolve_device(cfg.run.device)
 
     def scores(epoch: int) -> dict[str, float]:
         y_true, y_pred = _predictions(model.to(device).eval(), loader, len(dataset))

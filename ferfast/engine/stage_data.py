@@ -14,9 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ferfast.config import ConfigError, TrainConfig
-from ferfast.data import FaceDataset, LabelSplit, detect_format, load_split, open_dataset, save_split, split_labeled
+from ferfast.data import (
+    FaceDataset,
+    LabelSplit,
+    build_loader,
+    dali_available,
+    detect_format,
+    load_split,
+    open_dataset,
+    save_split,
+    split_labeled,
+)
 from ferfast.data.splits import SplitMismatchError
 from ferfast.engine.dist import broadcast_object, get_world_size, is_distributed, is_main_process
 
@@ -178,3 +189,23 @@ def warn_without_face_boxes(cfg: TrainConfig, dataset: FaceDataset) -> bool:
             stacklevel=2,
         )
     return True
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when torch sees a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device is 'cuda' but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def stage_loader(stage: str, dataset: FaceDataset, cfg: TrainConfig, device: torch.device, **kwargs):
+    """``build_loader`` with the run's loader settings: page-locked batches when training on CUDA (asynchronous
+    copies), DALI on ``data.dali_device``."""
+    dali = cfg.data.loader == "dali" or (cfg.data.loader == "auto" and dali_available())
+    if cfg.data.dali_device == "gpu" and not dali:
+        why = "data.loader is torch" if cfg.data.loader == "torch" else "DALI is not installed"
+        raise ConfigError("data.dali_device", f"is gpu, but {why}: the torch loader decodes on the CPU")
+    return build_loader(stage, dataset, backend=cfg.data.loader, device=cfg.data.dali_device,
+                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", **kwargs)  # fmt: skip

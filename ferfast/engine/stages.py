@@ -42,7 +42,6 @@ import torch
 from torch import Tensor, nn
 
 from ferfast.config import ConfigError, OptimConfig, TrainConfig, config_to_dict, save_config
-from ferfast.data import FaceDataset, build_loader, dali_available
 from ferfast.engine.checkpoint import LAST_CHECKPOINT
 from ferfast.engine.dist import broadcast_object, get_rank, get_world_size, is_distributed, is_main_process
 from ferfast.engine.ema import ModelEma
@@ -52,7 +51,7 @@ from ferfast.engine.loop import FitConfig, fit
 from ferfast.engine.optim import effective_batch_size, lr_function, make_optimizer
 from ferfast.engine.precision import choose_precision
 from ferfast.engine.runlock import run_lock
-from ferfast.engine.stage_data import FERData, _pretrain_faces, warn_without_face_boxes
+from ferfast.engine.stage_data import FERData, _pretrain_faces, resolve_device, stage_loader, warn_without_face_boxes
 from ferfast.engine.steps import StepOutput, pretrain_step, stage1_step, stage2_step
 from ferfast.engine.summary import describe_data, describe_loader, describe_model, describe_pretrained, say
 from ferfast.models import create_model, load_pretrained
@@ -67,15 +66,6 @@ __all__ = [
     "run_stage1",
     "run_stage2",
 ]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when torch sees a GPU, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("run.device is 'cuda' but torch sees no CUDA GPU")
-    return torch.device(name)
 
 
 def _check_launch() -> None:
@@ -160,17 +150,6 @@ def _fit_config(cfg: TrainConfig, optim: OptimConfig, epochs: int, base_lr: floa
     )
 
 
-def _loader(stage: str, dataset: FaceDataset, cfg: TrainConfig, device: torch.device, **kwargs):
-    """``build_loader`` with the run's loader settings: page-locked batches when training on CUDA (asynchronous
-    copies), DALI on ``data.dali_device``."""
-    dali = cfg.data.loader == "dali" or (cfg.data.loader == "auto" and dali_available())
-    if cfg.data.dali_device == "gpu" and not dali:
-        why = "data.loader is torch" if cfg.data.loader == "torch" else "DALI is not installed"
-        raise ConfigError("data.dali_device", f"is gpu, but {why}: the torch loader decodes on the CPU")
-    return build_loader(stage, dataset, backend=cfg.data.loader, device=cfg.data.dali_device,
-                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", **kwargs)  # fmt: skip
-
-
 def _resume_from(cfg: TrainConfig) -> Path | None:
     """``run.resume``, checked: a checkpoint that does not exist is an error naming the setting."""
     path = cfg.run.resume
@@ -204,7 +183,7 @@ def run_pretrain(cfg: TrainConfig) -> Path:
         p = cfg.pretrain
         mae = build_mae(cfg).to(device)
         _seed_training_draws(cfg.run.seed)
-        loader = _loader("pretrain", faces, cfg, device, batch_size=p.batch_size, config=cfg.data.augment(),
+        loader = stage_loader("pretrain", faces, cfg, device, batch_size=p.batch_size, config=cfg.data.augment(),
                          seed=cfg.run.seed)  # fmt: skip
         opt, lr = make_optimizer(mae, p.optim, effective_batch_size(p.batch_size, p.optim))
         fit_cfg = _fit_config(cfg, p.optim, p.epochs, lr, out, device, mae, mae=True)
@@ -251,7 +230,7 @@ def run_stage1(cfg: TrainConfig, data: FERData, pretrained: Path | None = None) 
                 position[1] += 1
             return stage1_step(m, b, mixup if s.mixup else None, s.label_smoothing)
 
-        loader = _loader("stage1", data.labeled, cfg, device, batch_size=s.batch_size, config=cfg.data.augment(),
+        loader = stage_loader("stage1", data.labeled, cfg, device, batch_size=s.batch_size, config=cfg.data.augment(),
                          seed=cfg.run.seed)  # fmt: skip
         opt, lr = make_optimizer(model, s.optim, effective_batch_size(s.batch_size, s.optim))
         fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, model)
@@ -290,7 +269,7 @@ def run_stage2(cfg: TrainConfig, data: FERData, start: nn.Module) -> ModelEma:
         student.load_state_dict(start.state_dict())
         teacher = ModelEma(student, s.ema_decay)
         _seed_training_draws(cfg.run.seed + 1)
-        loader = _loader("stage2", data.labeled, cfg, device, unlabeled=data.unlabeled, batch_size=s.batch_size,
+        loader = stage_loader("stage2", data.labeled, cfg, device, unlabeled=data.unlabeled, batch_size=s.batch_size,
                          unlabeled_batch_size=s.unlabeled_batch_size, config=cfg.data.augment(s.rand_augment()),
                          seed=cfg.run.seed + 1)  # fmt: skip
 

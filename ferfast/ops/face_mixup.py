@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
-from ferfast.ops._registry import dispatch
+from ferfast.ops._dispatch import dispatch
 from ferfast.reference.dtypes import acc_dtype
 from ferfast.reference.mixup import flip_perm
 

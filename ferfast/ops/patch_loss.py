@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ferfast._library import scale_grad
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
-from ferfast.ops._registry import dispatch
+from ferfast.ops._dispatch import dispatch
 from ferfast.reference.dtypes import acc_dtype
 from ferfast.reference.patch_loss import norm_pix_target_ref
 

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ferfast.backends import resolve_backend
 from ferfast.ops import _checks
-from ferfast.ops._registry import dispatch
+from ferfast.ops._dispatch import dispatch
 
 __all__ = ["random_masking"]
 

@@ -3,7 +3,7 @@
 Importing this package defines the ops with :func:`torch.library.triton_op` (launches go
 through :func:`torch.library.wrap_triton`, so ``torch.compile`` sees the kernels) and
 registers their autograd formulas from :mod:`ferfast._library`. ``triton_op`` derives the
-fake kernels by tracing the host functions, so :func:`ferfast._library.register_op` is
+fake kernels by tracing the host functions, so :func:`ferfast._registry.register` is
 called with ``with_fake=False``.
 
 The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (set it
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ferfast import _library
+from ferfast import _registry
 from ferfast.triton import boxes, masking, mixup, patch_loss, scale, ssl
 from ferfast.triton.boxes import box_iou, paired_box_iou
 from ferfast.triton.masking import (
@@ -60,7 +60,7 @@ __all__ = [
     "unshuffle_tokens_backward",
 ]
 
-_library.register_op(
+_registry.register(
     "ferfast_triton",
     {
         "patchify_gather": torch.ops.ferfast_triton._patchify_gather_backward.default,

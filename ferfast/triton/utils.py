@@ -241,9 +241,9 @@ def define_op(name: str) -> Callable[[Callable], Callable]:
     its fake kernel comes from :mod:`ferfast._library` (the C++ ops' ones).
 
     The schema (and the arguments written in place, ``Tensor(a!)``) come from the op's declaration in
-    :mod:`ferfast.ops._registry`, which the C++ ``TORCH_LIBRARY`` block must match (``tests/ops/test_op_specs.py``).
+    :mod:`ferfast._registry`, which the C++ ``TORCH_LIBRARY`` block must match (``tests/ops/test_op_specs.py``).
     """
-    from ferfast.ops._registry import spec
+    from ferfast._registry import spec
 
     declared = spec(name.split("::")[1])
     schema = declared.schema

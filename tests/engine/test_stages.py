@@ -224,18 +224,18 @@ def test_run_compile_compiles_the_trained_model(synth, tmp_path, monkeypatch):
 
 def test_loaders_pin_their_batches_for_cuda_and_take_the_dali_device(synth, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(stages, "build_loader", lambda stage, dataset, **kw: calls.append((stage, kw)) or "loader")
+    monkeypatch.setattr(stage_data, "build_loader", lambda stage, dataset, **kw: calls.append((stage, kw)) or "loader")
     cfg = tiny_config(synth, tmp_path, **{"data.dali_device": "cpu"})
     data = prepare_data(cfg)
     for device in ("cuda", "cpu"):  # a device object needs no GPU: only the settings are checked
-        assert stages._loader("stage1", data.labeled, cfg, torch.device(device), batch_size=8) == "loader"
+        assert stage_data.stage_loader("stage1", data.labeled, cfg, torch.device(device), batch_size=8) == "loader"
     assert [(kw["pin_memory"], kw["device"], kw["backend"]) for _, kw in calls] == [(True, "cpu", "torch"),
                                                                                     (False, "cpu", "torch")]
     calls.clear()
     evaluation._eval_loader(data.test, cfg)  # run.device is cpu here
     assert calls[0][0] == "eval" and calls[0][1]["pin_memory"] is False
     with pytest.raises(ConfigError, match=r"data\.dali_device: is gpu, but data\.loader is torch"):
-        stages._loader("stage1", data.labeled, tiny_config(synth, tmp_path, **{"data.dali_device": "gpu"}),
+        stage_data.stage_loader("stage1", data.labeled, tiny_config(synth, tmp_path, **{"data.dali_device": "gpu"}),
                        torch.device("cpu"), batch_size=8)  # fmt: skip
 
 

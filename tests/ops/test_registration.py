@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from ferfast import _extension
-from ferfast.ops._registry import KERNELS, SPECS, spec
+from ferfast._registry import KERNELS, SPECS, spec
 from tests.utils import backend_device
 
 
-#: Derived from the op declarations (``ferfast.ops._registry``): each names the test module that covers its
+#: Derived from the op declarations (``ferfast._registry``): each names the test module that covers its
 #: parity, gradients and opcheck (``test_op_specs.py`` checks that module tests it on each backend).
 def declared(backend: str) -> set[str]:
     return {s.name for s in (*SPECS, *KERNELS) if backend in s.backends}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,7 +34,10 @@ from ferfast.reference.mixup import face_mixup_ref, facemix_loss_ref, mixup_soft
 from ferfast.reference.patch_loss import masked_patch_mse_ref
 from ferfast.reference.ssl import fixmatch_loss_ref
 
-__all__ = ["KERNELS", "NATIVE_BACKENDS", "OPS", "PUBLIC_NAMES", "SPECS", "KernelSpec", "OpSpec", "dispatch", "spec"]
+__all__ = [
+    "KERNELS", "NATIVE_BACKENDS", "OPS", "PUBLIC_NAMES", "SPECS", "KernelSpec", "OpSpec", "register",
+    "register_native_ops", "spec",
+]  # fmt: skip
 
 #: The backends that implement an op besides ``reference`` (every op has a reference).
 NATIVE_BACKENDS = ("cpu", "cuda", "triton")
@@ -263,23 +265,6 @@ def spec(name: str) -> OpSpec | KernelSpec:
     return _ALL[name]
 
 
-def dispatch(name: str, backend: str) -> Callable[..., Any]:
-    """The implementation of op ``name`` on the resolved ``backend`` (``ferfast.backends.resolve_backend``).
-
-    Every implementation takes the op's schema: the reference adapter of :data:`SPECS` or the backend's
-    ``torch.ops`` op. The public ops check their arguments, resolve the backend and call this; nothing else
-    in ``ferfast.ops`` chooses among backends.
-    """
-    op = OPS[name]
-    if backend == "reference":
-        return op.reference
-    if backend not in op.backends:
-        raise ValueError(f"{name} has no {backend!r} kernel; it runs on {('reference', *op.backends)}")
-    from ferfast.ops._dispatch import op_namespace
-
-    return getattr(op_namespace(backend), name)
-
-
 def register(namespace: str, kernels: Kernels, with_fake: bool = True, backend: str | None = None) -> None:
     """Register fake kernels (optional) and autograd formulas of every op ``backend`` implements on ``namespace``."""
     prefix = f"{namespace}::"
@@ -294,3 +279,16 @@ def register(namespace: str, kernels: Kernels, with_fake: bool = True, backend: 
         for k in KERNELS:
             if backend is None or backend in k.backends:
                 torch.library.register_fake(prefix + k.name)(k.fake)
+
+
+def register_native_ops() -> None:
+    """Register the C++ library's ops (``ferfast::*``: the ``cpu`` and ``cuda`` backends) once ``_C`` is loaded."""
+    ops = torch.ops.ferfast
+    register(
+        "ferfast",
+        {
+            "patchify_gather": ops._patchify_gather_backward.default,
+            "unshuffle_tokens": ops._unshuffle_tokens_backward.default,
+        },
+        backend="cpu",
+    )
