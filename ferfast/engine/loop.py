@@ -172,6 +172,7 @@ class FitConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "accum_steps"):
             _check_int(getattr(self, name), name)
+        _check_int(self.max_rollbacks, "max_rollbacks", minimum=0)  # 0: give up at the first non-finite loss
         # the settings RunConfig shares: its rule (ferfast.config.schema.RUN_COUNTS), errors under FitConfig's names
         shared = {_RUN_NAMES.get(name, name): getattr(self, name) for name in _FROM_RUN if name != "compile"}
         check_run_settings(shared, names={run: fit for fit, run in _RUN_NAMES.items()})

@@ -272,7 +272,8 @@ def test_compile_runs_the_step_on_the_compiled_model(faces, tmp_path):
      ({"eval_every": 0}, "eval_every"), ({"precision": "fp8"}, "precision"), ({"keep": -1}, "keep"),
      ({"print_every": -1}, "print_every"), ({"compile_mode": "fast"}, "compile_mode"),
      ({"nonfinite": "ignore"}, "nonfinite"), ({"log_every": -1}, "log_every"),
-     ({"save_every_steps": -1}, "save_every_steps")],
+     ({"save_every_steps": -1}, "save_every_steps"), ({"max_rollbacks": -1}, "max_rollbacks"),
+     ({"max_rollbacks": True}, "max_rollbacks"), ({"max_rollbacks": 2.5}, "max_rollbacks")],
 )  # fmt: skip
 def test_bad_config_values_are_named(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
