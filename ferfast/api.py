@@ -42,8 +42,9 @@ from ferfast.engine.dist import distributed
 from ferfast.engine.evaluation import evaluate as _evaluate
 from ferfast.engine.handover import FROM_PRETRAIN, FROM_STAGE1, check_class_names, hand_over, saved_config
 from ferfast.engine.runlock import move_aside, run_lock
-from ferfast.engine.stage_data import evaluation_data, prepare_data
+from ferfast.engine.stage_data import evaluation_data, prepare_data, raise_on_every_rank, split_path
 from ferfast.engine.stages import run_pretrain, run_stage1, run_stage2
+from ferfast.engine.summary import say
 from ferfast.models import create_model
 
 __all__ = [
@@ -73,25 +74,20 @@ def _without_resume(cfg: TrainConfig) -> TrainConfig:
 def _start_fresh(cfg: TrainConfig, folders: Sequence[str], split: bool, stage: str) -> None:
     """``fresh=True``: move the stage folders a call writes (and, for stage 1, the run's split file) aside into
     ``run.output_dir/previous-<time>/`` (rank 0; :func:`~ferfast.engine.runlock.move_aside`), and say where."""
-    from ferfast.engine.dist import broadcast_object, is_distributed, is_main_process
+    from ferfast.engine.dist import is_main_process
 
     out = Path(cfg.run.output_dir)
-    paths = [out / f for f in folders] + ([out / "split.json"] if split and cfg.data.split_file is None else [])
+    paths = [out / f for f in folders] + ([split_path(cfg)] if split and cfg.data.split_file is None else [])
     moved, error = None, None
     if is_main_process():
         try:
             moved = move_aside(paths, out)
         except (OSError, RuntimeError) as e:
             error = e
-    if is_distributed():
-        message = broadcast_object(None if error is None else str(error))
-        if message is not None and error is None:
-            raise RuntimeError(f"rank 0 could not move the previous run aside: {message}")
-    if error is not None:
-        raise error
+    raise_on_every_rank(error, "move the previous run aside")
     if moved is not None:
-        _say([f"fresh start: the previous run's {', '.join(p.name for p in paths if (moved / p.name).exists())} "
-              f"moved to {moved}"], stage, cfg)  # fmt: skip
+        names = ", ".join(p.name for p in paths if (moved / p.name).exists())
+        say(cfg, stage, [f"fresh start: the previous run's {names} moved to {moved}"])
 
 
 def pretrain(config: TrainConfig | None = None, *, fresh: bool = False, **kwargs: Any) -> Path:
@@ -106,7 +102,7 @@ def pretrain(config: TrainConfig | None = None, *, fresh: bool = False, **kwargs
             _start_fresh(cfg, ["pretrain"], False, "pretrain")
         if (own := _handover_from_own_folder(cfg, "pretrain")) is not None:
             cfg, lines = own
-            _say(lines, "pretrain", cfg)
+            say(cfg, "pretrain", lines)
         return run_pretrain(cfg)
 
 
@@ -148,14 +144,6 @@ def _stage1_checkpoint(out: Path) -> Path:
     return path
 
 
-def _say(lines: Sequence[str], stage: str, cfg: TrainConfig) -> None:
-    from ferfast.engine.dist import is_main_process
-
-    if is_main_process() and cfg.run.print_every:
-        for line in lines:
-            print(f"{stage}: {line}", flush=True)
-
-
 def finetune(
     config: TrainConfig | None = None, stages: Sequence[str] = ("stage1",), *, fresh: bool = False, **kwargs: Any
 ) -> dict[str, Any]:
@@ -194,7 +182,7 @@ def finetune(
                 cfg = own[0]
             cfg, report = hand_over(cfg, saved, source, FROM_STAGE1, "stage1")
             lines = report.lines() if own is None else own[1]
-        _say(lines, stages[0], cfg)
+        say(cfg, stages[0], lines)
         data = prepare_data(cfg)
         if stages[0] == "stage2":
             check_class_names(data.class_names, stage1_classes, cfg.data.root, source)

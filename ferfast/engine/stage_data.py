@@ -82,12 +82,21 @@ class FERData:
                         raise SplitMismatchError(msg) from None
             except (ValueError, OSError) as e:
                 error = e
-        _raise_on_every_rank(error, "write the label split")
+        raise_on_every_rank(error, "write the label split")
         self.pending_split_file = None
         return path
 
 
-def _raise_on_every_rank(error: BaseException | None, what: str) -> None:
+#: the label split file of a run, in ``run.output_dir`` unless ``data.split_file`` names another
+SPLIT_FILE = "split.json"
+
+
+def split_path(cfg: TrainConfig) -> Path:
+    """Where the run's label split is kept: ``data.split_file``, else ``<run.output_dir>/split.json``."""
+    return Path(cfg.data.split_file or Path(cfg.run.output_dir) / SPLIT_FILE)
+
+
+def raise_on_every_rank(error: BaseException | None, what: str) -> None:
     """Raise rank 0's ``error`` on rank 0 and a RuntimeError quoting it on the others (a collective: every rank
     calls it), so that no rank goes on alone and waits forever for the others."""
     if is_distributed():
@@ -126,7 +135,7 @@ def prepare_data(cfg: TrainConfig) -> FERData:
     train = _open_split(cfg, cfg.data.train_split)
     test = _open_split(cfg, cfg.data.test_split)
     val = _open_split(cfg, cfg.data.val_split) if cfg.data.val_split is not None else None
-    path = Path(cfg.data.split_file or Path(cfg.run.output_dir) / "split.json")
+    path = split_path(cfg)
     fraction, seed = cfg.data.labeled_fraction, cfg.data.seed
     error: BaseException | None = None
     exists = False
@@ -137,7 +146,7 @@ def prepare_data(cfg: TrainConfig) -> FERData:
                 exists = True
         except (ValueError, OSError) as e:
             error = e
-    _raise_on_every_rank(error, "read the label split")
+    raise_on_every_rank(error, "read the label split")
     if get_world_size() > 1:
         exists = broadcast_object(exists)
     names = tuple(train.class_names)

@@ -9,7 +9,7 @@ from torch import nn
 
 from ferfast.config import TrainConfig
 from ferfast.engine.dist import is_main_process
-from ferfast.engine.stage_data import FERData
+from ferfast.engine.stage_data import FERData, split_path
 
 __all__ = ["describe_data", "describe_loader", "describe_model", "describe_pretrained", "say"]
 
@@ -64,7 +64,7 @@ def describe_data(data: FERData, cfg: TrainConfig) -> list[str]:
     """The labeled dataset, the label split and where it comes from, and the evaluation split."""
     train, split = data.train, data.split
     source = "drawn now" if data.pending_split_file is not None else "from its file"
-    where = data.pending_split_file or cfg.data.split_file or Path(cfg.run.output_dir) / "split.json"
+    where = split_path(cfg)
     val = data.validation
     which = cfg.data.val_split or cfg.data.test_split
     return [
