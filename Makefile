@@ -15,7 +15,7 @@ DEMO_ARGS ?=
 
 NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find csrc cmake -type f 2>/dev/null)
 
-.PHONY: setup build test test-triton demo bench bench-quick lint info clean
+.PHONY: setup build test test-triton demo bench bench-quick lint format info clean
 
 setup: $(VENV)/.deps-stamp
 
@@ -36,6 +36,7 @@ info: build
 
 test: build
 	$(PY) -m ruff check ferfast tests benchmarks
+	$(PY) -m ruff format --check ferfast tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: build
@@ -49,6 +50,11 @@ bench-quick: build
 
 lint: setup
 	$(PY) -m ruff check ferfast tests benchmarks
+	$(PY) -m ruff format --check ferfast tests benchmarks
+
+# Rewrites the sources in the house format (what `make test` checks).
+format: setup
+	$(PY) -m ruff format ferfast tests benchmarks
 
 clean:
 	rm -rf build $(VENV)/.build-stamp

@@ -52,8 +52,15 @@ def _time(benchmark, request, pipe, group: str, provider: str) -> None:
         assert len(out) == BATCH
 
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=1, iterations=1)
-    benchmark.extra_info.update(op=group, mode="fwd", shape=f"B{BATCH}", variant="", device="cpu", provider=provider,
-                                us_per_image=benchmark.stats.stats.median / BATCH * 1e6)
+    benchmark.extra_info.update(
+        op=group,
+        mode="fwd",
+        shape=f"B{BATCH}",
+        variant="",
+        device="cpu",
+        provider=provider,
+        us_per_image=benchmark.stats.stats.median / BATCH * 1e6,
+    )
 
 
 @pytest.mark.benchmark(group="dali_resized_crop")
@@ -68,12 +75,20 @@ def test_dali_resized_crop(benchmark, request, provider):
 
     @pipeline_def(batch_size=BATCH, num_threads=1, device_id=None, prefetch_queue_depth=1)
     def pipe():
-        x, w, m = fn.external_source(source=lambda: (images, windows, mirror), num_outputs=3, batch=True,
-                                     layout=["HWC", "", ""])
+        x, w, m = fn.external_source(
+            source=lambda: (images, windows, mirror), num_outputs=3, batch=True, layout=["HWC", "", ""]
+        )
         if provider == "ferfast-dali-op":
             return fn.ferfast_resized_crop_normalize(x, w, m, size=224, mean=MEAN, std=STD)
-        y = fn.resize(x, size=[224, 224], roi_start=[12, 10], roi_end=[82, 80], roi_relative=False,
-                      interp_type=types.INTERP_CUBIC, antialias=True)
+        y = fn.resize(
+            x,
+            size=[224, 224],
+            roi_start=[12, 10],
+            roi_end=[82, 80],
+            roi_relative=False,
+            interp_type=types.INTERP_CUBIC,
+            antialias=True,
+        )
         return fn.crop_mirror_normalize(y, mirror=m, dtype=types.FLOAT, output_layout="CHW", mean=MEAN, std=STD)
 
     _time(benchmark, request, _built(pipe), "dali_resized_crop", provider)
@@ -93,8 +108,13 @@ def test_dali_rand_augment(benchmark, request, provider):
         d = draw_rand_augment(rng, BATCH, RandAugmentConfig(), np.full((BATCH, 2), 70))
         return images, list(d.ops), list(d.magnitudes)
 
-    @pipeline_def(batch_size=BATCH, num_threads=1, device_id=None, prefetch_queue_depth=1,
-                  enable_conditionals=provider != "ferfast-dali-op")
+    @pipeline_def(
+        batch_size=BATCH,
+        num_threads=1,
+        device_id=None,
+        prefetch_queue_depth=1,
+        enable_conditionals=provider != "ferfast-dali-op",
+    )
     def pipe():
         if provider == "ferfast-dali-op":
             x, o, m = fn.external_source(source=draws, num_outputs=3, batch=True, layout=["HWC", "", ""])

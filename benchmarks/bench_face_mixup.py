@@ -122,12 +122,7 @@ def test_face_iou_mixup_step(bench, target, mixup_shape, with_originals):
         loss, images = step(x, y, boxes, lr, lm)  # images: the network's input, kept (and compiled) as an output
         return torch.autograd.grad(loss, (lr, lm)), images
 
-    bench.run(
-        **common,
-        fn=fwd_bwd,
-        args=(x, y, boxes, logits_real, logits_mixed),
-        shape_desc=desc,
-    )
+    bench.run(**common, fn=fwd_bwd, args=(x, y, boxes, logits_real, logits_mixed), shape_desc=desc)
 
 
 @pytest.mark.benchmark(group="face_mixup")

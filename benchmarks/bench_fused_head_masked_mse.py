@@ -48,8 +48,7 @@ def test_fused_head_masked_mse(bench, target, shape, mode):
         return lambda h, w, b, i, m: fused_head_masked_mse(h, w, b, i, m, p, NORM_PIX_LOSS, **kwargs)
 
     loss_fn = bench.impl(
-        ferfast=ferfast_head,
-        ref=lambda h, w, b, i, m: fused_head_masked_mse_ref(h, w, b, i, m, p, NORM_PIX_LOSS),
+        ferfast=ferfast_head, ref=lambda h, w, b, i, m: fused_head_masked_mse_ref(h, w, b, i, m, p, NORM_PIX_LOSS)
     )
 
     def fwd_bwd(h, w, b, i, m):

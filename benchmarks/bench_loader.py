@@ -50,8 +50,14 @@ def face_jpegs(tmp_path_factory, request) -> Path:
 
     n = 256 if request.config.getoption("quick") else 1024
     out = tmp_path_factory.mktemp("loader_faces")
-    write_synthetic_dataset(out, num_train=7, num_test=7, num_unlabeled=n, num_identities=max(8, n // 16),
-                            config=SyntheticFaceConfig(size=SOURCE))
+    write_synthetic_dataset(
+        out,
+        num_train=7,
+        num_test=7,
+        num_unlabeled=n,
+        num_identities=max(8, n // 16),
+        config=SyntheticFaceConfig(size=SOURCE),
+    )
     return out / "unlabeled"
 
 
@@ -60,20 +66,24 @@ def _rounds(request) -> tuple[int, int]:
 
 
 def _ssfer_transform() -> T.Compose:
-    return T.Compose([
-        T.RandomResizedCrop(IMAGE, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(FACE_MEAN, FACE_STD),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(IMAGE, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(FACE_MEAN, FACE_STD),
+        ]
+    )
 
 
 class _TransformFixMatch:
     """SSFER's/FixMatch's pair: weak = crop + flip; strong = crop + flip + RandAugment (2 ops, timm m9)."""
 
     def __init__(self) -> None:
-        crop = [T.RandomResizedCrop(IMAGE, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                T.RandomHorizontalFlip()]
+        crop = [
+            T.RandomResizedCrop(IMAGE, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+        ]
         norm = [T.ToTensor(), T.Normalize(FACE_MEAN, FACE_STD)]
         self.weak = T.Compose(crop + norm)
         self.strong = T.Compose([*crop, T.RandAugment(num_ops=2, magnitude=27, num_magnitude_bins=31), *norm])
@@ -85,8 +95,9 @@ class _TransformFixMatch:
 def _imagefolder(root: Path, transform, workers: int):
     # ImageFolder wants class folders: the identity folders serve (labels are not used here).
     ds = torchvision.datasets.ImageFolder(str(root), transform)
-    return torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers,
-                                       persistent_workers=workers > 0, drop_last=True)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=workers > 0, drop_last=True
+    )
 
 
 def _epoch_runner(loader, count_key=None):
@@ -131,9 +142,15 @@ def _time(benchmark, request, run, group: str, provider: str, views: int, impl: 
     median = benchmark.stats.stats.median
     samples = counts[-1]
     benchmark.extra_info.update(
-        op=group, mode="epoch", shape=f"B{BATCH}-{IMAGE}-from{SOURCE}px", variant="",
+        op=group,
+        mode="epoch",
+        shape=f"B{BATCH}-{IMAGE}-from{SOURCE}px",
+        variant="",
         device="cuda" if group.endswith("gpu") else "cpu",
-        provider=provider, samples=samples, samples_per_s=samples / median, images_per_s=samples * views / median,
+        provider=provider,
+        samples=samples,
+        samples_per_s=samples / median,
+        images_per_s=samples * views / median,
         implementation=impl or implementation(None, provider),
     )
 
@@ -157,11 +174,25 @@ def test_loader_pretrain(benchmark, request, face_jpegs, provider):
     else:
         ds = FaceFolder(face_jpegs)
         backend = "dali" if "dali" in provider else "torch"
-        loader = build_loader("pretrain", ds, backend=backend, batch_size=BATCH, num_workers=2,
-                              config=AugmentConfig(image_size=IMAGE), normalize=True)
+        loader = build_loader(
+            "pretrain",
+            ds,
+            backend=backend,
+            batch_size=BATCH,
+            num_workers=2,
+            config=AugmentConfig(image_size=IMAGE),
+            normalize=True,
+        )
         run = _epoch_runner(loader, "images")
-    _time(benchmark, request, run, "loader_pretrain", provider, views=1,
-          impl=implementation(None if provider.startswith("ssfer") else loader, provider))
+    _time(
+        benchmark,
+        request,
+        run,
+        "loader_pretrain",
+        provider,
+        views=1,
+        impl=implementation(None if provider.startswith("ssfer") else loader, provider),
+    )
 
 
 @pytest.mark.benchmark(group="loader_stage2")
@@ -187,8 +218,16 @@ def test_loader_stage2(benchmark, request, face_jpegs, provider):
         ds = FaceFolder(face_jpegs)
         labeled = ds.subset(range(0, len(ds), 4))  # a labeled quarter; one epoch = one pass over the pool
         backend = "dali" if "dali" in provider else "torch"
-        loader = build_loader("stage2", labeled, unlabeled=ds, backend=backend, batch_size=BATCH, num_workers=2,
-                              config=AugmentConfig(image_size=IMAGE), normalize=True)
+        loader = build_loader(
+            "stage2",
+            labeled,
+            unlabeled=ds,
+            backend=backend,
+            batch_size=BATCH,
+            num_workers=2,
+            config=AugmentConfig(image_size=IMAGE),
+            normalize=True,
+        )
         run = _epoch_runner(loader, "images_weak")
         views = 3
         impl = implementation(loader, provider)
@@ -209,8 +248,15 @@ def test_torch_loader_to_gpu(benchmark, request, face_jpegs, stage):
     if stage == "stage1":  # stage 1 needs labels: the identity folders serve as classes here
         ds.labels = (ds.identities % len(ds.class_names)).astype("int64")
     workers = min(GPU_WORKERS, len(__import__("os").sched_getaffinity(0)))
-    loader = build_loader(stage, ds, backend="torch", batch_size=BATCH, num_workers=workers, pin_memory=True,
-                          config=AugmentConfig(image_size=IMAGE))
+    loader = build_loader(
+        stage,
+        ds,
+        backend="torch",
+        batch_size=BATCH,
+        num_workers=workers,
+        pin_memory=True,
+        config=AugmentConfig(image_size=IMAGE),
+    )
 
     feed = DevicePrefetcher(loader, torch.device("cuda"))
 
@@ -240,8 +286,9 @@ def test_providers_deliver_equal_samples(face_jpegs):
     n = len(FaceFolder(face_jpegs))
     expected = n // BATCH * BATCH
     ds = FaceFolder(face_jpegs)
-    torch_loader = build_loader("pretrain", ds, backend="torch", batch_size=BATCH, num_workers=0,
-                                config=AugmentConfig(image_size=32))
+    torch_loader = build_loader(
+        "pretrain", ds, backend="torch", batch_size=BATCH, num_workers=0, config=AugmentConfig(image_size=32)
+    )
     assert sum(len(b["index"]) for b in torch_loader) == expected
     folder = torchvision.datasets.ImageFolder(str(face_jpegs))
     assert len(folder) == n and len(folder) // BATCH * BATCH == expected  # drop_last=True in SSFER's loaders

@@ -49,10 +49,22 @@ _SSFER_IPS: dict[tuple[str, str], float] = {}
 def _setting(device: str, quick: bool) -> dict[str, Any]:
     """Models, sizes and steps per round for a device (CPU: the demo's; GPU: ViT-B/16)."""
     if device == "cuda":
-        return {"pretrain": ("mae_vit_base_patch16", 64), "stage1": ("vit_base_patch16", 32), "img": 224,
-                "source": 100, "steps": 4 if quick else 10, "workers": min(8, len(os.sched_getaffinity(0)))}
-    return {"pretrain": ("mae_vit_demo", 32), "stage1": ("vit_demo", 32), "img": 64, "source": 64,
-            "steps": 3 if quick else 12, "workers": 2}
+        return {
+            "pretrain": ("mae_vit_base_patch16", 64),
+            "stage1": ("vit_base_patch16", 32),
+            "img": 224,
+            "source": 100,
+            "steps": 4 if quick else 10,
+            "workers": min(8, len(os.sched_getaffinity(0))),
+        }
+    return {
+        "pretrain": ("mae_vit_demo", 32),
+        "stage1": ("vit_demo", 32),
+        "img": 64,
+        "source": 64,
+        "steps": 3 if quick else 12,
+        "workers": 2,
+    }
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -83,8 +95,14 @@ def loop_faces(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     def faces(size: int) -> Path:
         if size not in written:
             root = tmp_path_factory.mktemp(f"loop_faces_{size}")
-            write_synthetic_dataset(root, num_train=7, num_test=7, num_unlabeled=n, num_identities=max(14, n // 32),
-                                    config=SyntheticFaceConfig(size=size))
+            write_synthetic_dataset(
+                root,
+                num_train=7,
+                num_test=7,
+                num_unlabeled=n,
+                num_identities=max(14, n // 32),
+                config=SyntheticFaceConfig(size=size),
+            )
             written[size] = root / "unlabeled"
         return written[size]
 
@@ -93,16 +111,24 @@ def loop_faces(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
 
 def _ssfer_batches(root: Path, stage: str, batch: int, img: int, workers: int, device: torch.device):
     """SSFER's input pipeline: ImageFolder + its transforms in a DataLoader, each batch moved to ``device``."""
-    transform = T.Compose([
-        T.RandomResizedCrop(img, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(FACE_MEAN, FACE_STD),
-    ])
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(img, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(FACE_MEAN, FACE_STD),
+        ]
+    )
     folder = torchvision.datasets.ImageFolder(str(root), transform, target_transform=lambda c: c % NUM_CLASSES)
-    loader = torch.utils.data.DataLoader(folder, batch_size=batch, shuffle=True, num_workers=workers,
-                                         pin_memory=device.type == "cuda", drop_last=True,
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        folder,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
     box = torch.tensor(FALLBACK_BOX, device=device).expand(batch, 4)
 
     def batches():
@@ -121,8 +147,14 @@ def _ferfast_batches(root: Path, stage: str, batch: int, img: int, workers: int,
     ds = FaceFolder(root)
     if stage == "stage1":  # the identity folders serve as classes, as on SSFER's side
         ds.labels = (ds.identities % NUM_CLASSES).astype("int64")
-    loader = build_loader(stage, ds, batch_size=batch, num_workers=workers, pin_memory=device.type == "cuda",
-                          config=AugmentConfig(image_size=img))
+    loader = build_loader(
+        stage,
+        ds,
+        batch_size=batch,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        config=AugmentConfig(image_size=img),
+    )
     feed = DevicePrefetcher(loader, device)
 
     def batches():
@@ -136,8 +168,14 @@ def _ferfast_batches(root: Path, stage: str, batch: int, img: int, workers: int,
     return batches(), what
 
 
-def _run(benchmark: Any, request: pytest.FixtureRequest, faces: Callable[[int], Path], device: torch.device,
-         provider: str, stage: str) -> None:
+def _run(
+    benchmark: Any,
+    request: pytest.FixtureRequest,
+    faces: Callable[[int], Path],
+    device: torch.device,
+    provider: str,
+    stage: str,
+) -> None:
     quick = bool(request.config.getoption("quick"))
     s = _setting(device.type, quick)
     model, batch = s[stage]
@@ -160,10 +198,22 @@ def _run(benchmark: Any, request: pytest.FixtureRequest, faces: Callable[[int], 
     ips = steps * batch / benchmark.stats.stats.median
     key = (stage, device.type)
     extra = benchmark.extra_info
-    extra.update(op=f"train_loop_{stage}", provider=provider, device=device.type, model=model, batch=batch,
-                 shape=f"{shape.name}, {steps} steps a round (step ms = the round)",
-                 img_size=img, source_px=s["source"], steps_per_round=steps, loader_workers=s["workers"],
-                 precision=info["precision"], ops_backend=info["ops_backend"], loader=loader_desc, images_per_s=ips)
+    extra.update(
+        op=f"train_loop_{stage}",
+        provider=provider,
+        device=device.type,
+        model=model,
+        batch=batch,
+        shape=f"{shape.name}, {steps} steps a round (step ms = the round)",
+        img_size=img,
+        source_px=s["source"],
+        steps_per_round=steps,
+        loader_workers=s["workers"],
+        precision=info["precision"],
+        ops_backend=info["ops_backend"],
+        loader=loader_desc,
+        images_per_s=ips,
+    )
     if provider == SSFER:
         _SSFER_IPS[key] = ips
     elif key in _SSFER_IPS:

@@ -220,21 +220,21 @@ def paired_iou_torch(boxes: torch.Tensor) -> torch.Tensor:
 Built = tuple[Callable, tuple, dict[str, Any]]
 
 
-def build_pretrain_step(
-    shape: shapes.TrainShape, device: torch.device, provider: str, **model_kwargs: Any
-) -> Built:
+def build_pretrain_step(shape: shapes.TrainShape, device: torch.device, provider: str, **model_kwargs: Any) -> Built:
     """``(step, args, info)``: ``step(*args)`` runs one MAE pretraining step and returns the loss (a tensor)."""
     backend = BACKEND[provider]
     precision = precision_of(shape, device, provider)
     mae = _build(
-        lambda: create_model(
-            shape.model, img_size=shape.img_size, norm_pix_loss=True, backend=backend, **model_kwargs
-        ),
+        lambda: create_model(shape.model, img_size=shape.img_size, norm_pix_loss=True, backend=backend, **model_kwargs),
         device,
     )
     batch = {"images": shapes.cls_images(shape.cls, device)}
-    info: dict[str, Any] = {"ops_backend": resolve_backend(device, backend), "mask_ratio": shape.mask_ratio,
-                            "norm_pix_loss": True, "precision": precision}
+    info: dict[str, Any] = {
+        "ops_backend": resolve_backend(device, backend),
+        "mask_ratio": shape.mask_ratio,
+        "norm_pix_loss": True,
+        "precision": precision,
+    }
 
     if provider == SSFER:
         opt = _ssfer_optimizer(mae)
@@ -277,14 +277,14 @@ def _classifier_setup(
         device,
     )
     batch = {"images": shapes.cls_images(shape.cls, device), "labels": shapes.cls_labels(shape.cls, device)}
-    info: dict[str, Any] = {"ops_backend": resolve_backend(device, BACKEND[provider]),
-                            "precision": precision_of(shape, device, provider)}
+    info: dict[str, Any] = {
+        "ops_backend": resolve_backend(device, BACKEND[provider]),
+        "precision": precision_of(shape, device, provider),
+    }
     return model, batch, info
 
 
-def build_stage1_step(
-    shape: shapes.TrainShape, device: torch.device, provider: str, **model_kwargs: Any
-) -> Built:
+def build_stage1_step(shape: shapes.TrainShape, device: torch.device, provider: str, **model_kwargs: Any) -> Built:
     """``(step, args, info)``: ``step(*args)`` runs one stage-1 step (face-IoU Mixup) and returns the loss."""
     vit, batch, info = _classifier_setup(shape, device, provider, model_kwargs)
     backend, precision = BACKEND[provider], info["precision"]
@@ -294,8 +294,14 @@ def build_stage1_step(
     if provider == SSFER:
         from timm.data import Mixup  # SSFER's Mixup; timm is a dev/bench dependency
 
-        mixup_fn = Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, prob=1.0, mode="batch", label_smoothing=SMOOTHING,
-                         num_classes=shape.num_classes)
+        mixup_fn = Mixup(
+            mixup_alpha=1.0,
+            cutmix_alpha=0.0,
+            prob=1.0,
+            mode="batch",
+            label_smoothing=SMOOTHING,
+            num_classes=shape.num_classes,
+        )
         opt = _ssfer_optimizer(vit)
 
         def ssfer_step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -333,9 +339,7 @@ def build_stage1_step(
     return step, (batch,), info
 
 
-def build_stage2_step(
-    shape: shapes.TrainShape, device: torch.device, provider: str, **model_kwargs: Any
-) -> Built:
+def build_stage2_step(shape: shapes.TrainShape, device: torch.device, provider: str, **model_kwargs: Any) -> Built:
     """``(step, args, info)``: ``step(*args)`` runs one stage-2 (FixMatch) step, EMA update included."""
     student, batch, info = _classifier_setup(shape, device, provider, model_kwargs)
     precision = info["precision"]
@@ -380,8 +384,14 @@ def build_stage2_step(
 
     def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast(device, precision):
-            out = stage2_step(net, teacher_net, batch, threshold=THRESHOLD, unlabeled_weight=UNLABELED_WEIGHT,
-                              label_smoothing=SMOOTHING)
+            out = stage2_step(
+                net,
+                teacher_net,
+                batch,
+                threshold=THRESHOLD,
+                unlabeled_weight=UNLABELED_WEIGHT,
+                label_smoothing=SMOOTHING,
+            )
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -391,8 +401,11 @@ def build_stage2_step(
     return step, (batch,), info
 
 
-BUILDERS = {"train_step_pretrain": build_pretrain_step, "train_step_stage1": build_stage1_step,
-            "train_step_stage2": build_stage2_step}
+BUILDERS = {
+    "train_step_pretrain": build_pretrain_step,
+    "train_step_stage1": build_stage1_step,
+    "train_step_stage2": build_stage2_step,
+}
 
 
 # ---- FLOPs and utilisation -----------------------------------------------------------------------------------
@@ -426,14 +439,28 @@ def _run(bench: Any, op: str, shape: shapes.TrainShape) -> None:
     if key not in _FLOPS and (t.device.type == "cuda" or shape.quick):
         _FLOPS[key] = count_flops(step, args)
     images = _images(op, shape)
-    extra = {**info, "model": shape.model, "batch": shape.batch, "img_size": shape.img_size,
-             "dtype": f"{info['precision']}, fp32 weights and inputs"}
+    extra = {
+        **info,
+        "model": shape.model,
+        "batch": shape.batch,
+        "img_size": shape.img_size,
+        "dtype": f"{info['precision']}, fp32 weights and inputs",
+    }
     if key in _FLOPS:  # known before the timing, so that the --bench-jsonl record has them too
         extra["model_flops"] = _FLOPS[key]
         if peak := peak_bf16_flops(t.device):
             extra["peak_bf16_TFLOP/s"] = peak / 1e12
-    bench.run(op=op, mode="step", shape=shape, fn=step, args=args, nbytes=None, images=images,
-              shape_desc=shape.describe(), extra_info=extra)
+    bench.run(
+        op=op,
+        mode="step",
+        shape=shape,
+        fn=step,
+        args=args,
+        nbytes=None,
+        images=images,
+        shape_desc=shape.describe(),
+        extra_info=extra,
+    )
     _derived_metrics(bench, key, images)
 
 
@@ -469,4 +496,3 @@ def test_train_step_stage1(train_bench, stage1_step_shape):
 @pytest.mark.benchmark(group="train_step_stage2")
 def test_train_step_stage2(train_bench, stage2_step_shape):
     _run(train_bench, "train_step_stage2", stage2_step_shape)
-

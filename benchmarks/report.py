@@ -63,8 +63,13 @@ PROVIDER_ORDER = (
 REF, COMPILE, SSFER, SSFER_RECIPE = "torch-ref", "torch-compile(ref)", "ssfer-eager", "ssfer-recipe"
 STAGE1_OP = "face_iou_mixup_step"
 #: images/s, not GB/s (train_loop_*: a round of several steps fed by their loaders)
-TRAIN_STEP_OPS = ("train_step_pretrain", "train_step_stage1", "train_step_stage2", "train_loop_pretrain",
-                  "train_loop_stage1")
+TRAIN_STEP_OPS = (
+    "train_step_pretrain",
+    "train_step_stage1",
+    "train_step_stage2",
+    "train_loop_pretrain",
+    "train_loop_stage1",
+)
 MET, MISSED, MISSING, UNTIMED = "MET", "MISSED", "MISSING DATA", "NO TIMING"
 
 
@@ -185,8 +190,21 @@ def train_step_table(data: dict[str, Any]) -> list[str]:
         "labeled and unlabeled ones; MFU = model FLOPs / step time / the GPU's dense bf16 peak_",
         "",
     ]
-    head = ["step", "device", "shape", "precision", "provider", "ops", "images/s", "step ms", "TFLOP/s", "MFU",
-            "peak MiB", f"vs {REF}", f"vs {SSFER_RECIPE}"]
+    head = [
+        "step",
+        "device",
+        "shape",
+        "precision",
+        "provider",
+        "ops",
+        "images/s",
+        "step ms",
+        "TFLOP/s",
+        "MFU",
+        "peak MiB",
+        f"vs {REF}",
+        f"vs {SSFER_RECIPE}",
+    ]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     keyed: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
@@ -388,24 +406,60 @@ def target_plan(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...], Ca
     """``(name, devices, check(data, device))`` of every target (see the module docstring)."""
     mix = args.mixup_shape or None
     plan: list[tuple[str, tuple[str, ...], Callable[..., tuple[list[str], str]]]] = [
-        ("masked_patch_mse", ("cuda", "cpu"), lambda d, dev: check_bandwidth(
-            d, args.target_op, args.target_mode, args.target_fraction, dev, args.target_shape or None)),
-        ("face_mixup", ("cuda", "cpu"), lambda d, dev: check_bandwidth(
-            d, "face_mixup", "fwd", args.mix_fraction, dev, mix)),
-        ("stage1_vs_ssfer", ("cuda", "cpu"), lambda d, dev: check_speedup(
-            d, STAGE1_OP, "full", SSFER, args.stage1_vs_ssfer, dev, mix)),
-        ("stage1_vs_compile", ("cuda", "cpu"), lambda d, dev: check_speedup(
-            d, STAGE1_OP, "full", COMPILE, args.stage1_vs_compile, dev, mix)),
-        ("fixmatch_vs_compile", ("cuda", "cpu"), lambda d, dev: check_speedup(
-            d, "fixmatch_loss", "full", COMPILE, 1.0, dev, args.fixmatch_shape or None, strict=True)),
-        ("train_pretrain_vs_ssfer", ("cuda",), lambda d, dev: check_speedup(
-            d, "train_step_pretrain", "step", SSFER_RECIPE, args.pretrain_vs_ssfer, dev, None)),
-        ("train_stage1_vs_ssfer", ("cuda",), lambda d, dev: check_speedup(
-            d, "train_step_stage1", "step", SSFER_RECIPE, args.stage1_step_vs_ssfer, dev, None)),
+        (
+            "masked_patch_mse",
+            ("cuda", "cpu"),
+            lambda d, dev: check_bandwidth(
+                d, args.target_op, args.target_mode, args.target_fraction, dev, args.target_shape or None
+            ),
+        ),
+        (
+            "face_mixup",
+            ("cuda", "cpu"),
+            lambda d, dev: check_bandwidth(d, "face_mixup", "fwd", args.mix_fraction, dev, mix),
+        ),
+        (
+            "stage1_vs_ssfer",
+            ("cuda", "cpu"),
+            lambda d, dev: check_speedup(d, STAGE1_OP, "full", SSFER, args.stage1_vs_ssfer, dev, mix),
+        ),
+        (
+            "stage1_vs_compile",
+            ("cuda", "cpu"),
+            lambda d, dev: check_speedup(d, STAGE1_OP, "full", COMPILE, args.stage1_vs_compile, dev, mix),
+        ),
+        (
+            "fixmatch_vs_compile",
+            ("cuda", "cpu"),
+            lambda d, dev: check_speedup(
+                d, "fixmatch_loss", "full", COMPILE, 1.0, dev, args.fixmatch_shape or None, strict=True
+            ),
+        ),
+        (
+            "train_pretrain_vs_ssfer",
+            ("cuda",),
+            lambda d, dev: check_speedup(
+                d, "train_step_pretrain", "step", SSFER_RECIPE, args.pretrain_vs_ssfer, dev, None
+            ),
+        ),
+        (
+            "train_stage1_vs_ssfer",
+            ("cuda",),
+            lambda d, dev: check_speedup(
+                d, "train_step_stage1", "step", SSFER_RECIPE, args.stage1_step_vs_ssfer, dev, None
+            ),
+        ),
     ]
     for op, base, factor, mine in LOADER_TARGETS:  # one epoch per round, equal samples: time ratio = throughput
-        plan.append((f"{op}_vs_{base}", ("cpu",), lambda d, _dev, op=op, base=base, factor=factor, mine=mine:
-                     check_speedup(d, op, "epoch", base, factor, "cpu", None, only=mine)))
+        plan.append(
+            (
+                f"{op}_vs_{base}",
+                ("cpu",),
+                lambda d, _dev, op=op, base=base, factor=factor, mine=mine: check_speedup(
+                    d, op, "epoch", base, factor, "cpu", None, only=mine
+                ),
+            )
+        )
     return plan
 
 

@@ -71,8 +71,10 @@ def _dali_version() -> str | None:
 def info() -> str:
     """A human-readable report of :func:`info_dict`; also printed by ``python -m ferfast.info``."""
     data = info_dict()
-    lines = [f"ferfast {data['ferfast']} (python {data['python']}, torch {data['torch']}, CUDA {data['torch_cuda']}, "
-             f"triton {data['triton']})"]
+    lines = [
+        f"ferfast {data['ferfast']} (python {data['python']}, torch {data['torch']}, CUDA {data['torch_cuda']}, "
+        f"triton {data['triton']})"
+    ]
     lines.append(f"  GPU: {data['gpu'] or 'none'}")
     if data["native_library"]:
         lines.append(f"  native library: {data['native_library']}")
@@ -85,8 +87,10 @@ def info() -> str:
     lines.append(f"  Triton runs on: {', '.join(data['triton_runs_on']) or 'nothing here'}")
     for device, entry in data["backends"].items():
         lines.append(f"  {device}: in use {entry['in_use']!r}, available {entry['available']}")
-    lines.append(f"  DALI: {data['dali'] or 'not installed (loaders use torch)'}; "
-                 f"ferfast DALI plugin: {data['dali_plugin'] or 'not built'}")
+    lines.append(
+        f"  DALI: {data['dali'] or 'not installed (loaders use torch)'}; "
+        f"ferfast DALI plugin: {data['dali_plugin'] or 'not built'}"
+    )
     return "\n".join(lines)
 
 

@@ -35,9 +35,17 @@ from ferfast.reference.patch_loss import masked_patch_mse_ref
 from ferfast.reference.ssl import fixmatch_loss_ref
 
 __all__ = [
-    "KERNELS", "NATIVE_BACKENDS", "OPS", "PUBLIC_NAMES", "SPECS", "KernelSpec", "OpSpec", "register",
-    "register_native_ops", "spec",
-]  # fmt: skip
+    "KERNELS",
+    "NATIVE_BACKENDS",
+    "OPS",
+    "PUBLIC_NAMES",
+    "SPECS",
+    "KernelSpec",
+    "OpSpec",
+    "register",
+    "register_native_ops",
+    "spec",
+]
 
 #: The backends that implement an op besides ``reference`` (every op has a reference).
 NATIVE_BACKENDS = ("cpu", "cuda", "triton")

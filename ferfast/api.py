@@ -48,9 +48,18 @@ from ferfast.engine.summary import say
 from ferfast.models import create_model
 
 __all__ = [
-    "FINETUNE_STAGES", "IMAGE_EXTENSIONS", "evaluate", "expand_images", "finetune", "load_model", "load_trained",
-    "make_config", "predict", "pretrain", "semisup",
-]  # fmt: skip
+    "FINETUNE_STAGES",
+    "IMAGE_EXTENSIONS",
+    "evaluate",
+    "expand_images",
+    "finetune",
+    "load_model",
+    "load_trained",
+    "make_config",
+    "predict",
+    "pretrain",
+    "semisup",
+]
 
 #: What :func:`finetune` can run.
 FINETUNE_STAGES = ("stage1", "stage2")
@@ -113,7 +122,7 @@ _OWN_KEYS = {"pretrain": FROM_PRETRAIN, "stage1": FROM_STAGE1, "stage2": FROM_ST
 def _handover_from_own_folder(cfg: TrainConfig, stage: str) -> tuple[TrainConfig, list[str]] | None:
     """A stage whose folder has a checkpoint continues from it (:func:`ferfast.engine.loop.fit`), so it takes that
     run's settings, as from an earlier stage: re-running the same command, or one with fewer options, resumes."""
-    found = load_latest_checkpoint(Path(cfg.run.output_dir) / stage)
+    found = load_latest_checkpoint(Path(cfg.run.output_dir) / stage, mmap=True)  # the config only: fit reads it
     saved = None if found is None else saved_config(found[1])
     if saved is None or saved[1] != stage:
         return None
@@ -127,7 +136,7 @@ def _handover_from_pretraining(cfg: TrainConfig) -> tuple[TrainConfig, list[str]
         return own
     if cfg.model.pretrained is None:
         return cfg, []
-    found = saved_config(load_checkpoint(cfg.model.pretrained))
+    found = saved_config(load_checkpoint(cfg.model.pretrained, mmap=True))  # the config; the weights load later
     if found is None or found[1] != "pretrain":  # MAE's or SSFER's own checkpoint: nothing recorded to take
         return cfg, []
     cfg, report = hand_over(cfg, found[0], cfg.model.pretrained, FROM_PRETRAIN, "pretrain")
@@ -192,8 +201,12 @@ def finetune(
             if "stage2" in stages:
                 model = run_stage2(cfg if stages[0] == "stage2" else _without_resume(cfg), data, model).module
             metrics = _evaluate(model, data.test, cfg, out / last / "eval")
-    return {"metrics": metrics, "checkpoint": out / last / LAST_CHECKPOINT, "class_names": list(data.class_names),
-            "config": cfg}  # fmt: skip
+    return {
+        "metrics": metrics,
+        "checkpoint": out / last / LAST_CHECKPOINT,
+        "class_names": list(data.class_names),
+        "config": cfg,
+    }
 
 
 def semisup(config: TrainConfig | None = None, *, fresh: bool = False, **kwargs: Any) -> dict[str, Any]:
@@ -216,15 +229,18 @@ def load_trained(checkpoint: str | os.PathLike, *, ema: bool = True) -> tuple[nn
     class_names = list(ckpt.get("class_names") or [])
     if not class_names:
         raise ValueError(f"{checkpoint} has no class names: is it a stage-1 or stage-2 checkpoint of ferfast?")
-    model = create_model(cfg.model.name, img_size=cfg.data.image_size, num_classes=len(class_names),
-                         global_pool=cfg.model.global_pool)  # fmt: skip
+    model = create_model(
+        cfg.model.name, img_size=cfg.data.image_size, num_classes=len(class_names), global_pool=cfg.model.global_pool
+    )
     state = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     model.load_state_dict(state)
     return model.eval(), class_names, cfg
 
 
 def evaluate(
-    model: nn.Module | str | os.PathLike, config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None,
+    model: nn.Module | str | os.PathLike,
+    config: TrainConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Accuracy, mean class accuracy, macro-F1 and the confusion matrix on the test split (``data.test_split``).
@@ -390,8 +406,16 @@ def predict(
         rows: list[dict[str, Any]] = []
         tensors = []
         for path in chunk:
-            row: dict[str, Any] = {"path": str(path), "file": str(path), "label": None, "probability": None,
-                                   "topk": [], "probabilities": None, "box": None, "error": None}  # fmt: skip
+            row: dict[str, Any] = {
+                "path": str(path),
+                "file": str(path),
+                "label": None,
+                "probability": None,
+                "topk": [],
+                "probabilities": None,
+                "box": None,
+                "error": None,
+            }
             try:
                 x, row["box"] = _prepare(path, detector, margin, size)
                 tensors.append(x)

@@ -99,26 +99,51 @@ class DataRecipe:
 #: a schedule this short need; stage 2 at 32 labeled + 32 unlabeled images per step for 2 passes over the unlabeled
 #: pool, with FixMatch's unlabeled loss weight 1 (SSFER's 5 cost 5-6 points here). docs/demo.md: how it was chosen.
 DEMO_RECIPE: dict[str, Any] = {
-    "data.format": "synthetic", "data.image_size": 64, "data.num_workers": 0,
-    "model.name": "vit_demo", "model.drop_path": 0.0,
-    "pretrain.epochs": 9, "pretrain.batch_size": 64, "pretrain.optim.lr": 1.5e-3, "pretrain.optim.warmup_epochs": 1,
-    "stage1.epochs": 40, "stage1.batch_size": 32, "stage1.ema_decay": 0.99, "stage1.optim.lr": 1e-3,
-    "stage1.optim.warmup_epochs": 2, "stage1.optim.layer_decay": 0.75,
-    "stage2.epochs": 2, "stage2.batch_size": 32, "stage2.unlabeled_batch_size": 32, "stage2.ema_decay": 0.99,
-    "stage2.optim.lr": 3e-4, "stage2.optim.schedule": "cosine", "stage2.optim.milestones": (),
+    "data.format": "synthetic",
+    "data.image_size": 64,
+    "data.num_workers": 0,
+    "model.name": "vit_demo",
+    "model.drop_path": 0.0,
+    "pretrain.epochs": 9,
+    "pretrain.batch_size": 64,
+    "pretrain.optim.lr": 1.5e-3,
+    "pretrain.optim.warmup_epochs": 1,
+    "stage1.epochs": 40,
+    "stage1.batch_size": 32,
+    "stage1.ema_decay": 0.99,
+    "stage1.optim.lr": 1e-3,
+    "stage1.optim.warmup_epochs": 2,
+    "stage1.optim.layer_decay": 0.75,
+    "stage2.epochs": 2,
+    "stage2.batch_size": 32,
+    "stage2.unlabeled_batch_size": 32,
+    "stage2.ema_decay": 0.99,
+    "stage2.optim.lr": 3e-4,
+    "stage2.optim.schedule": "cosine",
+    "stage2.optim.milestones": (),
     "stage2.unlabeled_weight": 1.0,
-    "run.tensorboard": False, "run.log_every": 50, "run.eval_every": 1000, "run.save_every": 1000,
-    "run.keep_checkpoints": 1, "run.print_every": 0,
-}  # fmt: skip
+    "run.tensorboard": False,
+    "run.log_every": 50,
+    "run.eval_every": 1000,
+    "run.save_every": 1000,
+    "run.keep_checkpoints": 1,
+    "run.print_every": 0,
+}
 
 #: ``--quick``: the same pipeline on a few hundred 32x32 faces, for a smoke test (under a minute).
 QUICK_RECIPE: dict[str, Any] = {
     **DEMO_RECIPE,
     "data.image_size": 32,
-    "pretrain.epochs": 1, "pretrain.batch_size": 32,
-    "stage1.epochs": 3, "stage1.batch_size": 8, "stage1.optim.warmup_epochs": 1,
-    "stage2.epochs": 1, "stage2.batch_size": 8, "stage2.unlabeled_batch_size": 8, "stage2.optim.milestones": (),
-}  # fmt: skip
+    "pretrain.epochs": 1,
+    "pretrain.batch_size": 32,
+    "stage1.epochs": 3,
+    "stage1.batch_size": 8,
+    "stage1.optim.warmup_epochs": 1,
+    "stage2.epochs": 1,
+    "stage2.batch_size": 8,
+    "stage2.unlabeled_batch_size": 8,
+    "stage2.optim.milestones": (),
+}
 _QUICK_DATA = DataRecipe(num_train=700, num_test=140, num_unlabeled=320, num_identities=40, size=32)
 
 
@@ -208,8 +233,13 @@ class DemoResult:
         return statistics.fmean(values) if values else math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": [asdict(r) for r in self.rows], "stage_seconds": self.stage_seconds, "data": self.data,
-                "seeds": list(self.seeds), "labeled_fraction": self.labeled_fraction}  # fmt: skip
+        return {
+            "rows": [asdict(r) for r in self.rows],
+            "stage_seconds": self.stage_seconds,
+            "data": self.data,
+            "seeds": list(self.seeds),
+            "labeled_fraction": self.labeled_fraction,
+        }
 
 
 def arm_config(
@@ -228,10 +258,16 @@ def arm_config(
     seed_dir = cfg.out_dir / f"seed{seed}"
     values: dict[str, Any] = {
         **recipe,
-        "data.root": str(faces), "data.unlabeled_root": str(faces / "unlabeled"), "data.loader": cfg.loader,
-        "data.seed": seed, "run.seed": seed, "run.device": cfg.device, "run.output_dir": str(seed_dir / arm.key),
-        "stage1.mixup": arm.mixup, "model.pretrained": None if pretrained is None else str(pretrained),
-    }  # fmt: skip
+        "data.root": str(faces),
+        "data.unlabeled_root": str(faces / "unlabeled"),
+        "data.loader": cfg.loader,
+        "data.seed": seed,
+        "run.seed": seed,
+        "run.device": cfg.device,
+        "run.output_dir": str(seed_dir / arm.key),
+        "stage1.mixup": arm.mixup,
+        "model.pretrained": None if pretrained is None else str(pretrained),
+    }
     if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
         values["run.precision"] = "fp32"  # the documented results; "auto" may measure bf16 faster on some CPUs
     if arm.all_labels:
@@ -269,8 +305,15 @@ def _pretrain_config(cfg: DemoConfig, seed: int) -> TrainConfig:
 
 
 def _scores(metrics: Mapping[str, Any], arm: str, seed: int, seconds: float, labeled: int) -> ArmResult:
-    return ArmResult(arm, seed, float(metrics["accuracy"]), float(metrics["mean_class_accuracy"]),
-                     float(metrics["macro_f1"]), seconds, labeled)  # fmt: skip
+    return ArmResult(
+        arm,
+        seed,
+        float(metrics["accuracy"]),
+        float(metrics["mean_class_accuracy"]),
+        float(metrics["macro_f1"]),
+        seconds,
+        labeled,
+    )
 
 
 def _fresh(path: Path, resume: bool) -> None:
@@ -298,21 +341,32 @@ def run_demo(cfg: DemoConfig | None = None, echo: Callable[[str], None] = _print
     check_config(cfg)
     t_start = time.perf_counter()
     d = cfg.data
-    echo(f"ferfast demo: SSFER on synthetic faces, {cfg.labeled_fraction:.0%} of the labels, seeds "
-         f"{', '.join(map(str, cfg.seeds))}{' (quick)' if cfg.quick else ''}")  # fmt: skip
+    echo(
+        f"ferfast demo: SSFER on synthetic faces, {cfg.labeled_fraction:.0%} of the labels, seeds "
+        f"{', '.join(map(str, cfg.seeds))}{' (quick)' if cfg.quick else ''}"
+    )
     t0 = time.perf_counter()
-    write_synthetic_dataset(cfg.faces_dir, num_train=d.num_train, num_test=d.num_test, num_unlabeled=d.num_unlabeled,
-                            num_identities=d.num_identities, config=d.face_config())  # fmt: skip
+    write_synthetic_dataset(
+        cfg.faces_dir,
+        num_train=d.num_train,
+        num_test=d.num_test,
+        num_unlabeled=d.num_unlabeled,
+        num_identities=d.num_identities,
+        config=d.face_config(),
+    )
     stage_seconds = {"data": time.perf_counter() - t0}
-    echo(f"[data] {d.num_train} training, {d.num_test} test (unseen identities) and {d.num_unlabeled} unlabeled "
-         f"faces of {d.size}x{d.size} in {cfg.faces_dir} ({stage_seconds['data']:.0f} s)")  # fmt: skip
+    echo(
+        f"[data] {d.num_train} training, {d.num_test} test (unseen identities) and {d.num_unlabeled} unlabeled "
+        f"faces of {d.size}x{d.size} in {cfg.faces_dir} ({stage_seconds['data']:.0f} s)"
+    )
     rows: list[ArmResult] = []
     for seed in cfg.seeds:
         _fresh(cfg.out_dir / f"seed{seed}", cfg.resume)
         rows += _run_seed(cfg, seed, stage_seconds, echo)
     stage_seconds["total"] = time.perf_counter() - t_start
-    result = DemoResult(rows, stage_seconds, {**asdict(d), "faces_dir": str(cfg.faces_dir)}, tuple(cfg.seeds),
-                        cfg.labeled_fraction)  # fmt: skip
+    result = DemoResult(
+        rows, stage_seconds, {**asdict(d), "faces_dir": str(cfg.faces_dir)}, tuple(cfg.seeds), cfg.labeled_fraction
+    )
     table = format_table(result)
     write_text_atomic(cfg.out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
     write_text_atomic(cfg.out_dir / "results.md", table + "\n")
@@ -335,8 +389,10 @@ def _run_seed(cfg: DemoConfig, seed: int, stage_seconds: dict[str, float], echo:
         t0 = time.perf_counter()
         mae = run_pretrain(pcfg)
         stage_seconds[f"mae/seed{seed}"] = dt = time.perf_counter() - t0
-        echo(f"[seed {seed}] MAE pretraining: {pcfg.pretrain.epochs} epochs on {cfg.data.num_unlabeled} unlabeled "
-             f"faces ({dt:.0f} s)")  # fmt: skip
+        echo(
+            f"[seed {seed}] MAE pretraining: {pcfg.pretrain.epochs} epochs on {cfg.data.num_unlabeled} unlabeled "
+            f"faces ({dt:.0f} s)"
+        )
     stage1_models = {}
     steps = None  # (stage-1, stage-2) steps per epoch of the labeled-fraction arms: the ceiling's budget
     for arm in wanted:
@@ -360,8 +416,10 @@ def _run_seed(cfg: DemoConfig, seed: int, stage_seconds: dict[str, float], echo:
         stage_seconds[f"{arm.key}/seed{seed}"] = seconds
         row = _scores(metrics, arm.key, seed, seconds, len(data.labeled))
         rows.append(row)
-        echo(f"[seed {seed}] {arm.label}: accuracy {row.accuracy:.1%}, mean class accuracy "
-             f"{row.mean_class_accuracy:.1%} ({row.labeled} labeled images, {seconds:.0f} s)")  # fmt: skip
+        echo(
+            f"[seed {seed}] {arm.label}: accuracy {row.accuracy:.1%}, mean class accuracy "
+            f"{row.mean_class_accuracy:.1%} ({row.labeled} labeled images, {seconds:.0f} s)"
+        )
     return rows
 
 
@@ -391,8 +449,11 @@ def format_table(result: DemoResult) -> str:
             row = result.row(arm.key, s)
             cells += ["-", "-"] if row is None else [f"{row.accuracy:.1%}", f"{row.mean_class_accuracy:.1%}"]
         seconds = statistics.fmean(r.seconds for r in result.rows if r.arm == arm.key)
-        cells += [f"{result.mean(arm.key):.1%}", f"{result.mean(arm.key, 'mean_class_accuracy'):.1%}",
-                  f"{seconds:.0f} s"]  # fmt: skip
+        cells += [
+            f"{result.mean(arm.key):.1%}",
+            f"{result.mean(arm.key, 'mean_class_accuracy'):.1%}",
+            f"{seconds:.0f} s",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     out = ["SSFER ablation on synthetic faces (test split: identities unseen in training)", "", *lines, ""]
     out += _summary(result)
@@ -405,12 +466,19 @@ def _summary(result: DemoResult) -> list[str]:
     """The method's story in numbers: each part's gain, the gap to scratch and to the fully supervised ceiling."""
     acc = {a.key: result.mean(a.key) for a in ARMS}
     lines = []
-    steps = [("pretrain", "scratch", "MAE pretraining"), ("mixup", "pretrain", "face-IoU Mixup"),
-             ("semisup", "mixup", "FixMatch")]  # fmt: skip
+    steps = [
+        ("pretrain", "scratch", "MAE pretraining"),
+        ("mixup", "pretrain", "face-IoU Mixup"),
+        ("semisup", "mixup", "FixMatch"),
+    ]
     gains = [f"{name} {100 * (acc[a] - acc[b]):+.1f}" for a, b, name in steps if not math.isnan(acc[a] - acc[b])]
     if gains:
-        lines.append("gain of each part (accuracy points" + (", mean over seeds" if len(result.seeds) > 1 else "")
-                     + "): " + ", ".join(gains))  # fmt: skip
+        lines.append(
+            "gain of each part (accuracy points"
+            + (", mean over seeds" if len(result.seeds) > 1 else "")
+            + "): "
+            + ", ".join(gains)
+        )
     if not math.isnan(acc["semisup"] - acc["scratch"]):
         lines.append(f"full method vs supervised from scratch: {100 * (acc['semisup'] - acc['scratch']):+.1f} points")
     if not math.isnan(acc["semisup"] / acc["full"]):
@@ -419,6 +487,8 @@ def _summary(result: DemoResult) -> list[str]:
             pairs = [(s, result.row("semisup", s), result.row("full", s)) for s in result.seeds]
             ratios = [f"s{s} {m.accuracy / f.accuracy:.1%}" for s, m, f in pairs if m is not None and f is not None]
             per_seed = f" ({', '.join(ratios)})"
-        lines.append(f"full method with {result.labeled_fraction:.0%} of the labels reaches "
-                     f"{acc['semisup'] / acc['full']:.1%} of the fully supervised accuracy{per_seed}")  # fmt: skip
+        lines.append(
+            f"full method with {result.labeled_fraction:.0%} of the labels reaches "
+            f"{acc['semisup'] / acc['full']:.1%} of the fully supervised accuracy{per_seed}"
+        )
     return lines

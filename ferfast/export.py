@@ -44,9 +44,19 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "DEFAULT_OPSET", "FORMATS", "INPUT_NAME", "ONNX_FILE", "OUTPUT_NAME", "PT2_FILE", "SPEC_FILE", "VERIFY_BATCH_SIZES",
-    "ExportResult", "ExportVerificationError", "PixelNormalizedClassifier", "export_model",
-]  # fmt: skip
+    "DEFAULT_OPSET",
+    "FORMATS",
+    "INPUT_NAME",
+    "ONNX_FILE",
+    "OUTPUT_NAME",
+    "PT2_FILE",
+    "SPEC_FILE",
+    "VERIFY_BATCH_SIZES",
+    "ExportResult",
+    "ExportVerificationError",
+    "PixelNormalizedClassifier",
+    "export_model",
+]
 
 #: What :func:`export_model` writes: ``onnx`` (``model.onnx``) and ``torch_export`` (``model.pt2``).
 FORMATS: tuple[str, ...] = ("onnx", "torch_export")
@@ -155,8 +165,10 @@ def export_model(
         import onnx
 
         if opset > onnx.defs.onnx_opset_version():
-            raise ValueError(f"opset {opset} is newer than the installed onnx {onnx.__version__} knows "
-                             f"(at most {onnx.defs.onnx_opset_version()})")  # fmt: skip
+            raise ValueError(
+                f"opset {opset} is newer than the installed onnx {onnx.__version__} knows "
+                f"(at most {onnx.defs.onnx_opset_version()})"
+            )
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
@@ -176,8 +188,19 @@ def export_model(
     mean, std = [float(m) for m in FACE_MEAN], [float(s) for s in FACE_STD]
     exported = PixelNormalizedClassifier(model, mean, std).eval() if include_preprocessing else model
     dtype = getattr(torch, dtype_name)
-    spec = _spec(checkpoint, cfg.model.name, class_names, size, mean, std, include_preprocessing, dtype_name,
-                 formats, opset if "onnx" in formats else None, ema)  # fmt: skip
+    spec = _spec(
+        checkpoint,
+        cfg.model.name,
+        class_names,
+        size,
+        mean,
+        std,
+        include_preprocessing,
+        dtype_name,
+        formats,
+        opset if "onnx" in formats else None,
+        ema,
+    )
     spec_text = json.dumps(spec, indent=2, sort_keys=False)
     example = _inputs(_TRACE_BATCH, size, dtype, include_preprocessing, mean, std, seed=1234)
     blobs: dict[str, bytes] = {}
@@ -227,8 +250,9 @@ def _refuse_existing(paths: Iterable[Path]) -> None:
     """Raise FileExistsError naming the first of ``paths`` that exists."""
     for path in paths:
         if path.exists():
-            raise FileExistsError(f"{path} already exists; pass overwrite=True (--force on the command line) "
-                                  "to replace it")  # fmt: skip
+            raise FileExistsError(
+                f"{path} already exists; pass overwrite=True (--force on the command line) to replace it"
+            )
 
 
 def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
@@ -247,8 +271,10 @@ def _check_input_dtype(input_dtype: str | None, include_preprocessing: bool) -> 
     if input_dtype not in _INPUT_DTYPES:
         raise ValueError(f"input_dtype must be one of {_INPUT_DTYPES}, got {input_dtype!r}")
     if not include_preprocessing and input_dtype != "float32":
-        raise ValueError("without the built-in preprocessing the input is the normalised float32 tensor: "
-                         f"input_dtype must be 'float32', got {input_dtype!r}")  # fmt: skip
+        raise ValueError(
+            "without the built-in preprocessing the input is the normalised float32 tensor: "
+            f"input_dtype must be 'float32', got {input_dtype!r}"
+        )
     return input_dtype
 
 
@@ -289,10 +315,17 @@ def _export_onnx(module: nn.Module, example: Tensor, opset: int, spec_text: str)
 
     batch = torch.export.Dim("batch")
     program = torch.onnx.export(
-        module, (example,), None, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME], dynamic_shapes={_forward_arg(module): {0: batch}}, verbose=False,
+        module,
+        (example,),
+        None,
+        dynamo=True,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes={_forward_arg(module): {0: batch}},
+        verbose=False,
         external_data=False,
-    )  # fmt: skip
+    )
     if program is None:  # pragma: no cover - the dynamo exporter always returns its program
         raise RuntimeError("torch.onnx.export returned no ONNX program")
     program.model.metadata_props[METADATA_KEY] = spec_text
@@ -306,8 +339,9 @@ def _export_program(module: nn.Module, example: Tensor, spec_text: str) -> bytes
     """``module`` as a ``torch.export`` program with a dynamic batch axis, serialised by ``torch.export.save``."""
     batch = torch.export.Dim("batch")
     with torch.no_grad():
-        program = torch.export.export(module, (example,), dynamic_shapes={_forward_arg(module): {0: batch}},
-                                      strict=False)  # fmt: skip
+        program = torch.export.export(
+            module, (example,), dynamic_shapes={_forward_arg(module): {0: batch}}, strict=False
+        )
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={METADATA_KEY: spec_text})
     return buffer.getvalue()
@@ -317,8 +351,11 @@ def _forward_arg(module: nn.Module) -> str:
     """The name of ``module.forward``'s single input (``dynamic_shapes`` is keyed by it)."""
     import inspect
 
-    params = [p for p in inspect.signature(module.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+    params = [
+        p
+        for p in inspect.signature(module.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     if not params:
         raise TypeError(f"{type(module).__name__}.forward takes no positional input")
     return params[0].name
@@ -355,8 +392,10 @@ def _compare(fmt: str, run: Any, batches: list[Tensor], expected: list[Tensor], 
         with torch.no_grad():
             got = run(x).float()
         if tuple(got.shape) != tuple(ref.shape):
-            raise ExportVerificationError(f"the exported {fmt} model gives logits of shape {tuple(got.shape)} for a "
-                                          f"batch of {x.shape[0]}, PyTorch {tuple(ref.shape)}")  # fmt: skip
+            raise ExportVerificationError(
+                f"the exported {fmt} model gives logits of shape {tuple(got.shape)} for a "
+                f"batch of {x.shape[0]}, PyTorch {tuple(ref.shape)}"
+            )
         diff = float((got - ref).abs().max()) if ref.numel() else 0.0
         if not math.isfinite(diff):
             diff = math.inf
@@ -379,29 +418,63 @@ def _sha256(path: Path) -> str:
 
 
 def _spec(
-    checkpoint: Path, model_name: str, class_names: list[str], size: tuple[int, int], mean: list[float],
-    std: list[float], pixels: bool, dtype_name: str, formats: tuple[str, ...], opset: int | None, ema: bool,
-) -> dict[str, Any]:  # fmt: skip
+    checkpoint: Path,
+    model_name: str,
+    class_names: list[str],
+    size: tuple[int, int],
+    mean: list[float],
+    std: list[float],
+    pixels: bool,
+    dtype_name: str,
+    formats: tuple[str, ...],
+    opset: int | None,
+    ema: bool,
+) -> dict[str, Any]:
     """The content of ``preprocessing.json`` (without its ``verification``)."""
     from ferfast import __version__
 
     shape = ["batch", 3, size[0], size[1]]
-    resize = (f"crop the face (ferfast.predict: the largest face found, widened by 20% on each side), then resize "
-              f"to {size[0]}x{size[1]} pixels with bicubic interpolation and antialiasing")  # fmt: skip
+    resize = (
+        f"crop the face (ferfast.predict: the largest face found, widened by 20% on each side), then resize "
+        f"to {size[0]}x{size[1]} pixels with bicubic interpolation and antialiasing"
+    )
     if pixels:
-        input_spec = {"name": INPUT_NAME, "shape": shape, "layout": "NCHW", "channels": "RGB", "dtype": dtype_name,
-                      "range": [0, 255], "normalized_in_model": True}  # fmt: skip
+        input_spec = {
+            "name": INPUT_NAME,
+            "shape": shape,
+            "layout": "NCHW",
+            "channels": "RGB",
+            "dtype": dtype_name,
+            "range": [0, 255],
+            "normalized_in_model": True,
+        }
         steps = [resize, "pass the RGB pixels 0..255 as they are: the model computes (x / 255 - mean) / std"]
     else:
-        input_spec = {"name": INPUT_NAME, "shape": shape, "layout": "NCHW", "channels": "RGB", "dtype": "float32",
-                      "range": None, "normalized_in_model": False}  # fmt: skip
+        input_spec = {
+            "name": INPUT_NAME,
+            "shape": shape,
+            "layout": "NCHW",
+            "channels": "RGB",
+            "dtype": "float32",
+            "range": None,
+            "normalized_in_model": False,
+        }
         steps = [resize, "scale to [0, 1] (x / 255), then subtract mean and divide by std, per channel"]
-    preprocessing = {"built_in": pixels, "mean": mean, "std": std, "scale": 1.0 / 255.0,
-                     "formula": "(x / 255 - mean) / std, per RGB channel", "steps": steps}  # fmt: skip
+    preprocessing = {
+        "built_in": pixels,
+        "mean": mean,
+        "std": std,
+        "scale": 1.0 / 255.0,
+        "formula": "(x / 255 - mean) / std, per RGB channel",
+        "steps": steps,
+    }
     meaning = "logits in the order of class_names; softmax over the last axis gives probabilities"
     output = {"name": OUTPUT_NAME, "shape": ["batch", len(class_names)], "dtype": "float32", "meaning": meaning}
-    source = {"checkpoint": str(checkpoint.resolve()), "sha256": _sha256(checkpoint),
-              "weights": "ema (when the checkpoint has them)" if ema else "model"}  # fmt: skip
+    source = {
+        "checkpoint": str(checkpoint.resolve()),
+        "sha256": _sha256(checkpoint),
+        "weights": "ema (when the checkpoint has them)" if ema else "model",
+    }
     return {
         "format_version": SPEC_VERSION,
         "model_name": model_name,

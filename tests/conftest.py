@@ -39,8 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     native = _extension.load_problems()  # the native promises only: ferfast.triton is checked after collection
     if native:
         raise pytest.UsageError(
-            "ferfast's native library does not load where the build says it should:\n  - "
-            + "\n  - ".join(native)
+            "ferfast's native library does not load where the build says it should:\n  - " + "\n  - ".join(native)
         )
 
 

@@ -152,8 +152,9 @@ def test_keyboard_interrupt_exits_130_with_one_line(patched, capsys):
     assert _lines(capsys.readouterr().err) == ["python -m ferfast.train finetune: error: interrupted"]
 
 
-@pytest.mark.parametrize("exc", [AssertionError("bad state"), RuntimeError("CUDA kernel failed"), IndexError("x"),
-                                 KeyError("k")])  # fmt: skip
+@pytest.mark.parametrize(
+    "exc", [AssertionError("bad state"), RuntimeError("CUDA kernel failed"), IndexError("x"), KeyError("k")]
+)
 def test_internal_errors_keep_the_traceback_and_ask_for_a_report(patched, capsys, exc):
     patched(exc)
     assert cli.main(["finetune"]) == 1

@@ -16,9 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_help_imports_no_torch():
     """``--help`` stays fast: neither the CLI nor the config pulls in torch, the native library or the data layer."""
-    code = ("import sys\nfrom ferfast.cli import main\ntry:\n    main(['finetune', '--help'])\nexcept SystemExit:\n"
-            "    pass\nprint(sorted(m for m in ('torch', 'torchvision', 'ferfast.data', 'ferfast.models') "
-            "if m in sys.modules))\n")  # fmt: skip
+    code = (
+        "import sys\nfrom ferfast.cli import main\ntry:\n    main(['finetune', '--help'])\nexcept SystemExit:\n"
+        "    pass\nprint(sorted(m for m in ('torch', 'torchvision', 'ferfast.data', 'ferfast.models') "
+        "if m in sys.modules))\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -36,8 +38,16 @@ def test_evaluate_help_lists_only_what_evaluate_uses(capsys):
     text = _help(capsys, "evaluate")
     for option in ("--data.root", "--data.format", "--data.test_split", "--data.loader", "--run.device", "--out"):
         assert option in text, option
-    for option in ("--stage1.", "--stage2.", "--pretrain.", "--model.", "--data.labeled_fraction", "--run.output_dir",
-                   "--data.image_size", "--fresh"):  # fmt: skip
+    for option in (
+        "--stage1.",
+        "--stage2.",
+        "--pretrain.",
+        "--model.",
+        "--data.labeled_fraction",
+        "--run.output_dir",
+        "--data.image_size",
+        "--fresh",
+    ):
         assert option not in text, option
 
 

@@ -88,8 +88,16 @@ def synth(tmp_path_factory):
     from ferfast.data.synthetic import SyntheticFaceConfig
 
     out = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(out, num_train=14, num_test=7, num_unlabeled=16, num_identities=7,
-                            num_unlabeled_identities=2, config=SyntheticFaceConfig(size=32), workers=1)  # fmt: skip
+    write_synthetic_dataset(
+        out,
+        num_train=14,
+        num_test=7,
+        num_unlabeled=16,
+        num_identities=7,
+        num_unlabeled_identities=2,
+        config=SyntheticFaceConfig(size=32),
+        workers=1,
+    )
     return out
 
 
@@ -98,11 +106,30 @@ def test_pretrain_takes_the_readme_name(synth, tmp_path, name):
     """``pretrain --model.name mae_vit_demo`` (the README's) failed: ``unknown model name 'mae_mae_vit_demo'``."""
     out = tmp_path / "run"
     args = [
-        "pretrain", "--data.root", str(synth), "--data.unlabeled_root", str(synth / "unlabeled"),
-        "--data.image_size", "32", "--data.loader", "torch", "--data.num_workers", "0", "--model.name", name,
-        "--run.output_dir", str(out), "--run.device", "cpu", "--run.tensorboard", "false",
-        "--pretrain.epochs", "1", "--pretrain.batch_size", "8",
-    ]  # fmt: skip
+        "pretrain",
+        "--data.root",
+        str(synth),
+        "--data.unlabeled_root",
+        str(synth / "unlabeled"),
+        "--data.image_size",
+        "32",
+        "--data.loader",
+        "torch",
+        "--data.num_workers",
+        "0",
+        "--model.name",
+        name,
+        "--run.output_dir",
+        str(out),
+        "--run.device",
+        "cpu",
+        "--run.tensorboard",
+        "false",
+        "--pretrain.epochs",
+        "1",
+        "--pretrain.batch_size",
+        "8",
+    ]
     assert main(args) == 0
     ckpts = list(out.rglob("checkpoint-last.pth"))
     assert len(ckpts) == 1

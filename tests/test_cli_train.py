@@ -19,18 +19,44 @@ from ferfast.train import main
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(out, num_train=56, num_test=21, num_unlabeled=32, num_identities=8,
-                            num_unlabeled_identities=4, config=SyntheticFaceConfig(size=32), workers=1)
+    write_synthetic_dataset(
+        out,
+        num_train=56,
+        num_test=21,
+        num_unlabeled=32,
+        num_identities=8,
+        num_unlabeled_identities=4,
+        config=SyntheticFaceConfig(size=32),
+        workers=1,
+    )
     return out
 
 
 def tiny(synth, out) -> list[str]:
     return [
-        "--data.root", str(synth), "--data.unlabeled_root", str(synth / "unlabeled"), "--data.image_size", "32",
-        "--data.loader", "torch", "--data.num_workers", "0", "--data.labeled_fraction", "0.5",
-        "--model.name", "vit_demo", "--model.drop_path", "0", "--run.output_dir", str(out), "--run.device", "cpu",
-        "--run.tensorboard", "false",
-    ]  # fmt: skip
+        "--data.root",
+        str(synth),
+        "--data.unlabeled_root",
+        str(synth / "unlabeled"),
+        "--data.image_size",
+        "32",
+        "--data.loader",
+        "torch",
+        "--data.num_workers",
+        "0",
+        "--data.labeled_fraction",
+        "0.5",
+        "--model.name",
+        "vit_demo",
+        "--model.drop_path",
+        "0",
+        "--run.output_dir",
+        str(out),
+        "--run.device",
+        "cpu",
+        "--run.tensorboard",
+        "false",
+    ]
 
 
 def test_cli_runs_every_stage(synth, tmp_path, capsys):
@@ -38,11 +64,37 @@ def test_cli_runs_every_stage(synth, tmp_path, capsys):
     assert main(["pretrain", *tiny(synth, out), "--pretrain.epochs", "1", "--pretrain.batch_size", "16"]) == 0
     ckpt = out / "pretrain" / "checkpoint-last.pth"
     assert ckpt.is_file()
-    assert main(["finetune", *tiny(synth, out), "--model.pretrained", str(ckpt), "--stage1.epochs", "1",
-                 "--stage1.batch_size", "8"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "finetune",
+                *tiny(synth, out),
+                "--model.pretrained",
+                str(ckpt),
+                "--stage1.epochs",
+                "1",
+                "--stage1.batch_size",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert "stage1: test accuracy" in capsys.readouterr().out
-    assert main(["semisup", *tiny(synth, out), "--stage2.epochs", "1", "--stage2.batch_size", "8",
-                 "--stage2.unlabeled_batch_size", "8"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "semisup",
+                *tiny(synth, out),
+                "--stage2.epochs",
+                "1",
+                "--stage2.batch_size",
+                "8",
+                "--stage2.unlabeled_batch_size",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert (out / "stage2" / "eval" / "confusion.png").is_file()
     capsys.readouterr()
     assert main(["evaluate", str(out / "stage2" / "checkpoint-last.pth")]) == 0
@@ -70,13 +122,30 @@ def test_help_lists_the_commands_in_a_real_process():
 
 
 def test_finetune_under_torchrun_with_two_processes(synth, tmp_path):
-    from ferfast.engine import RANK_RNG_KEY, load_checkpoint
+    from ferfast.engine import load_checkpoint
+    from ferfast.engine.loop import RANK_RNG_KEY
     from tests.engine.test_dist import free_port
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "ferfast.train", "finetune", *tiny(synth, out), "--stage1.epochs", "1", "--stage1.batch_size", "4",
-           "--run.log_every", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "ferfast.train",
+        "finetune",
+        *tiny(synth, out),
+        "--stage1.epochs",
+        "1",
+        "--stage1.batch_size",
+        "4",
+        "--run.log_every",
+        "1",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("stage1: test accuracy") == 1  # only rank 0 prints
@@ -88,10 +157,19 @@ def test_finetune_under_torchrun_with_two_processes(synth, tmp_path):
 
 def test_python_api_finetune_and_load_model(synth, tmp_path):
     result = ferfast.finetune(
-        stages=("stage1",), data__root=str(synth), data__image_size=32, data__loader="torch", data__num_workers=0,
-        data__labeled_fraction=0.5, model__name="vit_demo", run__output_dir=str(tmp_path), run__device="cpu",
-        run__tensorboard=False, stage1__epochs=1, stage1__batch_size=8,
-    )  # fmt: skip
+        stages=("stage1",),
+        data__root=str(synth),
+        data__image_size=32,
+        data__loader="torch",
+        data__num_workers=0,
+        data__labeled_fraction=0.5,
+        model__name="vit_demo",
+        run__output_dir=str(tmp_path),
+        run__device="cpu",
+        run__tensorboard=False,
+        stage1__epochs=1,
+        stage1__batch_size=8,
+    )
     assert result["checkpoint"].is_file() and len(result["class_names"]) == 7
     model, names = ferfast.load_model(result["checkpoint"])
     assert names == result["class_names"]
@@ -109,16 +187,33 @@ def test_predict_matches_the_evaluation_view_and_finds_faces(synth, tmp_path, ca
     from ferfast.data.normalize import normalize_images
 
     result = ferfast.finetune(
-        stages=("stage1",), data__root=str(synth), data__image_size=32, data__loader="torch", data__num_workers=0,
-        data__labeled_fraction=0.5, model__name="vit_demo", run__output_dir=str(tmp_path), run__device="cpu",
-        run__tensorboard=False, stage1__epochs=1, stage1__batch_size=8,
-    )  # fmt: skip
+        stages=("stage1",),
+        data__root=str(synth),
+        data__image_size=32,
+        data__loader="torch",
+        data__num_workers=0,
+        data__labeled_fraction=0.5,
+        model__name="vit_demo",
+        run__output_dir=str(tmp_path),
+        run__device="cpu",
+        run__tensorboard=False,
+        stage1__epochs=1,
+        stage1__batch_size=8,
+    )
     test = open_dataset("synthetic", synth, "test")
     files = [test.path(i) for i in range(6)]
     plain = ferfast.predict(result["checkpoint"], files, detect=False)
     model, names = ferfast.load_model(result["checkpoint"])
-    (batch,) = list(build_loader("eval", test.subset(range(6)), backend="torch", batch_size=6, num_workers=0,
-                                 config=AugmentConfig(image_size=32)))  # fmt: skip
+    (batch,) = list(
+        build_loader(
+            "eval",
+            test.subset(range(6)),
+            backend="torch",
+            batch_size=6,
+            num_workers=0,
+            config=AugmentConfig(image_size=32),
+        )
+    )
     with torch.no_grad():  # the loaders' images (uint8, or floats already normalised), normalised as training does
         expected = model(normalize_images(batch["images"])).softmax(-1)
     for r, p in zip(plain, expected):

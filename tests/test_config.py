@@ -185,23 +185,35 @@ def test_overrides_convert_every_supported_type():
     cfg = build_config(
         TrainConfig,
         overrides=[
-            "--stage1.epochs", "12",  # int
+            "--stage1.epochs",
+            "12",  # int
             "--stage2.threshold=0.95",  # float
-            "--stage1.optim.lr", "1e-4",  # float in exponent notation
-            "--run.compile", "yes",  # bool
-            "--stage1.mixup", "0",  # bool
+            "--stage1.optim.lr",
+            "1e-4",  # float in exponent notation
+            "--run.compile",
+            "yes",  # bool
+            "--stage1.mixup",
+            "0",  # bool
             "--run.tensorboard=false",  # bool
-            "--model.name", "vit_small_patch16",  # str
-            "--data.root", "~/faces",  # Path, ~ expanded
-            "--run.device", "cuda",  # Literal
-            "--stage1.optim.betas", "0.8,0.9",  # tuple[float, float]
-            "--stage2.optim.milestones", "(10, 30, 45)",  # tuple[int, ...]
-            "--stage1.optim.clip_grad", "1.0",  # float | None
-            "--model.pretrained", "none",  # Path | None
-            "--data.val_split", "val",  # str | None
+            "--model.name",
+            "vit_small_patch16",  # str
+            "--data.root",
+            "~/faces",  # Path, ~ expanded
+            "--run.device",
+            "cuda",  # Literal
+            "--stage1.optim.betas",
+            "0.8,0.9",  # tuple[float, float]
+            "--stage2.optim.milestones",
+            "(10, 30, 45)",  # tuple[int, ...]
+            "--stage1.optim.clip_grad",
+            "1.0",  # float | None
+            "--model.pretrained",
+            "none",  # Path | None
+            "--data.val_split",
+            "val",  # str | None
             "stage1.fallback_box=0,0,224,224",  # key=value form
         ],
-    )  # fmt: skip
+    )
     assert cfg.stage1.epochs == 12 and cfg.stage2.threshold == 0.95 and cfg.stage1.optim.lr == 1e-4
     assert cfg.run.compile is True and cfg.stage1.mixup is False and cfg.run.tensorboard is False
     assert cfg.model.name == "vit_small_patch16" and cfg.data.root == Path("~/faces").expanduser()
@@ -303,8 +315,7 @@ def test_unknown_keys_suggest_close_matches():
 
 def test_round_trip_through_plain_dicts_and_checkpoints(tmp_path):
     cfg = build_config(
-        TrainConfig,
-        overrides=["--data.root", "/x/raf", "--stage2.optim.milestones", "5,9", "--model.num_classes", "8"],
+        TrainConfig, overrides=["--data.root", "/x/raf", "--stage2.optim.milestones", "5,9", "--model.num_classes", "8"]
     )
     plain = config_to_dict(cfg)
     assert plain["data"]["root"] == "/x/raf" and plain["stage2"]["optim"]["milestones"] == [5, 9]
@@ -454,12 +465,24 @@ def test_derive_config_changes_some_settings_and_records_them():
 def test_override_words_are_parsed_by_the_command_lines_parser():
     from ferfast.config.options import parse_overrides
 
-    words = ["--stage1.optim.lr", "1e-4", "--data.root=/x", "run.compile=true", "--run.tensorboard",
-             "--stage2__epochs", "3", "--data.root", "a=b"]  # fmt: skip
+    words = [
+        "--stage1.optim.lr",
+        "1e-4",
+        "--data.root=/x",
+        "run.compile=true",
+        "--run.tensorboard",
+        "--stage2__epochs",
+        "3",
+        "--data.root",
+        "a=b",
+    ]
     assert parse_overrides(TrainConfig, words) == {
-        "stage1.optim.lr": "1e-4", "data.root": "a=b", "run.compile": "true", "run.tensorboard": True,
+        "stage1.optim.lr": "1e-4",
+        "data.root": "a=b",
+        "run.compile": "true",
+        "run.tensorboard": True,
         "stage2.epochs": "3",
-    }  # fmt: skip
+    }
     with pytest.raises(ConfigError, match="needs a value"):
         parse_overrides(TrainConfig, ["--stage1.epochs"])
     with pytest.raises(ConfigError, match="an override is"):
@@ -475,10 +498,18 @@ def test_run_settings_follow_one_rule_in_the_config_and_the_engine(tmp_path):
     from ferfast.config.schema import RUN_COUNTS
     from ferfast.engine.loop import FitConfig
 
-    run = build_config(TrainConfig, overrides={
-        "run.log_every": 0, "run.print_every": 0, "run.keep_checkpoints": 0, "run.save_every_steps": 0,
-        "run.nonfinite": "rollback", "run.compile_mode": "reduce-overhead", "run.eval_every": 3,
-    }).run  # fmt: skip
+    run = build_config(
+        TrainConfig,
+        overrides={
+            "run.log_every": 0,
+            "run.print_every": 0,
+            "run.keep_checkpoints": 0,
+            "run.save_every_steps": 0,
+            "run.nonfinite": "rollback",
+            "run.compile_mode": "reduce-overhead",
+            "run.eval_every": 3,
+        },
+    ).run
     fit = FitConfig.from_run(run, epochs=2, lr_at=lambda e: 1e-3, output_dir=tmp_path, eval_every=1)
     assert (fit.log_every, fit.print_every, fit.keep, fit.save_every_steps) == (0, 0, 0, 0)
     assert (fit.nonfinite, fit.compile_mode, fit.save_every, fit.eval_every) == ("rollback", "reduce-overhead", 10, 1)

@@ -55,8 +55,13 @@ def _row(arm: str, seed: int, acc: float) -> ArmResult:
 
 
 def test_table_reports_each_seed_the_mean_and_the_story():
-    accs = {"scratch": (0.15, 0.17), "pretrain": (0.45, 0.47), "mixup": (0.50, 0.48),
-            "semisup": (0.60, 0.62), "full": (0.70, 0.72)}  # fmt: skip
+    accs = {
+        "scratch": (0.15, 0.17),
+        "pretrain": (0.45, 0.47),
+        "mixup": (0.50, 0.48),
+        "semisup": (0.60, 0.62),
+        "full": (0.70, 0.72),
+    }
     rows = [_row(arm, seed, a[i]) for arm, a in accs.items() for i, seed in enumerate((0, 1))]
     result = DemoResult(rows, {"data": 1.0, "total": 99.0}, {}, (0, 1), 0.05)
     assert result.mean("semisup") == pytest.approx(0.61)
@@ -69,9 +74,13 @@ def test_table_reports_each_seed_the_mean_and_the_story():
 
 
 def test_bad_demo_options_name_the_option(capsys):
-    for argv, option in ((["--seeds", "a"], "--seeds"), (["--set", "stage1.epochs"], "--set"),
-                         (["--arms", "scratch,nope"], "--arms"), (["--labeled-fraction", "2"], "--labeled-fraction"),
-                         (["--set", "stage1.epochs=zero"], "--set")):  # fmt: skip
+    for argv, option in (
+        (["--seeds", "a"], "--seeds"),
+        (["--set", "stage1.epochs"], "--set"),
+        (["--arms", "scratch,nope"], "--arms"),
+        (["--labeled-fraction", "2"], "--labeled-fraction"),
+        (["--set", "stage1.epochs=zero"], "--set"),
+    ):
         with pytest.raises(SystemExit) as e:
             main(["demo", *argv])
         assert e.value.code == 2 and option in capsys.readouterr().err
@@ -81,8 +90,13 @@ def test_bad_demo_options_name_the_option(capsys):
 def test_quick_demo_from_the_command_line(tmp_path):
     """The CLI smoke test: ``python -m ferfast.train demo --quick`` runs every stage and prints the table."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "ferfast.train", "demo", "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "ferfast.train", "demo", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for arm in ARMS:

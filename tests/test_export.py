@@ -18,14 +18,7 @@ from ferfast.api import load_model
 from ferfast.config import TrainConfig, build_config
 from ferfast.data import FACE_MEAN, FACE_STD, normalize_images
 from ferfast.engine.checkpoint import save_checkpoint
-from ferfast.export import (
-    METADATA_KEY,
-    ONNX_FILE,
-    PT2_FILE,
-    SPEC_FILE,
-    ExportVerificationError,
-    export_model,
-)
+from ferfast.export import METADATA_KEY, ONNX_FILE, PT2_FILE, SPEC_FILE, ExportVerificationError, export_model
 from ferfast.models import create_model
 from ferfast.train import main
 
@@ -114,8 +107,15 @@ def test_sidecar_describes_the_input_and_the_export(checkpoint, exported):
     assert spec == json.loads(json.dumps(exported.spec))
     assert spec["model_name"] == "vit_demo" and spec["class_names"] == CLASSES and spec["num_classes"] == 3
     assert spec["image_size"] == [SIZE, SIZE]
-    assert spec["input"] == {"name": "images", "shape": ["batch", 3, SIZE, SIZE], "layout": "NCHW", "channels": "RGB",
-                             "dtype": "uint8", "range": [0, 255], "normalized_in_model": True}  # fmt: skip
+    assert spec["input"] == {
+        "name": "images",
+        "shape": ["batch", 3, SIZE, SIZE],
+        "layout": "NCHW",
+        "channels": "RGB",
+        "dtype": "uint8",
+        "range": [0, 255],
+        "normalized_in_model": True,
+    }
     pre = spec["preprocessing"]
     assert pre["built_in"] is True and pre["mean"] == pytest.approx(FACE_MEAN) and pre["std"] == pytest.approx(FACE_STD)
     assert spec["output"]["name"] == "logits" and spec["output"]["shape"] == ["batch", 3]
@@ -179,10 +179,14 @@ def test_refuses_to_overwrite_and_rejects_bad_arguments(checkpoint, exported, tm
         export_model(checkpoint, out)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     for kwargs, match in [
-        ({"formats": ["tflite"]}, "formats"), ({"formats": []}, "formats"), ({"opset": 13}, "opset"),
+        ({"formats": ["tflite"]}, "formats"),
+        ({"formats": []}, "formats"),
+        ({"opset": 13}, "opset"),
         ({"include_preprocessing": False, "input_dtype": "uint8"}, "float32"),
-        ({"input_dtype": "int16"}, "input_dtype"), ({"rtol": 0}, "rtol"), ({"opset": 1000}, "opset 1000"),
-    ]:  # fmt: skip
+        ({"input_dtype": "int16"}, "input_dtype"),
+        ({"rtol": 0}, "rtol"),
+        ({"opset": 1000}, "opset 1000"),
+    ]:
         with pytest.raises(ValueError, match=match):
             export_model(checkpoint, tmp_path / "never", **kwargs)
     with pytest.raises(FileNotFoundError, match="no_such"):
@@ -192,8 +196,14 @@ def test_refuses_to_overwrite_and_rejects_bad_arguments(checkpoint, exported, tm
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "ferfast.train", "export", *args], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ferfast.train", "export", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def test_cli_writes_verifies_and_refuses_to_overwrite(checkpoint, tmp_path):

@@ -155,8 +155,16 @@ def _check(tmp_path, capsys, benchmarks, *args):
 
 def _gpu_rows(ferfast_ms=40.0, fraction=0.85):
     return [
-        _bench("masked_patch_mse", "full", "ferfast-triton", shape="B64-224-p16", event_ms=0.5,
-               gpu_event_copy_fraction=fraction, **{"gpu_event_GB/s": 2800.0}, ops_backend="triton"),
+        _bench(
+            "masked_patch_mse",
+            "full",
+            "ferfast-triton",
+            shape="B64-224-p16",
+            event_ms=0.5,
+            gpu_event_copy_fraction=fraction,
+            **{"gpu_event_GB/s": 2800.0},
+            ops_backend="triton",
+        ),
         _bench("train_step_pretrain", "step", "ssfer-recipe", event_ms=100.0, ops_backend="reference"),
         _bench("train_step_pretrain", "step", "ferfast-auto", event_ms=ferfast_ms, ops_backend="triton"),
     ]
@@ -209,11 +217,23 @@ def test_report_device_selects_its_targets(tmp_path, capsys):
     rc, out, verdict = _check(tmp_path, capsys, _gpu_rows(), "--target-device", "cuda")
     assert rc == 1 and "train_stage1_vs_ssfer" in verdict and "loader_" not in verdict, verdict
     loaders = [
-        _bench("loader_pretrain", "epoch", "ssfer-imagefolder-w0", device="cpu", median=1.0,
-               implementation="torchvision ImageFolder + SSFER's transforms"),
+        _bench(
+            "loader_pretrain",
+            "epoch",
+            "ssfer-imagefolder-w0",
+            device="cpu",
+            median=1.0,
+            implementation="torchvision ImageFolder + SSFER's transforms",
+        ),
         _bench("loader_pretrain", "epoch", "ferfast-torch-w2", device="cpu", median=0.5),
-        _bench("loader_pretrain", "epoch", "ferfast-dali-cpu", device="cpu", median=0.2,
-               implementation="DALI + ferfast's DALI operators"),
+        _bench(
+            "loader_pretrain",
+            "epoch",
+            "ferfast-dali-cpu",
+            device="cpu",
+            median=0.2,
+            implementation="DALI + ferfast's DALI operators",
+        ),
     ]
     rc, out, verdict = _check(tmp_path, capsys, loaders, "--target-device", "cpu")
     assert rc == 1 and "loader_stage2_vs_ssfer-two-crop-w2" in verdict and "train_" not in verdict, verdict

@@ -198,8 +198,16 @@ def test_info_require_demands_what_is_absent(tmp_path):
 
 
 def _promise(monkeypatch, **values) -> None:
-    base = {"DISABLED": False, "EXPECTED": True, "EXPECTED_CUDA": False, "HAS_OPS": True, "HAS_CUDA_OPS": False,
-            "LOAD_ERROR": None, "BUILD_INFO_PATH": "/x/_build_info.json", "library_path": "/x/_C.so"}
+    base = {
+        "DISABLED": False,
+        "EXPECTED": True,
+        "EXPECTED_CUDA": False,
+        "HAS_OPS": True,
+        "HAS_CUDA_OPS": False,
+        "LOAD_ERROR": None,
+        "BUILD_INFO_PATH": "/x/_build_info.json",
+        "library_path": "/x/_C.so",
+    }
     for name, value in {**base, **values}.items():
         monkeypatch.setattr(_extension, name, value)
 

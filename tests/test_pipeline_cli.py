@@ -56,8 +56,14 @@ stage2:
 def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m ferfast.train ARGS`` in ``cwd``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "ferfast.train", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=cwd)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ferfast.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
 
 
 def lines(text: str) -> list[str]:
@@ -92,21 +98,76 @@ def pipeline(tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline")
     (work / "budget.yaml").write_text(BUDGET)
     results = {}
-    r = cli("data", "synth", "faces", "--train", "112", "--test", "42", "--unlabeled", "64", "--identities", "16",
-            "--size", "64", "--workers", "1", cwd=work)  # fmt: skip
+    r = cli(
+        "data",
+        "synth",
+        "faces",
+        "--train",
+        "112",
+        "--test",
+        "42",
+        "--unlabeled",
+        "64",
+        "--identities",
+        "16",
+        "--size",
+        "64",
+        "--workers",
+        "1",
+        cwd=work,
+    )
     assert r.returncode == 0, r.stderr
-    results["pretrain"] = cli("pretrain", "--data.root", "faces", "--model.name", "mae_vit_demo",
-                              "--data.image_size", "64", "--run.output_dir", "runs/mae", "--config", "budget.yaml",
-                              cwd=work)  # fmt: skip
-    results["finetune"] = cli("finetune", "--data.root", "faces", "--model.pretrained",
-                              "runs/mae/pretrain/checkpoint-last.pth", "--run.output_dir", "runs/raf",
-                              "--config", "budget.yaml", cwd=work)  # fmt: skip
-    results["semisup"] = cli("semisup", "--data.root", "faces", "--run.output_dir", "runs/raf",
-                             "--config", "budget.yaml", cwd=work)  # fmt: skip
-    results["evaluate"] = cli("evaluate", "runs/raf/stage2/checkpoint-last.pth", "--data.loader", "torch",
-                              "--data.num_workers", "0", "--run.device", "cpu", cwd=work)  # fmt: skip
-    results["predict"] = cli("predict", "runs/raf/stage2/checkpoint-last.pth", "faces/Image/aligned", "--no-detect",
-                             "--format", "jsonl", "--device", "cpu", cwd=work)  # fmt: skip
+    results["pretrain"] = cli(
+        "pretrain",
+        "--data.root",
+        "faces",
+        "--model.name",
+        "mae_vit_demo",
+        "--data.image_size",
+        "64",
+        "--run.output_dir",
+        "runs/mae",
+        "--config",
+        "budget.yaml",
+        cwd=work,
+    )
+    results["finetune"] = cli(
+        "finetune",
+        "--data.root",
+        "faces",
+        "--model.pretrained",
+        "runs/mae/pretrain/checkpoint-last.pth",
+        "--run.output_dir",
+        "runs/raf",
+        "--config",
+        "budget.yaml",
+        cwd=work,
+    )
+    results["semisup"] = cli(
+        "semisup", "--data.root", "faces", "--run.output_dir", "runs/raf", "--config", "budget.yaml", cwd=work
+    )
+    results["evaluate"] = cli(
+        "evaluate",
+        "runs/raf/stage2/checkpoint-last.pth",
+        "--data.loader",
+        "torch",
+        "--data.num_workers",
+        "0",
+        "--run.device",
+        "cpu",
+        cwd=work,
+    )
+    results["predict"] = cli(
+        "predict",
+        "runs/raf/stage2/checkpoint-last.pth",
+        "faces/Image/aligned",
+        "--no-detect",
+        "--format",
+        "jsonl",
+        "--device",
+        "cpu",
+        cwd=work,
+    )
     results["export"] = cli("export", "runs/raf/stage2/checkpoint-last.pth", "exported", cwd=work)
     return work, results
 
@@ -132,8 +193,10 @@ def test_finetune_takes_the_model_and_image_size_from_the_pretraining(pipeline):
     out = r.stdout
     assert "stage1: from runs/mae/pretrain/checkpoint-last.pth: model.name=vit_demo, data.image_size=64" in out
     assert "stage1: model vit_demo:" in out and "[CLS] after norm" in out
-    assert "stage1: weights: runs/mae/pretrain/checkpoint-last.pth; missing keys (initialised here): head.weight, " \
-           "head.bias; unexpected keys: none" in out
+    assert (
+        "stage1: weights: runs/mae/pretrain/checkpoint-last.pth; missing keys (initialised here): head.weight, "
+        "head.bias; unexpected keys: none" in out
+    )
     assert "labeled (0.25 of the training images, seed 0)" in out and "split drawn now" in out
     assert "stage1: test accuracy " in out
     saved = read_config(work / "runs/raf/stage1/config.yaml")
@@ -150,8 +213,13 @@ def test_semisup_takes_stage1s_settings_and_split(pipeline):
     assert "split from its file (runs/raf/split.json)" in out and "FixMatch: pseudo-labels with p >= 0.7" in out
     stage1 = read_config(work / "runs/raf/stage1/config.yaml")
     stage2 = read_config(work / "runs/raf/stage2/config.yaml")
-    for section, key in (("model", "name"), ("model", "global_pool"), ("data", "image_size"),
-                         ("data", "labeled_fraction"), ("data", "seed")):  # fmt: skip
+    for section, key in (
+        ("model", "name"),
+        ("model", "global_pool"),
+        ("data", "image_size"),
+        ("data", "labeled_fraction"),
+        ("data", "seed"),
+    ):
         assert stage2[section][key] == stage1[section][key], (section, key)
     metrics = json.loads((work / "runs/raf/stage2/eval/metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and len(metrics["class_names"]) == 7
@@ -198,8 +266,9 @@ def test_export_gives_the_models_outputs(pipeline):
 
 def test_semisup_contradicting_stage1_is_one_line_naming_both_values(pipeline):
     work, _ = pipeline
-    r = cli("semisup", "--run.output_dir", "runs/raf", "--data.labeled_fraction", "0.5", "--config", "budget.yaml",
-            cwd=work)  # fmt: skip
+    r = cli(
+        "semisup", "--run.output_dir", "runs/raf", "--data.labeled_fraction", "0.5", "--config", "budget.yaml", cwd=work
+    )
     # stage 2 has run: its own checkpoint (stage 1's settings) is the first to disagree
     stage2 = "runs/raf/stage2/checkpoint-last.pth"
     assert_one_line_error(r, "semisup", 2, "data.labeled_fraction", "0.5", "0.25", stage2)
@@ -221,13 +290,30 @@ def test_fresh_moves_the_old_run_aside(pipeline, tmp_path):
     (tmp_path / "faces").symlink_to(work / "faces")
     before = (tmp_path / "raf/stage1/checkpoint-last.pth").read_bytes()
     mae = str(work / "runs/mae/pretrain/checkpoint-last.pth")  # a fresh start inherits nothing from the old run
-    r = cli("finetune", "--data.root", "faces", "--run.output_dir", "raf", "--fresh", "--config", "budget.yaml",
-            "--stage1.epochs", "1", "--data.labeled_fraction", "0.5", "--model.pretrained", mae,
-            cwd=tmp_path)  # fmt: skip
+    r = cli(
+        "finetune",
+        "--data.root",
+        "faces",
+        "--run.output_dir",
+        "raf",
+        "--fresh",
+        "--config",
+        "budget.yaml",
+        "--stage1.epochs",
+        "1",
+        "--data.labeled_fraction",
+        "0.5",
+        "--model.pretrained",
+        mae,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     moved = [p for p in (tmp_path / "raf").iterdir() if p.name.startswith("previous-")]
-    assert len(moved) == 1 and f"stage1: fresh start: the previous run's stage1, stage2, split.json moved to " \
-                               f"raf/{moved[0].name}" in r.stdout  # fmt: skip
+    assert (
+        len(moved) == 1
+        and f"stage1: fresh start: the previous run's stage1, stage2, split.json moved to raf/{moved[0].name}"
+        in r.stdout
+    )
     assert (moved[0] / "stage1/checkpoint-last.pth").read_bytes() == before  # nothing deleted
     assert json.loads((tmp_path / "raf/split.json").read_text())["fraction"] == 0.5  # a new split, no mismatch
 
@@ -259,8 +345,18 @@ def test_concurrent_run_is_refused_naming_the_holder(run_copy):
     from ferfast.engine.runlock import run_lock
 
     with run_lock(run_copy / "raf/stage1"):  # this test process is the other run
-        r = cli("finetune", "--data.root", "faces", "--run.output_dir", "raf", "--config", "budget.yaml",
-                "--stage1.epochs", "3", cwd=run_copy)  # fmt: skip
+        r = cli(
+            "finetune",
+            "--data.root",
+            "faces",
+            "--run.output_dir",
+            "raf",
+            "--config",
+            "budget.yaml",
+            "--stage1.epochs",
+            "3",
+            cwd=run_copy,
+        )
     assert_one_line_error(r, "finetune", 1, "raf/stage1", "in use", f"pid {os.getpid()}")
 
 
@@ -272,8 +368,18 @@ def test_damaged_last_checkpoint_resumes_from_the_newest_intact_one(run_copy):
     data = last.read_bytes()
     last.unlink()  # a hard link of the numbered one: write a truncated copy in its place
     last.write_bytes(data[: len(data) // 3])
-    r = cli("finetune", "--data.root", "faces", "--run.output_dir", "raf", "--config", "budget.yaml",
-            "--stage1.epochs", "3", cwd=run_copy)  # fmt: skip
+    r = cli(
+        "finetune",
+        "--data.root",
+        "faces",
+        "--run.output_dir",
+        "raf",
+        "--config",
+        "budget.yaml",
+        "--stage1.epochs",
+        "3",
+        cwd=run_copy,
+    )
     assert r.returncode == 0, r.stderr
     assert "skipping damaged checkpoint" in r.stderr and "truncated" in r.stderr and numbered[-1].name in r.stderr
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
@@ -285,8 +391,18 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_temp_file_that_is_removed(run
     last = stage1 / "checkpoint-last.pth"
     temp = stage1 / ".checkpoint-last.pth.k1ll3d_x.tmp"  # what a write killed half-way leaves
     temp.write_bytes(last.read_bytes()[:1000])
-    r = cli("finetune", "--data.root", "faces", "--run.output_dir", "raf", "--config", "budget.yaml",
-            "--stage1.epochs", "3", cwd=run_copy)  # fmt: skip
+    r = cli(
+        "finetune",
+        "--data.root",
+        "faces",
+        "--run.output_dir",
+        "raf",
+        "--config",
+        "budget.yaml",
+        "--stage1.epochs",
+        "3",
+        cwd=run_copy,
+    )
     assert r.returncode == 0, r.stderr
     assert "removed 1 temporary file" in r.stderr and temp.name in r.stderr and not temp.exists()
 
@@ -311,8 +427,20 @@ def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, args, needl
 
 def test_image_size_the_patch_does_not_divide_is_one_line(pipeline, tmp_path):
     work, _ = pipeline
-    r = cli("pretrain", "--data.root", str(work / "faces"), "--model.name", "vit_demo", "--data.image_size", "60",
-            "--run.output_dir", "out", "--config", str(work / "budget.yaml"), cwd=tmp_path)  # fmt: skip
+    r = cli(
+        "pretrain",
+        "--data.root",
+        str(work / "faces"),
+        "--model.name",
+        "vit_demo",
+        "--data.image_size",
+        "60",
+        "--run.output_dir",
+        "out",
+        "--config",
+        str(work / "budget.yaml"),
+        cwd=tmp_path,
+    )
     assert_one_line_error(r, "pretrain", 2, "60")
     assert not (tmp_path / "out").exists()
 
@@ -320,8 +448,16 @@ def test_image_size_the_patch_does_not_divide_is_one_line(pipeline, tmp_path):
 def test_output_folder_under_a_file_is_one_line_exit_1(pipeline, tmp_path):
     work, _ = pipeline
     (tmp_path / "afile").write_text("keep me")
-    r = cli("finetune", "--data.root", str(work / "faces"), "--run.output_dir", "afile/run",
-            "--config", str(work / "budget.yaml"), cwd=tmp_path)  # fmt: skip
+    r = cli(
+        "finetune",
+        "--data.root",
+        str(work / "faces"),
+        "--run.output_dir",
+        "afile/run",
+        "--config",
+        str(work / "budget.yaml"),
+        cwd=tmp_path,
+    )
     assert_one_line_error(r, "finetune", 1, "afile")
     assert (tmp_path / "afile").read_text() == "keep me"
 
@@ -343,8 +479,9 @@ def _can_mount_tmpfs(where: Path) -> str | None:
     return None if r.returncode == 0 else f"cannot mount a tmpfs here: {r.stderr.strip()}"
 
 
-def _cli_on_tmpfs(size: str, options: str, mount: Path, cwd: Path, *args: str,
-                  keep: Path | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def _cli_on_tmpfs(
+    size: str, options: str, mount: Path, cwd: Path, *args: str, keep: Path | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = _tmpfs_script(size, options, [sys.executable, "-m", "ferfast.train", *args], mount, keep)
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
@@ -358,10 +495,26 @@ def test_disk_full_says_so_and_keeps_the_last_checkpoint(pipeline, tmp_path):
         pytest.skip(why)
     # stage 1's checkpoint of vit_demo is ~13 MB: the first epoch's fits in 20 MB, the second's temp file does not
     left = tmp_path / "left"
-    r = _cli_on_tmpfs("20m", "rw", mount, work, "finetune", "--data.root", "faces", "--model.pretrained",
-                      "runs/mae/pretrain/checkpoint-last.pth", "--run.output_dir", f"{mount}/run",
-                      "--config", "budget.yaml", "--run.save_every", "100", "--run.keep_checkpoints", "1",
-                      keep=left)  # fmt: skip
+    r = _cli_on_tmpfs(
+        "20m",
+        "rw",
+        mount,
+        work,
+        "finetune",
+        "--data.root",
+        "faces",
+        "--model.pretrained",
+        "runs/mae/pretrain/checkpoint-last.pth",
+        "--run.output_dir",
+        f"{mount}/run",
+        "--config",
+        "budget.yaml",
+        "--run.save_every",
+        "100",
+        "--run.keep_checkpoints",
+        "1",
+        keep=left,
+    )
     message = assert_one_line_error(r, "finetune", 1, "no space left on device", str(mount))
     assert "checkpoint" in message
     stage1 = left / "run" / "stage1"
@@ -377,8 +530,19 @@ def test_read_only_output_folder_is_one_line_exit_1(pipeline, tmp_path):
     mount.mkdir()
     if (why := _can_mount_tmpfs(mount)) is not None:
         pytest.skip(why)
-    r = _cli_on_tmpfs("1m", "ro", mount, work, "finetune", "--data.root", "faces", "--run.output_dir",
-                      f"{mount}/run", "--config", "budget.yaml")  # fmt: skip
+    r = _cli_on_tmpfs(
+        "1m",
+        "ro",
+        mount,
+        work,
+        "finetune",
+        "--data.root",
+        "faces",
+        "--run.output_dir",
+        f"{mount}/run",
+        "--config",
+        "budget.yaml",
+    )
     assert_one_line_error(r, "finetune", 1, str(mount), "Read-only file system")
 
 
@@ -389,12 +553,34 @@ def test_kill_9_mid_epoch_resumes_at_the_step(pipeline, tmp_path):
     shutil.copy(work / "budget.yaml", tmp_path)
     (tmp_path / "faces").symlink_to(work / "faces")
     mae = str(work / "runs/mae/pretrain/checkpoint-last.pth")
-    args = ["finetune", "--data.root", "faces", "--model.pretrained", mae, "--run.output_dir", "run",
-            "--config", "budget.yaml", "--data.labeled_fraction", "1.0",
-            "--stage1.epochs", "1", "--run.save_every_steps", "2", "--run.log_every", "1"]  # fmt: skip
+    args = [
+        "finetune",
+        "--data.root",
+        "faces",
+        "--model.pretrained",
+        mae,
+        "--run.output_dir",
+        "run",
+        "--config",
+        "budget.yaml",
+        "--data.labeled_fraction",
+        "1.0",
+        "--stage1.epochs",
+        "1",
+        "--run.save_every_steps",
+        "2",
+        "--run.log_every",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "ferfast.train", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ferfast.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     last = tmp_path / "run/stage1/checkpoint-last.pth"
     deadline = time.monotonic() + 240
     step = 0

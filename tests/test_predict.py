@@ -100,8 +100,22 @@ def test_predict_on_a_module_reads_its_image_size(checkpoint, photos):
 
 def test_cli_jsonl_and_csv_outputs_and_exit_codes(checkpoint, photos, tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
-    code = main(["predict", str(checkpoint), str(photos), "--no-detect", "--topk", "2", "--batch-size", "3",
-                 "--device", "cpu", "--output", str(out)])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(checkpoint),
+            str(photos),
+            "--no-detect",
+            "--topk",
+            "2",
+            "--batch-size",
+            "3",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 1  # the corrupt file
     assert "1 of 6 images could not be read" in capsys.readouterr().err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -117,11 +131,34 @@ def test_cli_jsonl_and_csv_outputs_and_exit_codes(checkpoint, photos, tmp_path, 
 
     out_csv = tmp_path / "rows.csv"
     glob = str(photos / "**" / "*.jpg")  # quoted: expanded by ferfast
-    assert main(["predict", str(checkpoint), glob, str(photos / "a.jpeg"), "--no-detect", "--topk", "3",
-                 "--output", str(out_csv)]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(checkpoint),
+                glob,
+                str(photos / "a.jpeg"),
+                "--no-detect",
+                "--topk",
+                "3",
+                "--output",
+                str(out_csv),
+            ]
+        )
+        == 1
+    )
     table = list(csv.DictReader(io.StringIO(out_csv.read_text())))
-    assert list(table[0]) == ["path", "label", "probability", "class_2", "probability_2", "class_3",
-                              "probability_3", "box", "error"]  # fmt: skip
+    assert list(table[0]) == [
+        "path",
+        "label",
+        "probability",
+        "class_2",
+        "probability_2",
+        "class_3",
+        "probability_3",
+        "box",
+        "error",
+    ]
     assert [r["path"].rsplit("/", 1)[-1] for r in table] == ["b.jpg", "broken.jpg", "e.jpg", "a.jpeg"]
     for r in table:
         if r["path"].endswith("broken.jpg"):

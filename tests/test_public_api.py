@@ -20,8 +20,20 @@ def test_the_lazy_map_holds_only_public_names():
 
 
 def test_what_users_call_is_public():
-    for name in ("pretrain", "finetune", "semisup", "evaluate", "load_model", "predict",
-                 "TrainConfig", "create_model", "build_loader", "info", "facemix_loss", "face_mixup"):
+    for name in (
+        "pretrain",
+        "finetune",
+        "semisup",
+        "evaluate",
+        "load_model",
+        "predict",
+        "TrainConfig",
+        "create_model",
+        "build_loader",
+        "info",
+        "facemix_loss",
+        "face_mixup",
+    ):
         assert name in ferfast.__all__, name
 
 
@@ -31,8 +43,10 @@ def test_unknown_names_raise_attribute_error():
 
 
 def test_import_ferfast_imports_nothing_heavy():
-    code = ("import sys, ferfast\n"
-            "print(sorted(m for m in ('torch', 'ferfast.data', 'ferfast.models', 'ferfast.config', 'ferfast.api',"
-            " 'ferfast.ops', 'ferfast._C') if m in sys.modules))")
+    code = (
+        "import sys, ferfast\n"
+        "print(sorted(m for m in ('torch', 'ferfast.data', 'ferfast.models', 'ferfast.config', 'ferfast.api',"
+        " 'ferfast.ops', 'ferfast._C') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

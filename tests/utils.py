@@ -267,8 +267,20 @@ def make_noise(kind: str, batch: int, length: int, dtype: torch.dtype) -> Tensor
     if kind == "special":  # infinities, extremes, subnormals, signed zeros, mixed with normal values
         info = torch.finfo(dtype)
         values = torch.tensor(
-            [-math.inf, math.inf, info.max, -info.max, info.tiny, -info.tiny, info.smallest_normal / 4,
-             -0.0, 0.0, 1.0, -1.0, 0.25],
+            [
+                -math.inf,
+                math.inf,
+                info.max,
+                -info.max,
+                info.tiny,
+                -info.tiny,
+                info.smallest_normal / 4,
+                -0.0,
+                0.0,
+                1.0,
+                -1.0,
+                0.25,
+            ],
             dtype=torch.float64,
         ).to(dtype)
         picks = values[torch.randint(0, values.numel(), (batch, length))]

@@ -42,8 +42,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["COMMANDS", "EXIT_INTERRUPTED", "EXIT_RUNTIME", "EXIT_USAGE", "ArgumentParser", "build_parser",
-           "classify_error", "main", "nonnegative_int", "positive_int", "progress_bar"]  # fmt: skip
+__all__ = [
+    "COMMANDS",
+    "EXIT_INTERRUPTED",
+    "EXIT_RUNTIME",
+    "EXIT_USAGE",
+    "ArgumentParser",
+    "build_parser",
+    "classify_error",
+    "main",
+    "nonnegative_int",
+    "positive_int",
+    "progress_bar",
+]
 
 #: The command modules under ``ferfast.cli``, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("data", "demo", "export", "models")
@@ -129,13 +140,14 @@ class ArgumentParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m ferfast.train`` parser with every command of :data:`COMMANDS` (no abbreviated options)."""
     parser = ArgumentParser(
-        prog="python -m ferfast.train", description=_DESCRIPTION, epilog=_EPILOG,
+        prog="python -m ferfast.train",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--debug", action="store_true",
-        help="on a failure, print the full traceback (also accepted after the command)",
-    )  # fmt: skip
+        "--debug", action="store_true", help="on a failure, print the full traceback (also accepted after the command)"
+    )
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
     from ferfast.cli.stages import add_parsers
 
@@ -172,8 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None:  # a bug: its traceback, then how to report it
             if not debug:
                 traceback.print_exc()
-            print(f"{prog}: internal error ({type(e).__name__}): this is a bug in ferfast; please report it with "
-                  "the traceback above and the command line", file=sys.stderr)  # fmt: skip
+            print(
+                f"{prog}: internal error ({type(e).__name__}): this is a bug in ferfast; please report it with "
+                "the traceback above and the command line",
+                file=sys.stderr,
+            )
         else:
             print(f"{prog}: error: {message}", file=sys.stderr)
         return status
@@ -199,10 +214,12 @@ def _user_status(e: BaseException) -> int | None:
         return EXIT_USAGE
     runtime: list[type] = [OSError, MemoryError]
     for module, name in (
-        ("ferfast.models.checkpoint", "CheckpointError"), ("ferfast.data.splits", "SplitMismatchError"),
-        ("ferfast.engine.runlock", "RunLockedError"), ("ferfast.engine.logging", "NonFiniteLossError"),
+        ("ferfast.models.checkpoint", "CheckpointError"),
+        ("ferfast.data.splits", "SplitMismatchError"),
+        ("ferfast.engine.runlock", "RunLockedError"),
+        ("ferfast.engine.logging", "NonFiniteLossError"),
         ("torch", "OutOfMemoryError"),
-    ):  # fmt: skip
+    ):
         cls = getattr(sys.modules.get(module), name, None)  # not imported: none of them was raised
         if isinstance(cls, type):
             runtime.append(cls)

@@ -23,9 +23,18 @@ __all__ = ["FORMAT_CHOICES", "add_parser", "run"]
 
 #: ``--format`` values: ``auto`` guesses from ROOT's files; the others are ``ferfast.data.formats`` names.
 FORMAT_CHOICES: tuple[str, ...] = (
-    "auto", "rafdb", "ferplus", "affectnet", "affectnet7", "affectnet8", "imagefolder", "synthetic",
-    "folder", "filelist", "mxrec",
-)  # fmt: skip
+    "auto",
+    "rafdb",
+    "ferplus",
+    "affectnet",
+    "affectnet7",
+    "affectnet8",
+    "imagefolder",
+    "synthetic",
+    "folder",
+    "filelist",
+    "mxrec",
+)
 #: The splits a run without ``--split`` goes through, per format. AffectNet's "test" is its validation set.
 DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
     "rafdb": ("train", "test"),
@@ -120,9 +129,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--out", type=Path, metavar="FILE", help="where to write the list (default: ROOT/ferfast_unreadable.txt)"
     )
     check.add_argument(
-        "--workers", type=positive_int, metavar="N",
+        "--workers",
+        type=positive_int,
+        metavar="N",
         help="decoding threads (default: 1 for under 512 images, else up to 8)",
-    )  # fmt: skip
+    )
     check.set_defaults(data_run=_run_check, data_parser=check)
 
     detect = commands.add_parser(
@@ -132,9 +143,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     detect.add_argument("--format", choices=FORMAT_CHOICES, default="auto", metavar="FORMAT", help=_FORMAT_HELP)
     detect.add_argument("--split", action="append", metavar="SPLIT", help=_SPLIT_HELP)
     detect.add_argument(
-        "--out", type=Path, metavar="FILE",
+        "--out",
+        type=Path,
+        metavar="FILE",
         help="where to write the boxes (default: ROOT/ferfast_boxes.csv, where the formats look for them)",
-    )  # fmt: skip
+    )
     detect.add_argument("--force", action="store_true", help="detect again in images that already have a row")
     detect.set_defaults(data_run=_run_detect, data_parser=detect)
 
@@ -152,20 +165,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     synth.add_argument("--test", type=positive_int, default=1500, metavar="N", help="labeled test images (%(default)s)")
     synth.add_argument(
-        "--unlabeled", type=nonnegative_int, default=10000, metavar="N",
+        "--unlabeled",
+        type=nonnegative_int,
+        default=10000,
+        metavar="N",
         help="images of the unlabeled pool, for MAE pretraining and FixMatch (%(default)s)",
-    )  # fmt: skip
+    )
     synth.add_argument(
-        "--identities", type=positive_int, default=600, metavar="N",
+        "--identities",
+        type=positive_int,
+        default=600,
+        metavar="N",
         help="people in the labeled images; test people are not in train (%(default)s)",
-    )  # fmt: skip
+    )
     synth.add_argument(
         "--size", type=positive_int, default=100, metavar="PX", help="image side in pixels (%(default)s)"
     )
     synth.add_argument(
-        "--intensity", type=float, default=1.0, metavar="X",
+        "--intensity",
+        type=float,
+        default=1.0,
+        metavar="X",
         help="expression strength: 0 = every face neutral, higher = easier to tell apart (%(default)s)",
-    )  # fmt: skip
+    )
     synth.add_argument("--seed", type=nonnegative_int, default=0, metavar="S", help="random seed (%(default)s)")
     synth.add_argument(
         "--workers", type=positive_int, metavar="N", help="rendering processes (default: the CPUs, at most 8)"

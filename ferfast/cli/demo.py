@@ -52,22 +52,34 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from ferfast.demo import ARMS
 
     parser = subparsers.add_parser(
-        "demo", help="SSFER's ablation on synthetic faces, end to end (under 10 minutes on a 2-core CPU)",
-        description=_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        "demo",
+        help="SSFER's ablation on synthetic faces, end to end (under 10 minutes on a 2-core CPU)",
+        description=_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     parser.add_argument("--data-dir", type=Path, help="where the synthetic faces are cached (default: OUT/faces)")
     parser.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated seeds, e.g. 0,1 (default: 0)")
     parser.add_argument("--quick", action="store_true", help="a tiny version of everything (under a minute)")
-    parser.add_argument("--labeled-fraction", type=_fraction, default=0.05,
-                        help="fraction of the training labels kept (default: 0.05)")  # fmt: skip
-    parser.add_argument("--arms", default=",".join(a.key for a in ARMS),
-                        help=f"comma-separated subset of {','.join(a.key for a in ARMS)} (default: all)")  # fmt: skip
+    parser.add_argument(
+        "--labeled-fraction", type=_fraction, default=0.05, help="fraction of the training labels kept (default: 0.05)"
+    )
+    parser.add_argument(
+        "--arms",
+        default=",".join(a.key for a in ARMS),
+        help=f"comma-separated subset of {','.join(a.key for a in ARMS)} (default: all)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     parser.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto", help="default: auto")
     parser.add_argument("--resume", action="store_true", help="continue a killed demo instead of starting afresh")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a TrainConfig setting for every arm, e.g. stage1.epochs=150 (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a TrainConfig setting for every arm, e.g. stage1.epochs=150 (repeatable)",
+    )
     parser.set_defaults(demo_parser=parser)
     return parser
 
@@ -86,10 +98,17 @@ def run(args: argparse.Namespace) -> int:
         overrides[key.strip()] = value
     try:
         cfg = DemoConfig(
-            out_dir=args.out, data_dir=args.data_dir, seeds=args.seeds, quick=args.quick,
-            labeled_fraction=args.labeled_fraction, device=args.device, loader=args.loader, resume=args.resume,
-            arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()), overrides=overrides,
-        )  # fmt: skip
+            out_dir=args.out,
+            data_dir=args.data_dir,
+            seeds=args.seeds,
+            quick=args.quick,
+            labeled_fraction=args.labeled_fraction,
+            device=args.device,
+            loader=args.loader,
+            resume=args.resume,
+            arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()),
+            overrides=overrides,
+        )
     except ValueError as e:
         option = "--set" if str(e).startswith("overrides") else "--arms" if str(e).startswith("arms") else "--seeds"
         parser.error(f"argument {option}: {e}")

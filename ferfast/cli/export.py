@@ -42,30 +42,39 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from ferfast.cli import positive_int
 
     parser = subparsers.add_parser(
-        "export", help="export a trained classifier as ONNX and/or a torch.export program, with its input spec",
-        description=_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        "export",
+        help="export a trained classifier as ONNX and/or a torch.export program, with its input spec",
+        description=_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a stage-1 or stage-2 checkpoint (.pth)")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write into (created)")
     parser.add_argument(
-        "--format", choices=tuple(_FORMATS), default="both", dest="export_format",
+        "--format",
+        choices=tuple(_FORMATS),
+        default="both",
+        dest="export_format",
         help="what to write: onnx (model.onnx), torch-export (model.pt2) or both (default)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--no-preprocessing", action="store_true",
+        "--no-preprocessing",
+        action="store_true",
         help="the model takes normalised float32 images instead of RGB pixels 0..255 (normalisation left to you)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--input-dtype", choices=("uint8", "float32"), default=None,
+        "--input-dtype",
+        choices=("uint8", "float32"),
+        default=None,
         help="dtype of the pixels with the built-in preprocessing (default: uint8; float32 takes values 0..255)",
-    )  # fmt: skip
+    )
     parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset, >= 18 (default: 18)")
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA weights")
     parser.add_argument("--force", action="store_true", help="replace existing output files")
     parser.add_argument(
-        "--no-verify", action="store_true",
+        "--no-verify",
+        action="store_true",
         help="do not run the exported files to compare them with PyTorch (faster; not recommended)",
-    )  # fmt: skip
+    )
     return parser
 
 
@@ -76,11 +85,16 @@ def run(args: argparse.Namespace) -> int:
     if args.no_preprocessing and args.input_dtype == "uint8":
         raise ValueError("--input-dtype uint8 needs the built-in preprocessing (drop --no-preprocessing)")
     result = export_model(
-        args.checkpoint, args.out_dir, formats=_FORMATS[args.export_format],
-        include_preprocessing=not args.no_preprocessing, input_dtype=args.input_dtype,
-        opset=DEFAULT_OPSET if args.opset is None else args.opset, ema=not args.no_ema, overwrite=args.force,
+        args.checkpoint,
+        args.out_dir,
+        formats=_FORMATS[args.export_format],
+        include_preprocessing=not args.no_preprocessing,
+        input_dtype=args.input_dtype,
+        opset=DEFAULT_OPSET if args.opset is None else args.opset,
+        ema=not args.no_ema,
+        overwrite=args.force,
         verify=not args.no_verify,
-    )  # fmt: skip
+    )
     print(format_result(result))
     return 0
 
@@ -108,10 +122,14 @@ def format_result(result: Any) -> str:
     if inp["normalized_in_model"]:
         what = f"RGB pixels 0..255 {inp['layout']}, face crops resized to {h}x{w}; normalised inside the model"
     else:
-        what = (f"RGB {inp['layout']} face crops resized to {h}x{w}, normalised: (x / 255 - mean) / std, "
-                f"mean {spec['preprocessing']['mean']}, std {spec['preprocessing']['std']}")  # fmt: skip
+        what = (
+            f"RGB {inp['layout']} face crops resized to {h}x{w}, normalised: (x / 255 - mean) / std, "
+            f"mean {spec['preprocessing']['mean']}, std {spec['preprocessing']['std']}"
+        )
     lines.append(f"input:  {inp['name']} {inp['dtype']} {shape}: {what}")
     names = ", ".join(spec["class_names"])
-    lines.append(f"output: {out['name']} {out['dtype']} [{', '.join(map(str, out['shape']))}] ({names}); "
-                 "softmax gives the probabilities")  # fmt: skip
+    lines.append(
+        f"output: {out['name']} {out['dtype']} [{', '.join(map(str, out['shape']))}] ({names}); "
+        "softmax gives the probabilities"
+    )
     return "\n".join(lines)

@@ -35,13 +35,17 @@ _COLUMNS = ("name", "MAE name", "dim", "depth", "heads", "patch", "img", "decode
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``list-models`` to the ``ferfast.train`` parser."""
     parser = subparsers.add_parser(
-        "list-models", help="the model names --model.name accepts (classifier and MAE), with sizes and origin",
-        description=_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        "list-models",
+        help="the model names --model.name accepts (classifier and MAE), with sizes and origin",
+        description=_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
-        "--num-classes", type=positive_int, default=7,
+        "--num-classes",
+        type=positive_int,
+        default=7,
         help="classes of the classifier whose parameters are counted (default: 7, RAF-DB's)",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", action="store_true", help="print the table as JSON lines, one model a line")
     return parser
 
@@ -49,10 +53,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def format_table(rows: list[Any], num_classes: int = 7) -> str:
     """The rows of :func:`ferfast.models.model_table` as an aligned text table with a header and a footnote."""
     cells = [_COLUMNS] + [
-        (r.name, r.mae_name, str(r.embed_dim), str(r.depth), str(r.num_heads), str(r.patch_size), str(r.img_size),
-         "/".join(map(str, r.decoder)), f"{r.params_m:.2f}", f"{r.mae_params_m:.2f}", r.source)
+        (
+            r.name,
+            r.mae_name,
+            str(r.embed_dim),
+            str(r.depth),
+            str(r.num_heads),
+            str(r.patch_size),
+            str(r.img_size),
+            "/".join(map(str, r.decoder)),
+            f"{r.params_m:.2f}",
+            f"{r.mae_params_m:.2f}",
+            r.source,
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

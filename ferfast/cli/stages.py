@@ -22,17 +22,29 @@ __all__ = ["COMMAND_HELP", "add_parsers"]
 #: command -> (its help line, the config sections it reads)
 COMMAND_HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     "pretrain": ("MAE face-reconstruction pretraining on unlabeled faces", ("data", "model", "run", "pretrain")),
-    "finetune": ("stage 1: supervised fine-tuning with face-IoU Mixup on the labeled fraction, from a pretrained "
-                 "encoder", ("data", "model", "run", "stage1")),
-    "semisup": ("stage 2: FixMatch with an EMA teacher, from stage 1's checkpoint in run.output_dir (its settings "
-                "carried over)", ("data", "model", "run", "stage2")),
+    "finetune": (
+        "stage 1: supervised fine-tuning with face-IoU Mixup on the labeled fraction, from a pretrained encoder",
+        ("data", "model", "run", "stage1"),
+    ),
+    "semisup": (
+        "stage 2: FixMatch with an EMA teacher, from stage 1's checkpoint in run.output_dir (its settings "
+        "carried over)",
+        ("data", "model", "run", "stage2"),
+    ),
     "evaluate": ("accuracy, mean class accuracy, macro-F1 and confusion matrix of a checkpoint", ("data", "run")),
-}  # fmt: skip
+}
 
 #: the settings evaluate uses besides the checkpoint's own (model, image size, classes): where the test images are,
 #: how they are loaded, and the device
-EVALUATE_KEYS = ("data.root", "data.format", "data.test_split", "data.loader", "data.dali_device",
-                 "data.num_workers", "run.device")  # fmt: skip
+EVALUATE_KEYS = (
+    "data.root",
+    "data.format",
+    "data.test_split",
+    "data.loader",
+    "data.dali_device",
+    "data.num_workers",
+    "run.device",
+)
 
 _EXAMPLES = {
     "pretrain": "python -m ferfast.train pretrain --data.unlabeled_root /data/ms1m --run.output_dir runs/mae",
@@ -54,13 +66,16 @@ _NOTES = {
     "else from the checkpoint's own settings.",
 }
 
-_RESUME_NOTE = ("A stage continues from its folder's last checkpoint (a killed run), says \"already finished\" when "
-                "it is complete, and refuses a folder another run is using; --fresh starts it over.")
+_RESUME_NOTE = (
+    'A stage continues from its folder\'s last checkpoint (a killed run), says "already finished" when '
+    "it is complete, and refuses a folder another run is using; --fresh starts it over."
+)
 
 
 def _add_predict(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "predict", help="classify the expression of the face in image files, folders or globs",
+        "predict",
+        help="classify the expression of the face in image files, folders or globs",
         description="Classify the expression of the face in each image: the largest face is found with OpenCV's "
         "face detector and cropped with a margin (the whole image when none is found, or with --no-detect for "
         "aligned crops), then classified by a stage-1 or stage-2 checkpoint (its class names and image size).\n\n"
@@ -77,7 +92,7 @@ def _add_predict(subparsers: Any) -> None:
         "example:\n  python -m ferfast.train predict runs/raf25/stage2/checkpoint-last.pth photos/ --topk 3 "
         "--output predictions.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     parser.add_argument("checkpoint", help="a stage-1 or stage-2 checkpoint")
     parser.add_argument("images", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--no-detect", action="store_true", help="use the whole image (aligned face crops)")
@@ -85,8 +100,9 @@ def _add_predict(subparsers: Any) -> None:
     parser.add_argument("--topk", type=int, default=1, metavar="K", help="the K most likely classes per image (1)")
     parser.add_argument("--batch-size", type=int, default=32, help="images classified at once (32)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--format", choices=_PREDICT_FORMATS, default=None,
-                        help="table (default on stdout), jsonl (JSON lines) or csv")  # fmt: skip
+    parser.add_argument(
+        "--format", choices=_PREDICT_FORMATS, default=None, help="table (default on stdout), jsonl (JSON lines) or csv"
+    )
     parser.add_argument("--output", metavar="FILE", default=None, help="write the rows to FILE instead of stdout")
     parser.add_argument("--json", action="store_true", help="same as --format jsonl")
     parser.set_defaults(command_run=_run_predict, stage_parser=parser)
@@ -111,8 +127,14 @@ def _predict_format(args: argparse.Namespace) -> str:
 
 def _prediction_row(r: dict[str, Any]) -> dict[str, Any]:
     """A row of the JSON lines output."""
-    return {"path": r["path"], "label": r["label"], "probability": r["probability"], "topk": r["topk"],
-            "box": r["box"], "error": r["error"]}  # fmt: skip
+    return {
+        "path": r["path"],
+        "label": r["label"],
+        "probability": r["probability"],
+        "topk": r["topk"],
+        "box": r["box"],
+        "error": r["error"],
+    }
 
 
 def format_predictions(results: list[dict[str, Any]], fmt: str, topk: int) -> str:
@@ -172,9 +194,17 @@ def _run_predict(args: argparse.Namespace) -> int:
             raise
         parser.error(f"argument checkpoint: {e}")
     try:
-        results = api.predict(model, files, detect=not args.no_detect, margin=args.margin,
-                              image_size=saved.data.image_size, class_names=class_names, topk=args.topk,
-                              batch_size=args.batch_size, device=args.device)  # fmt: skip
+        results = api.predict(
+            model,
+            files,
+            detect=not args.no_detect,
+            margin=args.margin,
+            image_size=saved.data.image_size,
+            class_names=class_names,
+            topk=args.topk,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
     except RuntimeError as e:  # a bad --device
         if args.device is None:
             raise
@@ -197,17 +227,22 @@ def add_parsers(subparsers: Any) -> None:
     for name, (help_line, sections) in COMMAND_HELP.items():
         notes = textwrap.fill(_NOTES[name] + ("" if name == "evaluate" else " " + _RESUME_NOTE), 100)
         parser = subparsers.add_parser(
-            name, help=help_line, formatter_class=argparse.RawDescriptionHelpFormatter,
+            name,
+            help=help_line,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
             description=f"{help_line}.\n\n{notes}\n\nexample:\n  {_EXAMPLES[name]}",
             usage=f"python -m ferfast.train {name} {'CHECKPOINT ' if name == 'evaluate' else ''}[options]",
-        )  # fmt: skip
+        )
         if name == "evaluate":
             parser.add_argument("checkpoint", help="a stage-1 or stage-2 checkpoint (its config is the base)")
             parser.add_argument("--out", help="folder for metrics.json and confusion.png (default: next to it)")
             add_config_arguments(parser, TrainConfig, sections=sections, keys=EVALUATE_KEYS)
         else:
-            parser.add_argument("--fresh", action="store_true",
-                                help="start the stage over: its old folder is moved into RUN/previous-<time>/")
+            parser.add_argument(
+                "--fresh",
+                action="store_true",
+                help="start the stage over: its old folder is moved into RUN/previous-<time>/",
+            )
             add_config_arguments(parser, TrainConfig, sections=sections)
         parser.set_defaults(command_run=_run, stage_command=name, stage_parser=parser)
     _add_predict(subparsers)
@@ -258,6 +293,8 @@ def _run_stage_command(args: argparse.Namespace) -> int:
     stages = ("stage1",) if args.stage_command == "finetune" else ("stage2",)
     result = api.finetune(cfg, stages=stages, fresh=args.fresh)
     m = result["metrics"]
-    _say(f"{stages[0]}: test accuracy {m['accuracy']:.4f}, mean class accuracy {m['mean_class_accuracy']:.4f}, "
-         f"macro-F1 {m['macro_f1']:.4f}; checkpoint {result['checkpoint']}")  # fmt: skip
+    _say(
+        f"{stages[0]}: test accuracy {m['accuracy']:.4f}, mean class accuracy {m['mean_class_accuracy']:.4f}, "
+        f"macro-F1 {m['macro_f1']:.4f}; checkpoint {result['checkpoint']}"
+    )
     return 0

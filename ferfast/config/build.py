@@ -78,6 +78,7 @@ def _build(cls: type[C], flat: Mapping[str, Any], prefix: str, base: Any) -> C:
     except (TypeError, ValueError) as e:  # a section that is not a _Section
         raise ConfigError(prefix.rstrip(".") or cls.__name__, str(e)) from None
 
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """The settings of a ``.yaml``/``.yml`` or ``.toml`` file, as a (nested) dict; ``{}`` for an empty file."""
     path = Path(path)
@@ -246,4 +247,3 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     else:
         raise ValueError(f"path must end in .yaml, .yml or .json, got {path}")
     return write_text_atomic(path, text)
-

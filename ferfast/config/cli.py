@@ -18,8 +18,7 @@ C = TypeVar("C")
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, cls: type, sections: Sequence[str] | None = None,
-    keys: Sequence[str] | None = None,
+    parser: argparse.ArgumentParser, cls: type, sections: Sequence[str] | None = None, keys: Sequence[str] | None = None
 ) -> argparse.ArgumentParser:
     """Add ``--config FILE`` and one ``--section.field VALUE`` option per setting of ``cls`` to ``parser``.
 
@@ -43,18 +42,24 @@ def add_config_arguments(
         if unknown:
             raise ValueError(f"keys: {unknown} are not settings of {cls.__name__}")
     parser.add_argument(
-        "--config", action="append", type=Path, metavar="FILE",
+        "--config",
+        action="append",
+        type=Path,
+        metavar="FILE",
         help="YAML or TOML file of settings (nested sections or dotted keys); repeat to merge several, later "
         "files win; --section.field options override them",
-    )  # fmt: skip
+    )
     parser.set_defaults(_config_cls=cls, _config_sections=tuple(sections) if sections is not None else None)
     _add_setting_options(parser, cls, sections, keys, typed=True)
     return parser
 
 
 def config_from_args(
-    cls: type[C], args: argparse.Namespace, parser: argparse.ArgumentParser | None = None,
-    base: C | None = None, **kwargs: Any,
+    cls: type[C],
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser | None = None,
+    base: C | None = None,
+    **kwargs: Any,
 ) -> C:
     """The config of a command line parsed with :func:`add_config_arguments`: defaults (or ``base``) <
     ``--config`` files < ``kwargs`` < the options given. With ``base`` (e.g. a checkpoint's config), the result is

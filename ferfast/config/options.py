@@ -51,8 +51,12 @@ def _argparse_type(tp: Any, key: str) -> Any:
 
 
 def _add_setting_options(
-    parser: argparse.ArgumentParser, cls: type, sections: Sequence[str] | None, keys: Sequence[str] | None,
-    *, typed: bool,
+    parser: argparse.ArgumentParser,
+    cls: type,
+    sections: Sequence[str] | None,
+    keys: Sequence[str] | None,
+    *,
+    typed: bool,
 ) -> None:
     """One ``--key`` option per setting of ``cls`` (grouped by section): the grammar of override words.
 

@@ -30,9 +30,18 @@ if TYPE_CHECKING:  # the data layer imports torch: loaded only when a loader's s
 
 #: ``data.format`` values: ``auto`` guesses from the root's files; the others are ``ferfast.data.formats`` names.
 DatasetFormat = Literal[
-    "auto", "rafdb", "synthetic", "ferplus", "affectnet", "affectnet7", "affectnet8", "imagefolder",
-    "folder", "filelist", "mxrec",
-]  # fmt: skip
+    "auto",
+    "rafdb",
+    "synthetic",
+    "ferplus",
+    "affectnet",
+    "affectnet7",
+    "affectnet8",
+    "imagefolder",
+    "folder",
+    "filelist",
+    "mxrec",
+]
 #: ``data.unlabeled_format`` values (unlabeled face collections).
 UnlabeledFormat = Literal["auto", "folder", "filelist", "mxrec"]
 LoaderBackend = Literal["auto", "dali", "torch"]
@@ -143,9 +152,11 @@ class DataConfig(_Section):
     num_workers: int = field(default=4, metadata=_doc("worker processes of the torch loader"))
     dali_device: DaliDevice = field(
         default="auto",
-        metadata=_doc("where the DALI loader decodes and augments: gpu (nvjpeg 'mixed' decoding), cpu, or auto "
-                      "(gpu when torch sees one); the torch loader always works on the CPU"),
-    )  # fmt: skip
+        metadata=_doc(
+            "where the DALI loader decodes and augments: gpu (nvjpeg 'mixed' decoding), cpu, or auto "
+            "(gpu when torch sees one); the torch loader always works on the CPU"
+        ),
+    )
 
     def validate(self) -> None:
         _in_unit(self, "labeled_fraction", low_open=True, high_open=False)
@@ -162,9 +173,12 @@ class DataConfig(_Section):
         from ferfast.data.augment import AugmentConfig, RandAugmentConfig
 
         return AugmentConfig(
-            image_size=self.image_size, scale=self.scale, ratio=self.ratio, flip_prob=self.flip_prob,
+            image_size=self.image_size,
+            scale=self.scale,
+            ratio=self.ratio,
+            flip_prob=self.flip_prob,
             rand_augment=rand_augment or RandAugmentConfig(),
-        )  # fmt: skip
+        )
 
 
 #: ``model.name``'s default: SSFER's ViT-B/16 (a family name, as :func:`ferfast.models.resolve_model_names` gives)
@@ -252,14 +266,23 @@ class OptimConfig(_Section):
         _nonnegative(self, "weight_decay", "warmup_epochs", "min_lr")
         _check(
             all(m > 0 for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
-            "milestones", "must be positive and strictly increasing", self.milestones,
-        )  # fmt: skip
+            "milestones",
+            "must be positive and strictly increasing",
+            self.milestones,
+        )
         _check(0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1]", self.gamma)
         if self.layer_decay is not None:
             _in_unit(self, "layer_decay", low_open=True, high_open=False)
 
     def effective_lr(self, effective_batch_size: int) -> float:
-        """The absolute learning rate: ``lr``, else ``blr * effective_batch_size / 256`` (MAE's rule)."""
+        """The absolute learning rate: ``lr``, else ``blr * effective_batch_size / 256`` (MAE's linear scaling
+        rule; the effective batch is batch x accum_iter x world size)."""
+        if (
+            isinstance(effective_batch_size, bool)
+            or not isinstance(effective_batch_size, int)
+            or effective_batch_size < 1
+        ):
+            raise ValueError(f"effective_batch_size must be a positive int, got {effective_batch_size!r}")
         if self.lr is not None:
             return self.lr
         assert self.blr is not None  # validate() guarantees one of them
@@ -336,8 +359,12 @@ class Stage1Config(_Section):
         _in_unit(self, "label_smoothing", low_open=False, high_open=True)
         _positive(self, "mixup_alpha")
         x1, y1, x2, y2 = self.fallback_box
-        _check(0 <= x1 < x2 and 0 <= y1 < y2, "fallback_box", "must be x1,y1,x2,y2 with x1 < x2, y1 < y2",
-               self.fallback_box)  # fmt: skip
+        _check(
+            0 <= x1 < x2 and 0 <= y1 < y2,
+            "fallback_box",
+            "must be x1,y1,x2,y2 with x1 < x2, y1 < y2",
+            self.fallback_box,
+        )
 
 
 @dataclass(frozen=True)
@@ -400,33 +427,43 @@ class RunConfig(_Section):
     device: Device = field(default="auto", metadata=_doc("auto (cuda when available), cpu or cuda"))
     precision: Precision = field(
         default="auto",
-        metadata=_doc("autocast dtype: bf16, fp16 (with a GradScaler), fp32, or auto: bf16 on a GPU that supports "
-                      "it; on the CPU bf16 only with native bf16 units (AMX/AVX512-BF16) when a short measurement "
-                      "of the model finds it faster, else fp32 (the choice is printed at start-up)"),
-    )  # fmt: skip
+        metadata=_doc(
+            "autocast dtype: bf16, fp16 (with a GradScaler), fp32, or auto: bf16 on a GPU that supports "
+            "it; on the CPU bf16 only with native bf16 units (AMX/AVX512-BF16) when a short measurement "
+            "of the model finds it faster, else fp32 (the choice is printed at start-up)"
+        ),
+    )
     compile: bool = field(default=False, metadata=_doc("torch.compile the model (the training step is unchanged)"))
     compile_mode: CompileMode = field(
         default="default",
-        metadata=_doc("torch.compile mode with run.compile: default, reduce-overhead (CUDA graphs of the forward "
-                      "and backward passes on a GPU; needs a step without host synchronisation, as ferfast's are) "
-                      "or max-autotune"),
-    )  # fmt: skip
+        metadata=_doc(
+            "torch.compile mode with run.compile: default, reduce-overhead (CUDA graphs of the forward "
+            "and backward passes on a GPU; needs a step without host synchronisation, as ferfast's are) "
+            "or max-autotune"
+        ),
+    )
     resume: Path | None = field(
         default=None,
-        metadata=_doc("checkpoint of the first stage run to resume from, when its output folder has none of its own "
-                      "(a run always continues from its own checkpoint-last.pth)"),
-    )  # fmt: skip
+        metadata=_doc(
+            "checkpoint of the first stage run to resume from, when its output folder has none of its own "
+            "(a run always continues from its own checkpoint-last.pth)"
+        ),
+    )
     nonfinite: NonFinitePolicy = field(
         default="stop",
-        metadata=_doc("on a NaN/inf loss: stop, or rollback to the last checkpoint; checked on the device and read "
-                      "every run.log_every steps and at each epoch's end (before its checkpoint), so a bad loss "
-                      "is caught up to log_every - 1 steps later, and those steps' weights are never saved"),
-    )  # fmt: skip
+        metadata=_doc(
+            "on a NaN/inf loss: stop, or rollback to the last checkpoint; checked on the device and read "
+            "every run.log_every steps and at each epoch's end (before its checkpoint), so a bad loss "
+            "is caught up to log_every - 1 steps later, and those steps' weights are never saved"
+        ),
+    )
     log_every: int = field(
         default=20,
-        metadata=_doc("log the metrics (means since the last record) every N steps; the only steps that read "
-                      "tensors on the host (0: epoch records only)"),
-    )  # fmt: skip
+        metadata=_doc(
+            "log the metrics (means since the last record) every N steps; the only steps that read "
+            "tensors on the host (0: epoch records only)"
+        ),
+    )
     print_every: int = field(
         default=1, metadata=_doc("print a one-line summary every N epochs and after the last (0: never)")
     )
@@ -435,20 +472,25 @@ class RunConfig(_Section):
     )
     save_every: int = field(
         default=10,
-        metadata=_doc("a numbered checkpoint-<N>.pth (the state after N epochs) every N epochs and after the last "
-                      "(checkpoint-last.pth: every epoch)"),
-    )  # fmt: skip
+        metadata=_doc(
+            "a numbered checkpoint-<N>.pth (the state after N epochs) every N epochs and after the last "
+            "(checkpoint-last.pth: every epoch)"
+        ),
+    )
     save_every_steps: int = field(
         default=0,
-        metadata=_doc("also write checkpoint-last.pth every N steps inside an epoch (at an optimizer step), so that "
-                      "a killed run of long epochs resumes in the middle of one, exactly; 0: only at the epochs' "
-                      "ends"),
-    )  # fmt: skip
+        metadata=_doc(
+            "also write checkpoint-last.pth every N steps inside an epoch (at an optimizer step), so that "
+            "a killed run of long epochs resumes in the middle of one, exactly; 0: only at the epochs' "
+            "ends"
+        ),
+    )
     keep_checkpoints: int | None = field(
         default=2,
-        metadata=_doc("keep the N newest numbered checkpoints (plus checkpoint-last and checkpoint-best; 0: none, "
-                      "none: all)"),
-    )  # fmt: skip
+        metadata=_doc(
+            "keep the N newest numbered checkpoints (plus checkpoint-last and checkpoint-best; 0: none, none: all)"
+        ),
+    )
     tensorboard: bool = field(default=True, metadata=_doc("write TensorBoard events next to the JSON-lines log"))
 
     def validate(self) -> None:

@@ -28,7 +28,6 @@ class ConfigError(ValueError):
         self.problem = problem
 
 
-
 # -- type conversion ------------------------------------------------------------------------------
 
 

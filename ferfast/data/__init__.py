@@ -47,21 +47,9 @@ from ferfast.data.formats import (
 from ferfast.data.loaders import DEVICES, LOADER_BACKENDS, build_loader, make_plan, resolve_dali_device
 from ferfast.data.normalize import normalize_images
 from ferfast.data.plan import IMAGE_KEYS, LOADER_STAGES, LoaderPlan
-from ferfast.data.rand_augment import (
-    RAND_AUGMENT_OPS,
-    RandAugmentDraws,
-    apply_rand_augment_torch,
-    draw_rand_augment,
-)
+from ferfast.data.rand_augment import RAND_AUGMENT_OPS, RandAugmentDraws, apply_rand_augment_torch, draw_rand_augment
 from ferfast.data.sampling import ShardedBatches
-from ferfast.data.splits import (
-    LabelSplit,
-    SplitMismatchError,
-    labeled_per_class,
-    load_split,
-    save_split,
-    split_labeled,
-)
+from ferfast.data.splits import LabelSplit, SplitMismatchError, labeled_per_class, load_split, save_split, split_labeled
 from ferfast.data.synthetic import (
     EXPRESSION_PARAMS,
     EXPRESSION_PROTOTYPES,

@@ -123,8 +123,13 @@ def decoder_rejects(blobs: list[np.ndarray], device: str) -> list[bool]:
     gpu = device == "gpu"
 
     def decodes(group: list[np.ndarray]) -> bool:
-        @pipeline_def(batch_size=len(group), num_threads=1, device_id=torch.cuda.current_device() if gpu else None,
-                      prefetch_queue_depth=1, exec_dynamic=True)
+        @pipeline_def(
+            batch_size=len(group),
+            num_threads=1,
+            device_id=torch.cuda.current_device() if gpu else None,
+            prefetch_queue_depth=1,
+            exec_dynamic=True,
+        )
         def pipe():
             enc = fn.external_source(source=lambda: list(group), batch=True)
             return fn.decoders.image(enc, device="mixed" if gpu else "cpu", **_decoder_kwargs(types))
@@ -289,8 +294,9 @@ class _Source:
             if kind == "roi_start":  # DALI's ROI follows the layout's spatial order: (y, x)
                 out.append(list(np.stack([windows[:, 1], windows[:, 0]], 1).astype(np.float32)))
             elif kind == "roi_end":
-                out.append(list(np.stack([windows[:, 1] + windows[:, 3], windows[:, 0] + windows[:, 2]], 1)
-                                .astype(np.float32)))
+                out.append(
+                    list(np.stack([windows[:, 1] + windows[:, 3], windows[:, 0] + windows[:, 2]], 1).astype(np.float32))
+                )
             elif kind == "window":  # (left, top, width, height) in pixels
                 out.append(list(windows.astype(np.float32)))
             elif kind == "window0":  # the whole crop, once it has been cut out: (0, 0, width, height)
@@ -460,8 +466,9 @@ class DaliFaceLoader(PlanLoader):
         fused = dict(size=size, dtype=types.UINT8, output_layout="CHW")
         resize = dict(size=[size, size], interp_type=types.INTERP_CUBIC, antialias=True)
         if strong and self.device == "cpu":  # cut the crop out, RandAugment it at its own resolution
-            img = fn.slice(img, window[0:2], window[2:4], axis_names="WH", normalized_anchor=False,
-                           normalized_shape=False)
+            img = fn.slice(
+                img, window[0:2], window[2:4], axis_names="WH", normalized_anchor=False, normalized_shape=False
+            )
             if self.fused:  # ferfast's RandAugment operator, with the plan's ops and magnitudes
                 img = fn.ferfast_rand_augment(img, by_key[("ra_ops", k, view)], by_key[("ra_mags", k, view)])
                 return fn.ferfast_resized_crop_normalize(img, by_key[("window0", k, view)], mirror, **fused)
@@ -565,8 +572,12 @@ class DaliFaceLoader(PlanLoader):
             if refused:
                 self._source.cpu_decode[k].add(j)
                 name = self.plan.streams[k].dataset.files[j]
-                warnings.warn(f"DALI's {self.device} image decoder refuses {name}, which PIL reads: decoding it with "
-                              "PIL on the CPU from now on", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"DALI's {self.device} image decoder refuses {name}, which PIL reads: decoding it with "
+                    "PIL on the CPU from now on",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 found += 1
         return found
 
@@ -587,8 +598,11 @@ class DaliFaceLoader(PlanLoader):
                 self._source.stop()
                 if self._recover() == 0:
                     raise
-                warnings.warn(f"DALI pipeline restarted at step {step} after an image it could not decode: "
-                              f"{str(e)[:200]}", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"DALI pipeline restarted at step {step} after an image it could not decode: {str(e)[:200]}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 self._pipe = self._build()
                 self._source.start(self.epoch, step)
                 continue

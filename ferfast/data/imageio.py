@@ -45,15 +45,15 @@ def _tiff_orientation(tiff: bytes) -> int:
     ifd = int.from_bytes(tiff[4:8], order)
     if ifd + 2 > len(tiff):
         return 1
-    count = int.from_bytes(tiff[ifd:ifd + 2], order)
+    count = int.from_bytes(tiff[ifd : ifd + 2], order)
     for k in range(count):
         e = ifd + 2 + 12 * k
         if e + 12 > len(tiff):
             break
-        if int.from_bytes(tiff[e:e + 2], order) == _ORIENTATION_TAG:
-            kind = int.from_bytes(tiff[e + 2:e + 4], order)
+        if int.from_bytes(tiff[e : e + 2], order) == _ORIENTATION_TAG:
+            kind = int.from_bytes(tiff[e + 2 : e + 4], order)
             width = 2 if kind == 3 else 4  # SHORT, as the standard says; LONG from some writers
-            value = int.from_bytes(tiff[e + 8:e + 8 + width], order)
+            value = int.from_bytes(tiff[e + 8 : e + 8 + width], order)
             return value if 1 <= value <= 8 else 1
     return 1
 
@@ -78,9 +78,9 @@ def _jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, int]:
             i += 2
             continue
         length = (data[i + 2] << 8) | data[i + 3]
-        if marker == 0xE1 and not seen_exif and data[i + 4:i + 10] == b"Exif\x00\x00":
+        if marker == 0xE1 and not seen_exif and data[i + 4 : i + 10] == b"Exif\x00\x00":
             seen_exif = True
-            orientation = _tiff_orientation(data[i + 10:i + 2 + length])
+            orientation = _tiff_orientation(data[i + 10 : i + 2 + length])
         i += 2 + length
     return None, orientation
 
@@ -90,10 +90,10 @@ def _png_header(data: bytes) -> tuple[tuple[int, int], int]:
     size = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     i, n = 8, len(data)
     while i + 8 <= n:
-        length = int.from_bytes(data[i:i + 4], "big")
-        kind = data[i + 4:i + 8]
+        length = int.from_bytes(data[i : i + 4], "big")
+        kind = data[i + 4 : i + 8]
         if kind == b"eXIf":
-            return size, _tiff_orientation(data[i + 8:i + 8 + length])
+            return size, _tiff_orientation(data[i + 8 : i + 8 + length])
         if kind == b"IEND":
             break
         i += 12 + length

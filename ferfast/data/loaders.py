@@ -82,16 +82,27 @@ def make_plan(
             raise ValueError("stage='stage2' needs the unlabeled pool: unlabeled=<FaceDataset>")
         ub = batch_size if unlabeled_batch_size is None else unlabeled_batch_size
         streams = [
-            Stream(unlabeled, ShardedBatches(len(unlabeled), ub, shuffle, drop_last, **common), ("weak", "strong"),
-                   index_key="index_unlabeled", with_labels=False),
+            Stream(
+                unlabeled,
+                ShardedBatches(len(unlabeled), ub, shuffle, drop_last, **common),
+                ("weak", "strong"),
+                index_key="index_unlabeled",
+                with_labels=False,
+            ),
             Stream(dataset, ShardedBatches(len(dataset), batch_size, True, True, min_batches=1, **common), ("view",)),
         ]
     else:
         if unlabeled is not None:
             raise ValueError(f"unlabeled= is only for stage='stage2', not {stage!r}")
         view = "eval" if stage == "eval" else "view"
-        streams = [Stream(dataset, ShardedBatches(len(dataset), batch_size, shuffle, drop_last, **common), (view,),
-                          with_labels=stage != "pretrain")]
+        streams = [
+            Stream(
+                dataset,
+                ShardedBatches(len(dataset), batch_size, shuffle, drop_last, **common),
+                (view,),
+                with_labels=stage != "pretrain",
+            )
+        ]
     return LoaderPlan(stage, streams, config or AugmentConfig(), seed=seed, rank=rank)
 
 

@@ -28,8 +28,9 @@ def normalize_batch(
 ) -> dict[str, Any]:
     """``batch`` with every image entry (:func:`is_image_key`) passed through :func:`normalize_images` (fp32);
     the other entries as they are. The loaders' ``normalize=True`` and the engine's prefetcher both use it."""
-    return {k: normalize_images(v, mean, std) if is_image_key(k) and isinstance(v, Tensor) else v
-            for k, v in batch.items()}  # fmt: skip
+    return {
+        k: normalize_images(v, mean, std) if is_image_key(k) and isinstance(v, Tensor) else v for k, v in batch.items()
+    }
 
 
 def normalize_images(

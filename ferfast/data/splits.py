@@ -47,9 +47,7 @@ def class_indices(values: Any, name: str = "labels", num_classes: int | None = N
     arr = arr.astype(np.int64)
     if num_classes is not None:
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-            raise ValueError(
-                f"{name} has class indices outside [0, {num_classes}): min {arr.min()}, max {arr.max()}"
-            )
+            raise ValueError(f"{name} has class indices outside [0, {num_classes}): min {arr.min()}, max {arr.max()}")
     elif arr.size and arr.min() < 0:
         raise ValueError(f"{name} must be non-negative class indices, got {int(arr.min())}")
     return arr
@@ -228,8 +226,9 @@ def load_split(
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     split = LabelSplit.from_dict(data, source=str(path))
     if fraction is not None or seed is not None:
-        split.check_settings(split.fraction if fraction is None else fraction,
-                             split.seed if seed is None else seed, source=str(path))  # fmt: skip
+        split.check_settings(
+            split.fraction if fraction is None else fraction, split.seed if seed is None else seed, source=str(path)
+        )
     if labels is not None:
         split.check_labels(labels, source=str(path))
     return split

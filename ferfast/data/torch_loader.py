@@ -27,6 +27,7 @@ from ferfast.data.rand_augment import apply_rand_augment_torch
 
 __all__ = ["TorchFaceLoader", "decode_rgb_tensor", "load_step"]
 
+
 def decode_rgb_tensor(data: bytes, name: str) -> torch.Tensor:
     """Decode (PIL, via :func:`ferfast.data.check.decode_rgb`) to a ``[3, H, W]`` uint8 RGB tensor.
 
@@ -68,12 +69,7 @@ def _make_view(
 
 
 def load_step(
-    plan: LoaderPlan,
-    epoch: int,
-    step: int,
-    skipped: SkipCounter,
-    cache: dict | None = None,
-    normalize: bool = False,
+    plan: LoaderPlan, epoch: int, step: int, skipped: SkipCounter, cache: dict | None = None, normalize: bool = False
 ) -> dict:
     """Build the batch of ``step`` of ``epoch``: every stream's images (uint8), views, labels, boxes and indices.
 
@@ -109,8 +105,9 @@ def load_step(
             views, boxes = [], []
             for n, img in enumerate(images):
                 if ra is not None:  # the strong view (no box: RandAugment's affine ops move the face)
-                    views.append(_make_strong_view(img, windows[n], bool(flips[n]), cfg.image_size,
-                                                   ra.ops[n], ra.magnitudes[n]))
+                    views.append(
+                        _make_strong_view(img, windows[n], bool(flips[n]), cfg.image_size, ra.ops[n], ra.magnitudes[n])
+                    )
                     continue
                 v, b = _make_view(img, rel[n], windows[n], bool(flips[n]), cfg.image_size)
                 views.append(v)

@@ -243,8 +243,9 @@ def save_checkpoint(
     return write_atomic(path, lambda fh: torch.save(ckpt, fh))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``; a clear error names a missing or corrupt file.
+    ``mmap=True`` maps the tensors instead of reading them (for a look at the config or the epoch).
 
     Raises FileNotFoundError (missing), :class:`CorruptCheckpointError` (empty, truncated, damaged, not a dict)
     or :class:`UnsafeCheckpointError` (holds Python objects that ferfast refuses to unpickle); both are
@@ -252,7 +253,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     becomes a dict.
     """
     path = Path(path)
-    ckpt = torch_load_safe(path, map_location=map_location)
+    ckpt = torch_load_safe(path, map_location=map_location, mmap=mmap)
     if not isinstance(ckpt, dict):
         raise CorruptCheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict", path)
     if isinstance(ckpt.get("args"), argparse.Namespace):
@@ -261,7 +262,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
 
 def load_latest_checkpoint(
-    output_dir: str | os.PathLike, map_location: Any = "cpu"
+    output_dir: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False
 ) -> tuple[Path, dict[str, Any], list[tuple[Path, CorruptCheckpointError]]] | None:
     """The newest checkpoint in ``output_dir`` that loads, for a resume: ``(path, checkpoint, damaged)``, or None
     when the folder has no checkpoint.
@@ -278,7 +279,7 @@ def load_latest_checkpoint(
     damaged: list[tuple[Path, CorruptCheckpointError]] = []
     for path in candidates:
         try:
-            return path, load_checkpoint(path, map_location=map_location), damaged
+            return path, load_checkpoint(path, map_location=map_location, mmap=mmap), damaged
         except CorruptCheckpointError as exc:
             damaged.append((path, exc))
         except FileNotFoundError:  # pruned meanwhile

@@ -27,9 +27,16 @@ __all__ = ["FROM_PRETRAIN", "FROM_STAGE1", "MUST_MATCH", "Handover", "check_clas
 FROM_PRETRAIN: tuple[str, ...] = ("model.name", "data.image_size")
 #: what stage 2 takes from stage 1's checkpoint
 FROM_STAGE1: tuple[str, ...] = (
-    "model.name", "model.global_pool", "data.image_size", "data.root", "data.format", "data.train_split",
-    "data.labeled_fraction", "data.seed", "data.split_file",
-)  # fmt: skip
+    "model.name",
+    "model.global_pool",
+    "data.image_size",
+    "data.root",
+    "data.format",
+    "data.train_split",
+    "data.labeled_fraction",
+    "data.seed",
+    "data.split_file",
+)
 #: settings that must equal the checkpoint's when given: the weights (model.name, global_pool), or stage 2's
 #: labeled images (fraction, seed), would not be the ones the checkpoint was trained with
 MUST_MATCH: frozenset[str] = frozenset({"model.name", "model.global_pool", "data.labeled_fraction", "data.seed"})

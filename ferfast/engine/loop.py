@@ -71,14 +71,7 @@ from ferfast.engine.checkpoint import (
     restore_rng,
     save_epoch_checkpoint,
 )
-from ferfast.engine.dist import (
-    all_gather_objects,
-    all_reduce_mean,
-    barrier,
-    get_rank,
-    get_world_size,
-    is_main_process,
-)
+from ferfast.engine.dist import all_gather_objects, all_reduce_mean, barrier, get_rank, get_world_size, is_main_process
 from ferfast.engine.ema import ModelEma
 from ferfast.engine.logging import (
     MetricLogger,
@@ -125,8 +118,17 @@ COMPILE_MODES = _schema.COMPILE_MODES
 #: FitConfig's names of the run settings it shares with :class:`~ferfast.config.RunConfig` (the others: the same)
 _RUN_NAMES = {"keep": "keep_checkpoints"}
 #: the settings :meth:`FitConfig.from_run` takes from a :class:`~ferfast.config.RunConfig`
-_FROM_RUN = ("nonfinite", "log_every", "keep", "save_every", "save_every_steps", "eval_every", "compile",
-             "compile_mode", "print_every")  # fmt: skip
+_FROM_RUN = (
+    "nonfinite",
+    "log_every",
+    "keep",
+    "save_every",
+    "save_every_steps",
+    "eval_every",
+    "compile",
+    "compile_mode",
+    "print_every",
+)
 
 
 @dataclass
@@ -266,8 +268,9 @@ class _DeviceStats:
             raise ValueError(f"a step returned the statistics {list(stats)}, earlier steps {self.keys}")
         loss = loss.detach()
         bad = (~torch.isfinite(loss)).any()
-        row = torch.stack([bad.to(device=self.device, dtype=torch.float32),
-                           *(self._scalar(k, v) for k, v in stats.items())])  # fmt: skip
+        row = torch.stack(
+            [bad.to(device=self.device, dtype=torch.float32), *(self._scalar(k, v) for k, v in stats.items())]
+        )
         if self._sums is None:
             self._sums = torch.zeros(row.shape, dtype=torch.float64, device=self.device)
             self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
@@ -305,9 +308,13 @@ class _DeviceStats:
         """What a mid-epoch checkpoint keeps so that the epoch's means and the next log record continue exactly
         after a resume (``sums`` from a :meth:`read` that found no non-finite loss): plain floats and ints."""
         keys = list(self.keys or [])
-        return {"keys": keys, "sums": [float(sums[k]) for k in keys], "steps": self.steps,
-                "logged_sums": None if self._logged_sums is None else [float(v) for v in self._logged_sums],
-                "logged_steps": self._logged_steps}  # fmt: skip
+        return {
+            "keys": keys,
+            "sums": [float(sums[k]) for k in keys],
+            "steps": self.steps,
+            "logged_sums": None if self._logged_sums is None else [float(v) for v in self._logged_sums],
+            "logged_steps": self._logged_steps,
+        }
 
     def load(self, saved: Mapping[str, Any]) -> None:
         """Continue from a :meth:`snapshot` (a mid-epoch resume). Under DDP every rank starts from the global sums
@@ -424,8 +431,10 @@ def _own_checkpoint(output_dir: Path, why: str, stacklevel: int) -> tuple[Path, 
     path, ckpt, damaged = found
     if damaged and is_main_process():
         skipped = "; ".join(str(exc) for _, exc in damaged)
-        warnings.warn(f"skipping damaged checkpoint{'s' if len(damaged) > 1 else ''} ({skipped}); {why} from "
-                      f"{path} instead", stacklevel=stacklevel)  # fmt: skip
+        warnings.warn(
+            f"skipping damaged checkpoint{'s' if len(damaged) > 1 else ''} ({skipped}); {why} from {path} instead",
+            stacklevel=stacklevel,
+        )
     return path, ckpt
 
 
@@ -450,9 +459,11 @@ def _remove_stale_temps(output_dir: Path) -> None:
         return
     removed = remove_stale_temp_files(output_dir)
     if removed:
-        warnings.warn(f"removed {len(removed)} temporary file{'s' if len(removed) > 1 else ''} left in {output_dir} "
-                      f"by an interrupted checkpoint write: {', '.join(p.name for p in removed)}",
-                      stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"removed {len(removed)} temporary file{'s' if len(removed) > 1 else ''} left in {output_dir} "
+            f"by an interrupted checkpoint write: {', '.join(p.name for p in removed)}",
+            stacklevel=3,
+        )
 
 
 def _restore_rng(ckpt: Mapping[str, Any]) -> None:
@@ -485,12 +496,17 @@ def _restore(path: Path, ckpt: Mapping[str, Any], state: _Trained, stage: str) -
         _restore_rng(ckpt)
     planned, steps = ckpt.get(EPOCHS_KEY), ckpt.get(STEPS_KEY)
     return _Resumed(
-        path=path, epochs_done=done, step=step, best=ckpt.get(BEST_KEY),
-        lr_scale=float(ckpt.get(LR_SCALE_KEY) or 1.0), skipped={int(g) for g in ckpt.get(SKIPPED_KEY) or ()},
+        path=path,
+        epochs_done=done,
+        step=step,
+        best=ckpt.get(BEST_KEY),
+        lr_scale=float(ckpt.get(LR_SCALE_KEY) or 1.0),
+        skipped={int(g) for g in ckpt.get(SKIPPED_KEY) or ()},
         epoch_stats=ckpt.get(EPOCH_STATS_KEY) if step else None,
-        planned_epochs=None if planned is None else int(planned), steps_per_epoch=None if steps is None else int(steps),
+        planned_epochs=None if planned is None else int(planned),
+        steps_per_epoch=None if steps is None else int(steps),
         rng=rng,
-    )  # fmt: skip
+    )
 
 
 def _save(
@@ -507,9 +523,12 @@ def _save(
     rank_rng = all_gather_objects(capture_rng()) if get_world_size() > 1 else None  # a collective: every rank
     if is_main_process():
         extra: dict[str, Any] = {
-            EPOCHS_DONE_KEY: done, EPOCHS_KEY: cfg.epochs, STEPS_KEY: run.steps_per_epoch,
-            LR_SCALE_KEY: run.lr_scale, SKIPPED_KEY: sorted(run.skipped),
-        }  # fmt: skip
+            EPOCHS_DONE_KEY: done,
+            EPOCHS_KEY: cfg.epochs,
+            STEPS_KEY: run.steps_per_epoch,
+            LR_SCALE_KEY: run.lr_scale,
+            SKIPPED_KEY: sorted(run.skipped),
+        }
         if run.best is not None:
             extra[BEST_KEY] = run.best
         if rank_rng is not None:
@@ -517,10 +536,19 @@ def _save(
         if epoch_stats is not None:
             extra[EPOCH_STATS_KEY] = epoch_stats
         last = save_epoch_checkpoint(
-            cfg.output_dir, epoch=done - 1, step=step, keep=cfg.keep, number=done,
-            numbered=step == 0 and cfg.due(done - 1, cfg.save_every), model=state.model, optimizer=state.optimizer,
-            scaler=state.scaler, ema=state.ema, extra=extra, **run.meta,
-        )  # fmt: skip
+            cfg.output_dir,
+            epoch=done - 1,
+            step=step,
+            keep=cfg.keep,
+            number=done,
+            numbered=step == 0 and cfg.due(done - 1, cfg.save_every),
+            model=state.model,
+            optimizer=state.optimizer,
+            scaler=state.scaler,
+            ema=state.ema,
+            extra=extra,
+            **run.meta,
+        )
         if improved:
             link_checkpoint(last, cfg.output_dir / BEST_CHECKPOINT)
     barrier()  # a rollback or the next stage reads what rank 0 wrote
@@ -654,8 +682,14 @@ def _train_one_epoch(
         stats.load(epoch_stats)
     lr = 0.0
     optimizer.zero_grad(set_to_none=True)
-    bar = progress(batches, desc=f"{stage} epoch {epoch + 1}/{cfg.epochs}", total=steps, enabled=cfg.show_progress,
-                   initial=start_step - to_discard, leave=False)  # the epoch summary line stays instead
+    bar = progress(
+        batches,
+        desc=f"{stage} epoch {epoch + 1}/{cfg.epochs}",
+        total=steps,
+        enabled=cfg.show_progress,
+        initial=start_step - to_discard,
+        leave=False,
+    )  # the epoch summary line stays instead
     it = iter(bar)
     for _ in range(to_discard):  # a loader that cannot start mid-epoch: draw the trained batches again
         next(it, None)
@@ -715,8 +749,11 @@ def _train_one_epoch(
                 last_line = now
                 eta = (now - t0) / (i + 1 - start_step) * (steps - i - 1)
                 shown = " | ".join(f"{k} {v:.4g}" for k, v in means.items())
-                print(f"{stage} epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps} | {shown} | lr {lr:.3e} | "
-                      f"eta {_duration(eta)}", flush=True)  # fmt: skip
+                print(
+                    f"{stage} epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps} | {shown} | lr {lr:.3e} | "
+                    f"eta {_duration(eta)}",
+                    flush=True,
+                )
         if save_due:
             save_mid(i + 1, stats.snapshot(sums))
     nonfinite, first_bad, sums = stats.read()
@@ -752,8 +789,10 @@ def start_line(
     if start_epoch or start_step:
         where = f"resuming at epoch {start_epoch + 1}" + (f" step {start_step}" if start_step else "")
     world = f" x {get_world_size()} processes" if get_world_size() > 1 else ""
-    return (f"device {device}{world} | precision {precision} | compile {compiled} | {cfg.epochs} epochs of "
-            f"{steps_per_epoch} steps, {where}")  # fmt: skip
+    return (
+        f"device {device}{world} | precision {precision} | compile {compiled} | {cfg.epochs} epochs of "
+        f"{steps_per_epoch} steps, {where}"
+    )
 
 
 def resume_line(resumed: _Resumed, epochs: int, steps_per_epoch: int) -> str:
@@ -803,14 +842,27 @@ def _roll_back(
         what += f", skipping the batch of step {bad.first_bad}"
     run.tried.append(what)
     if is_main_process():
-        warnings.warn(f"{where}: rolling back to {last[0]} (epoch {resumed.epochs_done + 1}, step {resumed.step}), "
-                      f"rollback {run.rollbacks} of {cfg.max_rollbacks}: {what}", stacklevel=4)  # fmt: skip
+        warnings.warn(
+            f"{where}: rolling back to {last[0]} (epoch {resumed.epochs_done + 1}, step {resumed.step}), "
+            f"rollback {run.rollbacks} of {cfg.max_rollbacks}: {what}",
+            stacklevel=4,
+        )
     _drop_replayed_records(logger, stage, resumed.epochs_done, resumed.step, run.steps_per_epoch)
     if logger is not None:
-        logger.log({"stage": stage, "epoch": bad.epoch + 1, "event": "rollback", "rollback": run.rollbacks,
-                    "nonfinite_losses": bad.count, "lr_scale": lr_scale, "skipped_step": bad.first_bad,
-                    "checkpoint": str(last[0])},
-                   step=bad.first_bad if bad.first_bad >= 0 else bad.step, prefix=f"{stage}/rollback")  # fmt: skip
+        logger.log(
+            {
+                "stage": stage,
+                "epoch": bad.epoch + 1,
+                "event": "rollback",
+                "rollback": run.rollbacks,
+                "nonfinite_losses": bad.count,
+                "lr_scale": lr_scale,
+                "skipped_step": bad.first_bad,
+                "checkpoint": str(last[0]),
+            },
+            step=bad.first_bad if bad.first_bad >= 0 else bad.step,
+            prefix=f"{stage}/rollback",
+        )
     return resumed
 
 
@@ -893,9 +945,23 @@ def fit(
             _save(cfg, done, step, state, run, epoch_stats=sums)
 
         means = _train_one_epoch(
-            step_fn, net, ddp, state, loader, batches, cfg, device, epoch, logger, stage, run, start_step=start_step,
-            epoch_stats=epoch_stats, rng=rng, save_mid=save_mid if cfg.save_every_steps else None,
-        )  # fmt: skip
+            step_fn,
+            net,
+            ddp,
+            state,
+            loader,
+            batches,
+            cfg,
+            device,
+            epoch,
+            logger,
+            stage,
+            run,
+            start_step=start_step,
+            epoch_stats=epoch_stats,
+            rng=rng,
+            save_mid=save_mid if cfg.save_every_steps else None,
+        )
         epoch_stats = rng = None
         if isinstance(means, _NonFinite):  # the rollback policy
             resumed = _roll_back(means, cfg, state, run, logger, stage)
@@ -915,8 +981,10 @@ def fit(
         _save(cfg, epoch + 1, 0, state, run, improved)
         if show and cfg.print_every and cfg.due(epoch, cfg.print_every):
             shown = {k: v for k, v in record.items() if k not in ("epoch", "time_s")}  # the time ends the line
-            print(f"{stage} " + epoch_summary(epoch + 1, shown, total_epochs=cfg.epochs, elapsed_s=record["time_s"]),
-                  flush=True)  # fmt: skip
+            print(
+                f"{stage} " + epoch_summary(epoch + 1, shown, total_epochs=cfg.epochs, elapsed_s=record["time_s"]),
+                flush=True,
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
         epoch += 1

@@ -27,7 +27,6 @@ __all__ = [
     "lr_function",
     "make_optimizer",
     "param_groups",
-    "scaled_lr",
     "set_lr",
     "step_decay",
 ]
@@ -83,15 +82,6 @@ def step_decay(epoch: float, milestones: Iterable[float] = (20, 40), gamma: floa
     return base_lr * gamma ** sum(epoch >= m for m in ms)
 
 
-def scaled_lr(blr: float, eff_batch: int) -> float:
-    """MAE's linear scaling rule: ``lr = blr * eff_batch / 256`` (``eff_batch`` = batch x accum_iter x world size):
-    :meth:`OptimConfig.effective_lr <ferfast.config.OptimConfig.effective_lr>` with ``blr`` and no ``lr``."""
-    blr = _number(blr, "blr")
-    if isinstance(eff_batch, bool) or not isinstance(eff_batch, numbers.Integral) or eff_batch < 1:
-        raise ValueError(f"eff_batch must be a positive int, got {eff_batch!r}")
-    return OptimConfig(blr=blr).effective_lr(int(eff_batch))
-
-
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
     """Set every param group's ``lr`` to ``lr * group.get("lr_scale", 1)`` (MAE's rule); returns ``lr``."""
     lr = _number(lr, "lr")
@@ -134,10 +124,14 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     for name, p in named:
         no_wd = p.ndim <= 1 or name in skip
         layer = _layer_id(name, num_layers)
-        group = groups.setdefault(f"layer_{layer}_{'no_decay' if no_wd else 'decay'}", {
-            "params": [], "weight_decay": 0.0 if no_wd else weight_decay,
-            "lr_scale": layer_decay ** (num_layers - layer),
-        })  # fmt: skip
+        group = groups.setdefault(
+            f"layer_{layer}_{'no_decay' if no_wd else 'decay'}",
+            {
+                "params": [],
+                "weight_decay": 0.0 if no_wd else weight_decay,
+                "lr_scale": layer_decay ** (num_layers - layer),
+            },
+        )
         group["params"].append(p)
     return list(groups.values())
 
@@ -149,7 +143,7 @@ def effective_batch_size(batch_size: int, optim: OptimConfig) -> int:
 
 def make_optimizer(model: nn.Module, optim: OptimConfig, effective_batch: int) -> tuple[torch.optim.Optimizer, float]:
     """AdamW on :func:`param_groups` (``optim.layer_decay`` included); returns it and its base learning rate
-    (``optim.lr``, else MAE's rule for ``effective_batch``, as :func:`scaled_lr`)."""
+    (``optim.lr``, else MAE's linear scaling rule for ``effective_batch``: :meth:`OptimConfig.effective_lr`)."""
     lr = optim.effective_lr(effective_batch)
     groups = param_groups(model, optim.weight_decay, optim.layer_decay)
     for group in groups:

@@ -51,8 +51,7 @@ class RunLockedError(RuntimeError):
         self.folder = folder
         self.holder = holder
         if holder:
-            who = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} "
-                   f"since {holder.get('started', '?')}")  # fmt: skip
+            who = f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} since {holder.get('started', '?')}"
         else:
             who = "another process (it has not yet written its pid)"
         super().__init__(
@@ -90,8 +89,11 @@ def _acquire(folder: Path) -> int:
         if same:
             break
         os.close(fd)
-    info = {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}  # fmt: skip
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
     os.ftruncate(fd, 0)
     os.write(fd, (json.dumps(info) + "\n").encode())
     return fd
@@ -160,8 +162,9 @@ def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
                 except RunLockedError:
                     raise
                 except OSError as e:  # a file in the way, a read-only or full disk: say which folder
-                    raise OSError(e.errno, f"cannot create or lock the output folder {folder}: "
-                                           f"{e.strerror or e}") from None  # fmt: skip
+                    raise OSError(
+                        e.errno, f"cannot create or lock the output folder {folder}: {e.strerror or e}"
+                    ) from None
             except (RunLockedError, OSError) as e:
                 _remove_empty(created)
                 error = e

@@ -167,13 +167,17 @@ def _pretrain_faces(cfg: TrainConfig) -> tuple[FaceDataset, str]:
         pool = Path(cfg.data.root) / "unlabeled"
         faces = open_dataset("folder", pool, "unlabeled")
         if len(faces):
-            return faces, (f"data {pool}: {len(faces)} unlabeled faces (the unlabeled/ folder of data.root; set "
-                           "data.unlabeled_root to pretrain on another collection)")  # fmt: skip
+            return faces, (
+                f"data {pool}: {len(faces)} unlabeled faces (the unlabeled/ folder of data.root; set "
+                "data.unlabeled_root to pretrain on another collection)"
+            )
     if cfg.data.root is None:
         raise ConfigError("data.unlabeled_root", "is not set, nor data.root: pretraining needs faces to train on")
     faces = prepare_data(cfg).train
-    return faces, (f"data {cfg.data.root}: its {len(faces)} labeled training images, labels unused (no "
-                   "data.unlabeled_root, and no unlabeled/ folder in data.root)")  # fmt: skip
+    return faces, (
+        f"data {cfg.data.root}: its {len(faces)} labeled training images, labels unused (no "
+        "data.unlabeled_root, and no unlabeled/ folder in data.root)"
+    )
 
 
 def warn_without_face_boxes(cfg: TrainConfig, dataset: FaceDataset) -> bool:
@@ -216,5 +220,12 @@ def stage_loader(stage: str, dataset: FaceDataset, cfg: TrainConfig, device: tor
     if cfg.data.dali_device == "gpu" and not dali:
         why = "data.loader is torch" if cfg.data.loader == "torch" else "DALI is not installed"
         raise ConfigError("data.dali_device", f"is gpu, but {why}: the torch loader decodes on the CPU")
-    return build_loader(stage, dataset, backend=cfg.data.loader, device=cfg.data.dali_device,
-                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda", **kwargs)  # fmt: skip
+    return build_loader(
+        stage,
+        dataset,
+        backend=cfg.data.loader,
+        device=cfg.data.dali_device,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        **kwargs,
+    )

@@ -57,15 +57,7 @@ from ferfast.engine.summary import describe_data, describe_loader, describe_mode
 from ferfast.models import create_model, load_pretrained
 from ferfast.ops import FaceIoUMixup
 
-__all__ = [
-    "build_classifier",
-    "build_mae",
-    "build_mixup",
-    "resolve_device",
-    "run_pretrain",
-    "run_stage1",
-    "run_stage2",
-]
+__all__ = ["build_classifier", "build_mae", "build_mixup", "resolve_device", "run_pretrain", "run_stage1", "run_stage2"]
 
 
 def _check_launch() -> None:
@@ -92,25 +84,35 @@ def build_mae(cfg: TrainConfig) -> nn.Module:
     p = cfg.pretrain
     names = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")
     decoder = {name: getattr(p, name) for name in names if getattr(p, name) is not None}
-    return create_model(f"mae_{cfg.model.name}", img_size=cfg.data.image_size, norm_pix_loss=p.norm_pix_loss,
-                        **decoder)  # fmt: skip
+    return create_model(f"mae_{cfg.model.name}", img_size=cfg.data.image_size, norm_pix_loss=p.norm_pix_loss, **decoder)
 
 
 def build_classifier(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The ViT classifier of stages 1 and 2 for the dataset's ``num_classes`` (``model.num_classes`` must agree)."""
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
         raise ConfigError("model.num_classes", f"is {cfg.model.num_classes}, but the dataset has {num_classes} classes")
-    return create_model(cfg.model.name, img_size=cfg.data.image_size, num_classes=num_classes,
-                        drop_path_rate=cfg.model.drop_path, global_pool=cfg.model.global_pool)  # fmt: skip
+    return create_model(
+        cfg.model.name,
+        img_size=cfg.data.image_size,
+        num_classes=num_classes,
+        drop_path_rate=cfg.model.drop_path,
+        global_pool=cfg.model.global_pool,
+    )
 
 
 def build_mixup(cfg: TrainConfig, num_classes: int) -> FaceIoUMixup:
     """Stage 1's face-IoU Mixup: pairs within the (local) batch, draws from its own generator (reseeded per epoch)."""
     s = cfg.stage1
     box = tuple(v / 224.0 for v in s.fallback_box)  # the config gives it in pixels of 224x224, as SSFER does
-    return FaceIoUMixup(num_classes, mixup_alpha=s.mixup_alpha, label_smoothing=s.label_smoothing,
-                        ssfer_compat=s.ssfer_compat, fallback_box=box, seed=cfg.run.seed,
-                        pairing=s.mixup_pairing)  # fmt: skip
+    return FaceIoUMixup(
+        num_classes,
+        mixup_alpha=s.mixup_alpha,
+        label_smoothing=s.label_smoothing,
+        ssfer_compat=s.ssfer_compat,
+        fallback_box=box,
+        seed=cfg.run.seed,
+        pairing=s.mixup_pairing,
+    )
 
 
 # ------------------------------------------------------------------------------------------ the drivers
@@ -135,18 +137,38 @@ def _precision_probe(model: nn.Module, cfg: TrainConfig, device: torch.device, m
     return probe
 
 
-def _fit_config(cfg: TrainConfig, optim: OptimConfig, epochs: int, base_lr: float, out: Path, device: torch.device,
-                model: nn.Module, *, mae: bool = False) -> FitConfig:  # fmt: skip
+def _fit_config(
+    cfg: TrainConfig,
+    optim: OptimConfig,
+    epochs: int,
+    base_lr: float,
+    out: Path,
+    device: torch.device,
+    model: nn.Module,
+    *,
+    mae: bool = False,
+) -> FitConfig:
     """:func:`fit`'s settings for a stage; resolves ``run.precision=auto`` (measuring ``model`` where it must)."""
-    precision, why = choose_precision(cfg.run.precision, device, _precision_probe(model, cfg, device, mae),
-                                      zero_grad=lambda: model.zero_grad(set_to_none=True))  # fmt: skip
+    precision, why = choose_precision(
+        cfg.run.precision,
+        device,
+        _precision_probe(model, cfg, device, mae),
+        zero_grad=lambda: model.zero_grad(set_to_none=True),
+    )
     if get_world_size() > 1:  # a measurement may differ between the ranks: rank 0's choice holds for all
         precision, why = broadcast_object((precision, why))
     augment = cfg.data.augment()
     return FitConfig.from_run(  # the run settings come from cfg.run, checked there by the same rule
-        cfg.run, epochs=epochs, lr_at=lr_function(optim, epochs, base_lr), output_dir=out, precision=precision,
-        precision_note=why, clip_grad=optim.clip_grad, accum_steps=optim.accum_steps,
-        image_mean=augment.mean, image_std=augment.std,
+        cfg.run,
+        epochs=epochs,
+        lr_at=lr_function(optim, epochs, base_lr),
+        output_dir=out,
+        precision=precision,
+        precision_note=why,
+        clip_grad=optim.clip_grad,
+        accum_steps=optim.accum_steps,
+        image_mean=augment.mean,
+        image_std=augment.std,
     )
 
 
@@ -183,19 +205,34 @@ def run_pretrain(cfg: TrainConfig) -> Path:
         p = cfg.pretrain
         mae = build_mae(cfg).to(device)
         _seed_training_draws(cfg.run.seed)
-        loader = stage_loader("pretrain", faces, cfg, device, batch_size=p.batch_size, config=cfg.data.augment(),
-                         seed=cfg.run.seed)  # fmt: skip
+        loader = stage_loader(
+            "pretrain", faces, cfg, device, batch_size=p.batch_size, config=cfg.data.augment(), seed=cfg.run.seed
+        )
         opt, lr = make_optimizer(mae, p.optim, effective_batch_size(p.batch_size, p.optim))
         fit_cfg = _fit_config(cfg, p.optim, p.epochs, lr, out, device, mae, mae=True)
-        say(cfg, "pretrain", [
-            data_line,
-            describe_model(mae, cfg, f"mae_{cfg.model.name}") + f", {p.mask_ratio:.0%} of the patches masked",
-            f"{describe_loader(loader, cfg)}, batch {p.batch_size}, learning rate {lr:.3g} | output {out}",
-        ])  # fmt: skip
+        say(
+            cfg,
+            "pretrain",
+            [
+                data_line,
+                describe_model(mae, cfg, f"mae_{cfg.model.name}") + f", {p.mask_ratio:.0%} of the patches masked",
+                f"{describe_loader(loader, cfg)}, batch {p.batch_size}, learning rate {lr:.3g} | output {out}",
+            ],
+        )
         _save_stage_config(cfg, out)
         with _logger(cfg, out) as logger:
-            fit(lambda m, b: pretrain_step(m, b, p.mask_ratio), mae, opt, loader, fit_cfg, device=device,
-                args=config_to_dict(cfg), logger=logger, resume_from=_resume_from(cfg), stage="pretrain")  # fmt: skip
+            fit(
+                lambda m, b: pretrain_step(m, b, p.mask_ratio),
+                mae,
+                opt,
+                loader,
+                fit_cfg,
+                device=device,
+                args=config_to_dict(cfg),
+                logger=logger,
+                resume_from=_resume_from(cfg),
+                stage="pretrain",
+            )
     return out / LAST_CHECKPOINT
 
 
@@ -230,8 +267,9 @@ def run_stage1(cfg: TrainConfig, data: FERData, pretrained: Path | None = None) 
                 position[1] += 1
             return stage1_step(m, b, mixup if s.mixup else None, s.label_smoothing)
 
-        loader = stage_loader("stage1", data.labeled, cfg, device, batch_size=s.batch_size, config=cfg.data.augment(),
-                         seed=cfg.run.seed)  # fmt: skip
+        loader = stage_loader(
+            "stage1", data.labeled, cfg, device, batch_size=s.batch_size, config=cfg.data.augment(), seed=cfg.run.seed
+        )
         opt, lr = make_optimizer(model, s.optim, effective_batch_size(s.batch_size, s.optim))
         fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, model)
         validate = validator(ema.module, data.validation, cfg)
@@ -239,18 +277,38 @@ def run_stage1(cfg: TrainConfig, data: FERData, pretrained: Path | None = None) 
         if s.mixup:
             boxes = int(np.isfinite(data.labeled.boxes).all(axis=1).sum())
             mixup_line = f"face-IoU Mixup on: face boxes known for {boxes} of {len(data.labeled)} labeled images"
-        say(cfg, "stage1", [
-            *describe_data(data, cfg), describe_model(model, cfg, cfg.model.name),
-            f"weights: continuing this stage's own run in {out}" if resuming else
-            describe_pretrained(None if start is None else Path(start), report), mixup_line,
-            f"{describe_loader(loader, cfg)}, batch {s.batch_size}, learning rate {lr:.3g} | output {out}",
-        ])  # fmt: skip
+        say(
+            cfg,
+            "stage1",
+            [
+                *describe_data(data, cfg),
+                describe_model(model, cfg, cfg.model.name),
+                f"weights: continuing this stage's own run in {out}"
+                if resuming
+                else describe_pretrained(None if start is None else Path(start), report),
+                mixup_line,
+                f"{describe_loader(loader, cfg)}, batch {s.batch_size}, learning rate {lr:.3g} | output {out}",
+            ],
+        )
         data.write_split()
         _save_stage_config(cfg, out)
         with _logger(cfg, out) as logger:
-            fit(step, model, opt, loader, fit_cfg, device=device, ema=ema,
-                args=config_to_dict(cfg), class_names=list(data.class_names), logger=logger,
-                resume_from=_resume_from(cfg), evaluate=validate, on_epoch_start=reseed, stage="stage1")  # fmt: skip
+            fit(
+                step,
+                model,
+                opt,
+                loader,
+                fit_cfg,
+                device=device,
+                ema=ema,
+                args=config_to_dict(cfg),
+                class_names=list(data.class_names),
+                logger=logger,
+                resume_from=_resume_from(cfg),
+                evaluate=validate,
+                on_epoch_start=reseed,
+                stage="stage1",
+            )
     return ema
 
 
@@ -269,28 +327,59 @@ def run_stage2(cfg: TrainConfig, data: FERData, start: nn.Module) -> ModelEma:
         student.load_state_dict(start.state_dict())
         teacher = ModelEma(student, s.ema_decay)
         _seed_training_draws(cfg.run.seed + 1)
-        loader = stage_loader("stage2", data.labeled, cfg, device, unlabeled=data.unlabeled, batch_size=s.batch_size,
-                         unlabeled_batch_size=s.unlabeled_batch_size, config=cfg.data.augment(s.rand_augment()),
-                         seed=cfg.run.seed + 1)  # fmt: skip
+        loader = stage_loader(
+            "stage2",
+            data.labeled,
+            cfg,
+            device,
+            unlabeled=data.unlabeled,
+            batch_size=s.batch_size,
+            unlabeled_batch_size=s.unlabeled_batch_size,
+            config=cfg.data.augment(s.rand_augment()),
+            seed=cfg.run.seed + 1,
+        )
 
         def step(m: nn.Module, b: dict) -> StepOutput:
-            return stage2_step(m, teacher.module, b, threshold=s.threshold, unlabeled_weight=s.unlabeled_weight,
-                               label_smoothing=s.label_smoothing)  # fmt: skip
+            return stage2_step(
+                m,
+                teacher.module,
+                b,
+                threshold=s.threshold,
+                unlabeled_weight=s.unlabeled_weight,
+                label_smoothing=s.label_smoothing,
+            )
 
         opt, lr = make_optimizer(student, s.optim, effective_batch_size(s.batch_size, s.optim))
         fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, student)
         validate = validator(teacher.module, data.validation, cfg)
-        say(cfg, "stage2", [
-            *describe_data(data, cfg), describe_model(student, cfg, cfg.model.name) + ", from stage 1's EMA weights",
-            f"FixMatch: pseudo-labels with p >= {s.threshold:g} from the EMA teacher (decay {s.ema_decay:g}), "
-            f"unlabeled loss weight {s.unlabeled_weight:g}",
-            f"{describe_loader(loader, cfg)}, batch {s.batch_size} labeled + {s.unlabeled_batch_size} unlabeled, "
-            f"learning rate {lr:.3g} | output {out}",
-        ])  # fmt: skip
+        say(
+            cfg,
+            "stage2",
+            [
+                *describe_data(data, cfg),
+                describe_model(student, cfg, cfg.model.name) + ", from stage 1's EMA weights",
+                f"FixMatch: pseudo-labels with p >= {s.threshold:g} from the EMA teacher (decay {s.ema_decay:g}), "
+                f"unlabeled loss weight {s.unlabeled_weight:g}",
+                f"{describe_loader(loader, cfg)}, batch {s.batch_size} labeled + {s.unlabeled_batch_size} unlabeled, "
+                f"learning rate {lr:.3g} | output {out}",
+            ],
+        )
         data.write_split()
         _save_stage_config(cfg, out)
         with _logger(cfg, out) as logger:
-            fit(step, student, opt, loader, fit_cfg, device=device,
-                ema=teacher, args=config_to_dict(cfg), class_names=list(data.class_names), logger=logger,
-                resume_from=_resume_from(cfg), evaluate=validate, stage="stage2")  # fmt: skip
+            fit(
+                step,
+                student,
+                opt,
+                loader,
+                fit_cfg,
+                device=device,
+                ema=teacher,
+                args=config_to_dict(cfg),
+                class_names=list(data.class_names),
+                logger=logger,
+                resume_from=_resume_from(cfg),
+                evaluate=validate,
+                stage="stage2",
+            )
     return teacher

@@ -107,6 +107,10 @@ def stage2_step(
     loss_x = F.cross_entropy(logits[:n].float(), batch["labels"], label_smoothing=label_smoothing)
     loss_u, mask_rate = fixmatch_loss(logits_weak, logits[n:].float(), threshold)
     loss = loss_x + unlabeled_weight * loss_u
-    stats = {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
-             "mask_rate": mask_rate.detach()}  # fmt: skip
+    stats = {
+        "loss": loss.detach(),
+        "loss_x": loss_x.detach(),
+        "loss_u": loss_u.detach(),
+        "mask_rate": mask_rate.detach(),
+    }
     return StepOutput(loss, stats)

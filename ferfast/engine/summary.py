@@ -55,8 +55,10 @@ def describe_pretrained(start: Path | None, report: object | None) -> str:
     unexpected = list(getattr(report, "unexpected_keys", []))
     ignored = len(getattr(report, "ignored_keys", []))
     interpolated = ", ".join(f"{k} {list(a)} -> {list(b)}" for k, (a, b) in getattr(report, "interpolated", {}).items())
-    text = (f"weights: {start}; missing keys (initialised here): {', '.join(missing) or 'none'}; unexpected keys: "
-            f"{', '.join(unexpected) or 'none'}; {ignored} pretraining-only keys (decoder...) ignored")  # fmt: skip
+    text = (
+        f"weights: {start}; missing keys (initialised here): {', '.join(missing) or 'none'}; unexpected keys: "
+        f"{', '.join(unexpected) or 'none'}; {ignored} pretraining-only keys (decoder...) ignored"
+    )
     return text + (f"; interpolated {interpolated}" if interpolated else "")
 
 

@@ -49,12 +49,7 @@ from ferfast.models.factory import (
 )
 from ferfast.models.mae import MaskedAutoencoderViT
 from ferfast.models.pos_embed import get_2d_sincos_pos_embed, interpolate_pos_embed
-from ferfast.models.vit import (
-    PatchEmbed,
-    VisionTransformer,
-    conv_to_linear_patch_weight,
-    linear_to_conv_patch_weight,
-)
+from ferfast.models.vit import PatchEmbed, VisionTransformer, conv_to_linear_patch_weight, linear_to_conv_patch_weight
 
 __all__ = [
     "CheckpointError",

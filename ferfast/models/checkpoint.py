@@ -22,6 +22,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,9 +87,13 @@ def _unpickler_detail(message: str) -> str:
     return lines[0] if lines else "not a pickle torch can read"
 
 
-def torch_load_safe(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+def torch_load_safe(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` (``argparse.Namespace``, MAE's ``args``, allowed), its failures
     turned into errors that name the file and say what is wrong.
+
+    ``mmap=True`` maps the tensors' storage instead of reading it: a caller that wants the checkpoint's small
+    entries (its config, its epoch) does not read the weights and optimizer state (files in the legacy, non-zip
+    format are read whole).
 
     Raises FileNotFoundError for a missing file; :class:`UnsafeCheckpointError` when the file holds Python
     objects other than tensors and plain types (unpickling those can run arbitrary code, so ferfast refuses
@@ -100,7 +105,8 @@ def torch_load_safe(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            mmap = mmap and zipfile.is_zipfile(path)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if (m := _BLOCKED_RE.search(text)) is not None:

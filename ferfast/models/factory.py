@@ -188,14 +188,21 @@ def model_table(num_classes: int = 7) -> list[ModelInfo]:
             vit = _MODELS[family](num_classes=num_classes)
             mae = _MODELS[MAE_PREFIX + family]()
         blk = vit.blocks[0].attn
-        rows.append(ModelInfo(
-            name=family, mae_name=MAE_PREFIX + family, img_size=vit.patch_embed.img_size[0],
-            patch_size=vit.patch_embed.patch_size, embed_dim=vit.embed_dim, depth=len(vit.blocks),
-            num_heads=blk.num_heads, decoder=(mae.decoder_embed.out_features, len(mae.decoder_blocks),
-                                              mae.decoder_blocks[0].attn.num_heads),
-            params_m=sum(p.numel() for p in vit.parameters()) / 1e6,
-            mae_params_m=sum(p.numel() for p in mae.parameters()) / 1e6, source=_source(family),
-        ))  # fmt: skip
+        rows.append(
+            ModelInfo(
+                name=family,
+                mae_name=MAE_PREFIX + family,
+                img_size=vit.patch_embed.img_size[0],
+                patch_size=vit.patch_embed.patch_size,
+                embed_dim=vit.embed_dim,
+                depth=len(vit.blocks),
+                num_heads=blk.num_heads,
+                decoder=(mae.decoder_embed.out_features, len(mae.decoder_blocks), mae.decoder_blocks[0].attn.num_heads),
+                params_m=sum(p.numel() for p in vit.parameters()) / 1e6,
+                mae_params_m=sum(p.numel() for p in mae.parameters()) / 1e6,
+                source=_source(family),
+            )
+        )
     return sorted(rows, key=lambda r: (r.params_m, -r.patch_size))
 
 

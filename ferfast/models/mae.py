@@ -171,7 +171,13 @@ class MaskedAutoencoderViT(nn.Module):
             h = self.decoder_tokens(latent, ids_restore)
             num_masked = mask.shape[1] - (latent.shape[1] - 1)  # latent: the cls token + the visible patches
             loss = fused_head_masked_mse(
-                h, self.decoder_pred.weight, self.decoder_pred.bias, imgs, mask, self.patch_size, self.norm_pix_loss,
+                h,
+                self.decoder_pred.weight,
+                self.decoder_pred.bias,
+                imgs,
+                mask,
+                self.patch_size,
+                self.norm_pix_loss,
                 num_masked=num_masked,
             )
             return loss, None, mask

@@ -13,12 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "get_1d_sincos_pos_embed_from_grid",
-    "get_2d_sincos_pos_embed",
-    "interpolate_pos_embed",
-    "to_grid",
-]
+__all__ = ["get_1d_sincos_pos_embed_from_grid", "get_2d_sincos_pos_embed", "interpolate_pos_embed", "to_grid"]
 
 
 def to_grid(size: int | tuple[int, int] | list[int], name: str = "grid_size") -> tuple[int, int]:

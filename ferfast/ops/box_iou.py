@@ -59,11 +59,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, backend: str | None = None, valid
 
 
 def paired_box_iou(
-    boxes: Tensor,
-    perm: Tensor | None = None,
-    *,
-    backend: str | None = None,
-    validate: bool | None = None,
+    boxes: Tensor, perm: Tensor | None = None, *, backend: str | None = None, validate: bool | None = None
 ) -> Tensor:
     """IoU of each face box with its Mixup partner's: ``iou[i] = IoU(boxes[i], boxes[perm[i]])``.
 

@@ -206,6 +206,7 @@ def fused_head_masked_mse(
     *,
     chunk_size: int = 4096,
     num_masked: int | None = None,
+    validate: bool | None = None,
 ) -> Tensor:
     """MAE's ``decoder_pred`` linear head + :func:`masked_patch_mse`, run on masked tokens only.
 
@@ -214,9 +215,9 @@ def fused_head_masked_mse(
     whole; the 25% visible tokens skip the head entirely. Gradients for ``h``, ``weight`` and
     ``bias`` are computed in forward. Equal to ``masked_patch_mse(imgs, F.linear(h, weight, bias), ...)``.
     Finding the masked tokens (``nonzero``) synchronises a GPU once per call, unless ``num_masked`` says how many
-    nonzero entries every row of ``mask`` has (MAE's ``L - int(L * (1 - mask_ratio))``; checked on CPU tensors
-    while value checks are on): then nothing is read on the host. Math runs in fp32
-    (fp64 when an input is fp64); the loss dtype follows :func:`masked_patch_mse`.
+    nonzero entries every row of ``mask`` has (MAE's ``L - int(L * (1 - mask_ratio))``): then nothing is read on
+    the host. ``validate`` checks that count (``None``: on CPU tensors only; a GPU check synchronises). Math runs
+    in fp32 (fp64 when an input is fp64); the loss dtype follows :func:`masked_patch_mse`.
     """
     h = _checks.tensor(h, "h")
     weight = _checks.tensor(weight, "weight")
@@ -243,11 +244,13 @@ def fused_head_masked_mse(
         num_masked = _checks.non_negative_int(num_masked, "num_masked")
         if num_masked > length:
             raise ValueError(f"num_masked must be <= L = {length}, got {num_masked}")
-        if _checks.values_checked(None, mask):
+        if _checks.values_checked(validate, mask):
             counts = (mask != 0).sum(dim=1)
             if not bool((counts == num_masked).all()):
-                raise ValueError(f"every row of mask must have num_masked = {num_masked} nonzero entries, "
-                                 f"got {sorted(set(counts.tolist()))}")
+                raise ValueError(
+                    f"every row of mask must have num_masked = {num_masked} nonzero entries, "
+                    f"got {sorted(set(counts.tolist()))}"
+                )
     return FusedHeadMaskedMSEFunction.apply(
         h, weight, bias, imgs.detach(), mask.detach(), patch_size, bool(norm_pix_loss), chunk_size, num_masked
     )

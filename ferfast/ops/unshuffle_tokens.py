@@ -12,13 +12,23 @@ __all__ = ["unshuffle_tokens"]
 
 
 def unshuffle_tokens(
-    x: Tensor, mask_token: Tensor, ids_restore: Tensor, num_prefix_tokens: int = 1, *, backend: str | None = None
+    x: Tensor,
+    mask_token: Tensor,
+    ids_restore: Tensor,
+    num_prefix_tokens: int = 1,
+    *,
+    backend: str | None = None,
+    validate: bool | None = None,
 ) -> Tensor:
     """Decoder tokens ``[B, num_prefix_tokens + L, D]`` from ``x`` = [prefix; K visible tokens].
 
     Token ``l`` of the output is visible token ``ids_restore[b, l]`` when that index is below K,
     else ``mask_token`` (any shape with D elements, e.g. MAE's ``[1, 1, D]`` parameter).
     Differentiable in ``x`` and ``mask_token``.
+
+    Args:
+        validate: check that ``ids_restore`` holds token positions in ``[0, L)`` (``None``: on CPU tensors only;
+            a GPU check synchronises). The ``cpu`` backend's kernels check as they read.
     """
     x = _checks.tensor(x, "x")
     mask_token = _checks.tensor(mask_token, "mask_token")
@@ -40,5 +50,8 @@ def unshuffle_tokens(
         raise ValueError(
             f"x has {x.shape[1] - num_prefix_tokens} visible tokens, more than ids_restore's {ids_restore.shape[1]}"
         )
-    op = dispatch("unshuffle_tokens", resolve_backend(x.device, backend))
+    chosen = resolve_backend(x.device, backend)
+    if _checks.values_checked(validate, ids_restore, backend=chosen):
+        _checks.index_range(ids_restore, ids_restore.shape[1], "ids_restore", "token positions")
+    op = dispatch("unshuffle_tokens", chosen)
     return op(x, mask_token.reshape(-1), ids_restore, num_prefix_tokens)

@@ -12,13 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = [
-    "SSFER_FALLBACK_BOX",
-    "box_area_ref",
-    "box_iou_ref",
-    "paired_box_iou_ref",
-    "ssfer_paired_iou_loop_ref",
-]
+__all__ = ["SSFER_FALLBACK_BOX", "box_area_ref", "box_iou_ref", "paired_box_iou_ref", "ssfer_paired_iou_loop_ref"]
 
 #: SSFER's box (pixels of a 224 x 224 image) when the detector does not find exactly one face.
 SSFER_FALLBACK_BOX = (25.0, 25.0, 220.0, 220.0)

@@ -80,9 +80,7 @@ def patchify_gather_ref(imgs: Tensor, ids_keep: Tensor, patch_size: int) -> Tens
     return torch.gather(x, dim=1, index=index)
 
 
-def unshuffle_tokens_ref(
-    x: Tensor, mask_token: Tensor, ids_restore: Tensor, num_prefix_tokens: int = 1
-) -> Tensor:
+def unshuffle_tokens_ref(x: Tensor, mask_token: Tensor, ids_restore: Tensor, num_prefix_tokens: int = 1) -> Tensor:
     """MAE decoder input: append mask tokens to the visible tokens and unshuffle.
 
     ``models_mae.py:forward_decoder``: ``x`` is ``[B, num_prefix_tokens + K, D]``

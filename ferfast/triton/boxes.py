@@ -63,14 +63,7 @@ def _iou(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2, WIDE: tl.constexpr):
 
 @triton.jit
 def _box_iou_kernel(
-    boxes1_ptr,
-    boxes2_ptr,
-    out_ptr,
-    N,
-    M,
-    WIDE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    boxes1_ptr, boxes2_ptr, out_ptr, N, M, WIDE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -108,10 +101,7 @@ def _paired_box_iou_kernel(boxes_ptr, perm_ptr, out_ptr, B, WIDE: tl.constexpr, 
 
 def _check_boxes(boxes: Tensor, name: str) -> None:
     check_floating(boxes, name)
-    check(
-        boxes.dim() == 2 and boxes.shape[1] == 4,
-        f"{name} must have shape [N, 4] (xyxy), got {tuple(boxes.shape)}",
-    )
+    check(boxes.dim() == 2 and boxes.shape[1] == 4, f"{name} must have shape [N, 4] (xyxy), got {tuple(boxes.shape)}")
 
 
 @define_op("ferfast_triton::box_iou")

@@ -85,15 +85,7 @@ def _order_key(v, BITS: tl.constexpr):
 
 @triton.jit
 def _random_masking_kernel(
-    noise_ptr,
-    keep_ptr,
-    mask_ptr,
-    restore_ptr,
-    L,
-    K,
-    BITS: tl.constexpr,
-    BLOCK_I: tl.constexpr,
-    BLOCK_J: tl.constexpr,
+    noise_ptr, keep_ptr, mask_ptr, restore_ptr, L, K, BITS: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr
 ):
     row = tl.program_id(0).to(tl.int64)
     offs_i = tl.program_id(1).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -153,20 +145,7 @@ def random_masking(noise: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor, Te
 
 
 @triton.jit
-def _patchify_gather_kernel(
-    imgs_ptr,
-    ids_ptr,
-    out_ptr,
-    K,
-    C,
-    H,
-    W,
-    p,
-    gw,
-    L,
-    P,
-    BLOCK: tl.constexpr,
-):
+def _patchify_gather_kernel(imgs_ptr, ids_ptr, out_ptr, K, C, H, W, p, gw, L, P, BLOCK: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)  # b * K + k
     b = r // K
     l = tl.load(ids_ptr + r)
@@ -187,20 +166,7 @@ def _patchify_gather_kernel(
 
 @triton.jit
 def _patchify_gather_backward_kernel(
-    grad_ptr,
-    ids_ptr,
-    out_ptr,
-    K,
-    C,
-    H,
-    W,
-    p,
-    gw,
-    L,
-    P,
-    WIDE: tl.constexpr,
-    BLOCK: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    grad_ptr, ids_ptr, out_ptr, K, C, H, W, p, gw, L, P, WIDE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr
 ):
     r = tl.program_id(0).to(tl.int64)  # b * L + l: one image patch
     b = r // L
@@ -304,17 +270,7 @@ def patchify_gather_backward(
 
 
 @triton.jit
-def _unshuffle_tokens_kernel(
-    x_ptr,
-    token_ptr,
-    ids_ptr,
-    out_ptr,
-    N,
-    L,
-    D,
-    NP,
-    BLOCK_D: tl.constexpr,
-):
+def _unshuffle_tokens_kernel(x_ptr, token_ptr, ids_ptr, out_ptr, N, L, D, NP, BLOCK_D: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)  # b * (NP + L) + t
     rows = NP + L
     b = r // rows
@@ -335,16 +291,7 @@ def _unshuffle_tokens_kernel(
 
 @triton.jit
 def _unshuffle_tokens_backward_kernel(
-    grad_ptr,
-    ids_ptr,
-    grad_x_ptr,
-    L,
-    D,
-    NP,
-    K,
-    WIDE: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr,
+    grad_ptr, ids_ptr, grad_x_ptr, L, D, NP, K, WIDE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr
 ):
     r = tl.program_id(0).to(tl.int64)  # b * (NP + K) + t: one row of grad_x
     N = NP + K
@@ -375,16 +322,7 @@ def _unshuffle_tokens_backward_kernel(
 
 @triton.jit
 def _unshuffle_token_grad_kernel(
-    grad_ptr,
-    ids_ptr,
-    partial_ptr,
-    L,
-    D,
-    NP,
-    K,
-    WIDE: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr,
+    grad_ptr, ids_ptr, partial_ptr, L, D, NP, K, WIDE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr
 ):
     b = tl.program_id(0).to(tl.int64)  # one image: partial[b, :] = sum of its mask-token rows
     d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -397,9 +335,7 @@ def _unshuffle_token_grad_kernel(
         ids = tl.load(ids_ptr + b * L + ls, mask=ls < L, other=0)
         is_token = (ls < L) & (ids >= K) & (ids < L)
         g = tl.load(
-            grad_img + ls[:, None].to(tl.int64) * D + d[None, :],
-            mask=is_token[:, None] & in_row[None, :],
-            other=0,
+            grad_img + ls[:, None].to(tl.int64) * D + d[None, :], mask=is_token[:, None] & in_row[None, :], other=0
         )
         acc += tl.sum(to_acc(g, WIDE), axis=0)
     tl.store(partial_ptr + b * D + d, acc, mask=in_row)
@@ -416,10 +352,7 @@ def unshuffle_tokens(x: Tensor, mask_token: Tensor, ids_restore: Tensor, num_pre
     check_same_device(x, "x", mask_token, "mask_token")
     b, n, dim = x.shape
     check(mask_token.numel() == dim, f"mask_token must have D={dim} elements, got shape {tuple(mask_token.shape)}")
-    check(
-        ids_restore.shape[0] == b,
-        f"ids_restore batch size {ids_restore.shape[0]} does not match x batch size {b}",
-    )
+    check(ids_restore.shape[0] == b, f"ids_restore batch size {ids_restore.shape[0]} does not match x batch size {b}")
     check(0 <= num_prefix_tokens <= n, f"num_prefix_tokens must be in [0, x.size(1)], got {num_prefix_tokens}")
     length = ids_restore.shape[1]
     check(

@@ -295,13 +295,7 @@ def _facemix_loss_kernel(
 
 @define_op("ferfast_triton::facemix_loss")
 def facemix_loss(
-    logits_real: Tensor,
-    logits_mixed: Tensor,
-    y: Tensor,
-    y_soft: Tensor,
-    iou: Tensor,
-    perm: Tensor,
-    compute_grad: bool,
+    logits_real: Tensor, logits_mixed: Tensor, y: Tensor, y_soft: Tensor, iou: Tensor, perm: Tensor, compute_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     check_floating(logits_real, "logits_real")
     check_floating(logits_mixed, "logits_mixed")

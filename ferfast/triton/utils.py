@@ -113,10 +113,7 @@ def check_same_device(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
 def check_perm(perm: Tensor, batch: int, ref: Tensor, ref_name: str) -> None:
     """``perm`` ``[B]`` int64 on ``ref``'s device: the Mixup partner of each sample (C++ ``check_perm``)."""
     check_long(perm, "perm")
-    check(
-        perm.dim() == 1 and perm.shape[0] == batch,
-        f"perm must have shape [{batch}], got {tuple(perm.shape)}",
-    )
+    check(perm.dim() == 1 and perm.shape[0] == batch, f"perm must have shape [{batch}], got {tuple(perm.shape)}")
     check_same_device(perm, "perm", ref, ref_name)
 
 

@@ -138,8 +138,12 @@ class FixMatchBatches:
             g = torch.Generator().manual_seed(10_000 + 1_000 * self.epoch + step)
             rows = torch.randint(0, len(x), (cfg.batch,), generator=g)
             u = pool[torch.randint(0, len(pool), (cfg.unlabeled_batch,), generator=g)]
-            yield {"images": weak_view(x[rows], g), "labels": y[rows],
-                   "images_weak": weak_view(u, g), "images_strong": strong_view(u, g)}  # fmt: skip
+            yield {
+                "images": weak_view(x[rows], g),
+                "labels": y[rows],
+                "images_weak": weak_view(u, g),
+                "images_strong": strong_view(u, g),
+            }
 
 
 # ---- training ------------------------------------------------------------------------------------------------
@@ -168,8 +172,14 @@ def train_stage2(cfg: Stage2Config, update_teacher: bool = True) -> Stage2Run:
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.05)
 
     def step(model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
-        return stage2_step(model, teacher.module, batch, threshold=cfg.threshold,
-                           unlabeled_weight=cfg.unlabeled_weight, label_smoothing=cfg.label_smoothing)  # fmt: skip
+        return stage2_step(
+            model,
+            teacher.module,
+            batch,
+            threshold=cfg.threshold,
+            unlabeled_weight=cfg.unlabeled_weight,
+            label_smoothing=cfg.label_smoothing,
+        )
 
     def evaluate(epoch: int) -> dict[str, float]:
         """The teacher on the whole unlabeled pool (its pseudo-labels, scored with the pool's hidden labels) and on
@@ -186,9 +196,16 @@ def train_stage2(cfg: Stage2Config, update_teacher: bool = True) -> Stage2Run:
         }
 
     history = fit_quietly(
-        step, student, opt, FixMatchBatches(cfg, labeled, pool), epochs=cfg.epochs, lr=cfg.lr,
-        ema=teacher if update_teacher else None, evaluate=evaluate, best_metric="teacher_accuracy",
-    )  # fmt: skip
+        step,
+        student,
+        opt,
+        FixMatchBatches(cfg, labeled, pool),
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        ema=teacher if update_teacher else None,
+        evaluate=evaluate,
+        best_metric="teacher_accuracy",
+    )
     assert len(history) == cfg.epochs
     return Stage2Run(history, student, teacher)
 
@@ -207,8 +224,10 @@ def convergence_failures(history: list[dict[str, float]], cfg: Stage2Config = ST
         bad.append(f"unlabeled loss in the last epoch: {last['loss_u']:.4f} < {LAST_EPOCH_MIN_LOSS_U}")
     confident_ce = last["loss_u"] / max(last["mask_rate"], 1e-6)
     if not confident_ce <= MAX_CONFIDENT_CE:
-        bad.append(f"student's cross-entropy on the confident pseudo-labels (strong views, last epoch): "
-                   f"{confident_ce:.3f} > {MAX_CONFIDENT_CE}")  # fmt: skip
+        bad.append(
+            f"student's cross-entropy on the confident pseudo-labels (strong views, last epoch): "
+            f"{confident_ce:.3f} > {MAX_CONFIDENT_CE}"
+        )
     for r in history:
         combined = r["loss_x"] + cfg.unlabeled_weight * r["loss_u"]
         if not abs(r["loss"] - combined) <= 1e-4 * abs(combined):

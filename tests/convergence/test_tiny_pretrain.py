@@ -214,15 +214,29 @@ class BatchList:
 
 
 def fit_quietly(
-    step_fn, model: nn.Module, opt: torch.optim.Optimizer, loader, epochs: int, lr: float,
-    best_metric: str = "val_accuracy", **kwargs,
-) -> list[dict[str, float]]:  # fmt: skip
+    step_fn,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loader,
+    epochs: int,
+    lr: float,
+    best_metric: str = "val_accuracy",
+    **kwargs,
+) -> list[dict[str, float]]:
     """:func:`ferfast.engine.fit` at a constant learning rate, silent, its checkpoints in a temporary folder; returns
     fit's history (one record per epoch: the means of the steps' statistics, and ``evaluate``'s scores)."""
     device = next(model.parameters()).device
     with tempfile.TemporaryDirectory(prefix="ferfast-convergence-") as out:
-        cfg = FitConfig(epochs=epochs, lr_at=lambda _epoch: lr, output_dir=Path(out), log_every=0, keep=0,
-                        show_progress=False, print_every=0, best_metric=best_metric)  # fmt: skip
+        cfg = FitConfig(
+            epochs=epochs,
+            lr_at=lambda _epoch: lr,
+            output_dir=Path(out),
+            log_every=0,
+            keep=0,
+            show_progress=False,
+            print_every=0,
+            best_metric=best_metric,
+        )
         return fit(step_fn, model, opt, loader, cfg, device=device, resume=False, **kwargs)
 
 
@@ -237,8 +251,10 @@ def train_stage1(cfg: Stage1Config, device: torch.device, backend: str, round_bo
     if round_boxes:
         boxes = torch.floor(boxes * 224 + 0.5) / 224
     mixup = FaceIoUMixup(NUM_CLASSES, label_smoothing=cfg.label_smoothing, seed=4, backend=backend)
-    batches = [{"images": x[rows], "labels": y[rows], "boxes": boxes[rows]}
-               for rows in (_rows(step, cfg.batch) for step in range(cfg.steps))]  # fmt: skip
+    batches = [
+        {"images": x[rows], "labels": y[rows], "boxes": boxes[rows]}
+        for rows in (_rows(step, cfg.batch) for step in range(cfg.steps))
+    ]
     losses = []
 
     def step(m: nn.Module, batch: dict[str, Tensor]) -> StepOutput:

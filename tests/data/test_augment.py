@@ -23,6 +23,7 @@ def torchvision_windows(noise: CropNoise, w: int, h: int, scale=(0.2, 1.0), rati
 
 def _torchvision_window(att: np.ndarray, w: int, h: int, scale, ratio) -> tuple[int, int, int, int]:
     state = {"attempt": 0, "calls": 0}
+
     class Uniform:
         def __init__(self, *_):
             pass

@@ -169,9 +169,13 @@ def test_check_images_of_a_dataset_reads_every_image(tmp_path):
 
     blobs = [good_images()["grey.png"][0], b""]
     from_records = FaceDataset(
-        name="rec", root=tmp_path, split="unlabeled", class_names=FER7_CLASSES, files=["r#0", "r#1"],
+        name="rec",
+        root=tmp_path,
+        split="unlabeled",
+        class_names=FER7_CLASSES,
+        files=["r#0", "r#1"],
         reader=lambda row: blobs[row],
-    )  # fmt: skip
+    )
     assert check_images(from_records, workers=2).unreadable == [("r#1", "empty file")]
     assert check_images(from_records.subset([0])).ok
 

@@ -37,8 +37,9 @@ def run_op(images, windows, mirror, size, **kw):
 
     @pipeline_def(batch_size=len(images), num_threads=2, device_id=None, prefetch_queue_depth=1)
     def pipe():
-        x, w, m = fn.external_source(source=lambda: (images, windows, mirror), num_outputs=3, batch=True,
-                                     layout=["HWC", "", ""])
+        x, w, m = fn.external_source(
+            source=lambda: (images, windows, mirror), num_outputs=3, batch=True, layout=["HWC", "", ""]
+        )
         return fn.ferfast_resized_crop_normalize(x, w, m, size=size, **kw)
 
     with warnings.catch_warnings():
@@ -76,11 +77,13 @@ def test_matches_torchvision_resized_crop(size):
     raw = run_op(images, windows, mirror, size, dtype=types.UINT8, output_layout="HWC")
     planar = run_op(images, windows, mirror, size, dtype=types.UINT8)  # what the loaders use: uint8 CHW
     pixels = run_op(images, windows, mirror, size)  # float, mean 0 and std 1: unrounded pixel values
-    for img, (left, top, ww, hh), m, out, out_u8, out_chw, out_px in zip(images, windows, mirror, got, raw, planar,
-                                                                         pixels):
+    for img, (left, top, ww, hh), m, out, out_u8, out_chw, out_px in zip(
+        images, windows, mirror, got, raw, planar, pixels
+    ):
         x = torch.from_numpy(img).permute(2, 0, 1).double()
-        ref = F.resized_crop(x, int(top), int(left), int(hh), int(ww), [size, size],
-                             F.InterpolationMode.BICUBIC, antialias=True)
+        ref = F.resized_crop(
+            x, int(top), int(left), int(hh), int(ww), [size, size], F.InterpolationMode.BICUBIC, antialias=True
+        )
         if m[0]:
             ref = ref.flip(-1)
         norm = (ref - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
@@ -94,8 +97,16 @@ def test_matches_torchvision_resized_crop(size):
         np.testing.assert_allclose(out_px, ref.numpy(), atol=2e-3, rtol=0)
         # torchvision's own uint8 path (the torch loader's): fixed-point taps and a uint8 intermediate, which clamps
         # the cubic's overshoot between its two passes, so a few pixels at sharp edges differ by more than one level
-        ref_u8 = F.resized_crop(torch.from_numpy(img).permute(2, 0, 1), int(top), int(left), int(hh), int(ww),
-                                [size, size], F.InterpolationMode.BICUBIC, antialias=True)
+        ref_u8 = F.resized_crop(
+            torch.from_numpy(img).permute(2, 0, 1),
+            int(top),
+            int(left),
+            int(hh),
+            int(ww),
+            [size, size],
+            F.InterpolationMode.BICUBIC,
+            antialias=True,
+        )
         if m[0]:
             ref_u8 = ref_u8.flip(-1)
         diff = np.abs(out_chw.astype(np.int64) - ref_u8.numpy().astype(np.int64))
@@ -113,7 +124,10 @@ def test_bad_inputs_are_refused():
     def pipe():
         x, w, m = fn.external_source(
             source=lambda: (grey, [np.array([0, 0, 10, 10], np.float32)], [np.array([0], np.int32)]),
-            num_outputs=3, batch=True, layout=["HWC", "", ""])
+            num_outputs=3,
+            batch=True,
+            layout=["HWC", "", ""],
+        )
         return fn.ferfast_resized_crop_normalize(x, w, m, size=8)
 
     with warnings.catch_warnings():

@@ -11,9 +11,16 @@ from ferfast.data.formats import AffectNet
 from tests.data.test_format_rafdb import colour_of, decoded_colour, write_image
 
 HEADER = [
-    "subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
-    "facial_landmarks", "expression", "valence", "arousal",
-]  # fmt: skip
+    "subDirectory_filePath",
+    "face_x",
+    "face_y",
+    "face_width",
+    "face_height",
+    "facial_landmarks",
+    "expression",
+    "valence",
+    "arousal",
+]
 # AffectNet's codes, written out: 0 Neutral ... 7 Contempt, 8 None, 9 Uncertain, 10 Non-Face
 AFFECTNET_NAMES = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt"]
 
@@ -83,10 +90,7 @@ def test_validation_and_test_alias(tmp_path):
 
 @pytest.mark.parametrize(
     ("csv_dir", "image_dir", "prefix"),
-    [
-        ("Manually_Annotated_file_lists", NESTED, f"{NESTED}/"),
-        ("Manually_Annotated_file_lists", ".", ""),
-    ],
+    [("Manually_Annotated_file_lists", NESTED, f"{NESTED}/"), ("Manually_Annotated_file_lists", ".", "")],
 )
 def test_csv_and_image_folder_lookup(tmp_path, csv_dir, image_dir, prefix):
     write_affectnet(tmp_path, csv_dir=csv_dir, image_dir=image_dir)

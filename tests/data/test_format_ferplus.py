@@ -108,6 +108,8 @@ def test_probability_soft_labels(tmp_path):
 # The reference rules, one hand-made vote row each, both modes. Per row: the votes, the majority label
 # (None: dropped), and the probability label with its soft label (None: dropped). "Outliers" are columns
 # with a single vote, set to 0 first in all ten columns; "total" is what is left.
+# One case per row (name, votes, majority label, probability label): the layout is the table.
+# fmt: off
 REFERENCE_CASES = [
     # every column has one vote: all outliers, nothing left
     ("all_single_votes", votes(**{c: 1 for c in VOTE_COLUMNS}), None, None),
@@ -155,7 +157,8 @@ REFERENCE_CASES = [
     # total 11, no majority. Probability: happiness 4, surprise 3 (7 < 8.25), then sadness and anger tied
     # at 2 are both taken: four columns, more than three: dropped
     ("ties_make_four_columns", votes(happiness=4, surprise=3, sadness=2, anger=2), None, None),
-]  # fmt: skip
+]
+# fmt: on
 
 
 def shares(classes: dict[str, float]) -> np.ndarray:

@@ -44,8 +44,18 @@ def test_expression_folders_map_to_canonical_order(tmp_path):
     # folders sorted as torchvision does (case-sensitive: "Angry" first), images sorted inside each
     assert ds.files == [f"train/{k}" for k in colours]
     names = [ds.class_names[k] for k in ds.labels]
-    assert names == ["anger", "anger", "disgust", "fear", "happiness", "happiness", "happiness", "neutral", "sadness",
-                     "surprise"]  # fmt: skip
+    assert names == [
+        "anger",
+        "anger",
+        "disgust",
+        "fear",
+        "happiness",
+        "happiness",
+        "happiness",
+        "neutral",
+        "sadness",
+        "surprise",
+    ]
     assert ds.class_counts().tolist() == [1, 3, 1, 1, 1, 1, 2]
     assert ds.class_to_idx["happy"] == 1 and ds.class_to_idx["Angry"] == 6
     for i, f in enumerate(ds.files):

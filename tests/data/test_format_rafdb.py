@@ -169,10 +169,14 @@ def test_missing_or_malformed_box_file(tmp_path):
 
 @pytest.mark.parametrize(
     ("line", "match"),
-    [("train_00099.jpg 8", "label code '8'"), ("train_00099.jpg 0", "label code '0'"),
-     ("train_00099.jpg happy", "label code 'happy'"), ("val_0001.jpg 3", "train_ or test_"),
-     ("train_00099.jpg", "expected")],
-)  # fmt: skip
+    [
+        ("train_00099.jpg 8", "label code '8'"),
+        ("train_00099.jpg 0", "label code '0'"),
+        ("train_00099.jpg happy", "label code 'happy'"),
+        ("val_0001.jpg 3", "train_ or test_"),
+        ("train_00099.jpg", "expected"),
+    ],
+)
 def test_bad_label_lines(tmp_path, line, match):
     write_rafdb(tmp_path, original=False)
     label_file = tmp_path / "EmoLabel" / "list_patition_label.txt"

@@ -99,9 +99,19 @@ def test_open_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match=r"unknown dataset format 'raf'.*'affectnet7'.*'synthetic'"):
         open_dataset("raf", tmp_path)
     assert sorted(FORMATS) == sorted(
-        ["rafdb", "ferplus", "affectnet", "affectnet7", "affectnet8", "imagefolder", "folder", "filelist", "mxrec",
-         "synthetic"]
-    )  # fmt: skip
+        [
+            "rafdb",
+            "ferplus",
+            "affectnet",
+            "affectnet7",
+            "affectnet8",
+            "imagefolder",
+            "folder",
+            "filelist",
+            "mxrec",
+            "synthetic",
+        ]
+    )
     with pytest.raises(ValueError, match=r"split must be one of.*unlabeled"):
         open_dataset("folder", make("folder", tmp_path), "test")
     assert open_dataset("folder", tmp_path / "folder", "unlabeled").split == "unlabeled"
@@ -147,9 +157,15 @@ def test_synthetic_generator_output_reads_as_rafdb(tmp_path):
     from ferfast.data.synthetic import SyntheticFaceConfig, write_synthetic_dataset
 
     out = write_synthetic_dataset(
-        tmp_path / "syn", num_train=14, num_test=7, num_unlabeled=6, num_identities=4,
-        num_unlabeled_identities=2, config=SyntheticFaceConfig(size=32), workers=1,
-    )  # fmt: skip
+        tmp_path / "syn",
+        num_train=14,
+        num_test=7,
+        num_unlabeled=6,
+        num_identities=4,
+        num_unlabeled_identities=2,
+        config=SyntheticFaceConfig(size=32),
+        workers=1,
+    )
     assert detect_format(out) == "rafdb"
     train, test = open_dataset("synthetic", out, "train"), open_dataset("synthetic", out, "test")
     assert (len(train), len(test)) == (14, 7)

@@ -28,16 +28,23 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_loaders import check_tracking, gap, rect_dataset
 
 needs_dali = pytest.mark.skipif(not dl.dali_available(), reason="DALI not installed")
-needs_plugin = pytest.mark.skipif(not dl.dali_available() or dl.plugin_path() is None,
-                                  reason="DALI or ferfast's DALI plugin missing")
+needs_plugin = pytest.mark.skipif(
+    not dl.dali_available() or dl.plugin_path() is None, reason="DALI or ferfast's DALI plugin missing"
+)
 
 # -- EXIF orientation ----------------------------------------------------------------------------------------------
 #: The displayed picture: 96 wide, 64 high; a red "face" at the top left, a green mark at the bottom right.
 W, H = 96, 64
 FACE = (8, 6, 44, 34)  # x0, y0, x1, y1 in displayed pixels
 #: What PIL's exif_transpose does per orientation, and its inverse (to store a displayed picture under a tag).
-TO_STORED = {1: None, 3: Image.Transpose.ROTATE_180, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
-             7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+TO_STORED = {
+    1: None,
+    3: Image.Transpose.ROTATE_180,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 
 def displayed_picture() -> np.ndarray:
@@ -68,8 +75,16 @@ def oriented_dataset(root, fmt: str = "JPEG") -> tuple[FaceDataset, list[int]]:
         write_oriented(root / f"o{o}.{ext}", o, fmt)
         files.append(f"o{o}.{ext}")
     boxes = np.tile(np.array(FACE, np.float32), (len(files), 1))  # boxes are in displayed pixels
-    ds = FaceDataset(name="exif", root=root, split="train", class_names=FER7_CLASSES, files=files,
-                     labels=np.zeros(len(files), np.int64), boxes=boxes, box_units="pixel")
+    ds = FaceDataset(
+        name="exif",
+        root=root,
+        split="train",
+        class_names=FER7_CLASSES,
+        files=files,
+        labels=np.zeros(len(files), np.int64),
+        boxes=boxes,
+        box_units="pixel",
+    )
     return ds, orientations
 
 
@@ -133,8 +148,12 @@ def _loaders(stage: str, ds: FaceDataset, size: int, seed: int = 0):
 def test_every_loader_delivers_the_upright_picture_and_its_box(tmp_path, fmt):
     ds, _ = oriented_dataset(tmp_path, fmt)
     size = 48
-    ref = F.resize(torch.from_numpy(displayed_picture()).permute(2, 0, 1), [size, size],
-                   F.InterpolationMode.BICUBIC, antialias=True).double()
+    ref = F.resize(
+        torch.from_numpy(displayed_picture()).permute(2, 0, 1),
+        [size, size],
+        F.InterpolationMode.BICUBIC,
+        antialias=True,
+    ).double()
     for name, loader in _loaders("eval", ds, size):
         (batch,) = list(loader)
         images = batch["images"]
@@ -157,8 +176,14 @@ def test_every_loader_delivers_the_upright_picture_and_its_box(tmp_path, fmt):
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_uint8_batches_and_the_normalised_option(tmp_path, backend):
     ds = rect_dataset(tmp_path, n=16)
-    kw = dict(unlabeled=ds.subset(range(8, 16)), backend=backend, batch_size=4, config=AugmentConfig(image_size=32),
-              num_workers=0, seed=7)
+    kw = dict(
+        unlabeled=ds.subset(range(8, 16)),
+        backend=backend,
+        batch_size=4,
+        config=AugmentConfig(image_size=32),
+        num_workers=0,
+        seed=7,
+    )
     raw = list(build_loader("stage2", ds.subset(range(8)), **kw))
     normed = list(build_loader("stage2", ds.subset(range(8)), normalize=True, **kw))
     assert len(raw) == len(normed) == 2
@@ -173,8 +198,16 @@ def test_uint8_batches_and_the_normalised_option(tmp_path, backend):
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_pin_memory_gives_page_locked_batches(tmp_path, backend):
     ds = rect_dataset(tmp_path, n=8)
-    loader = build_loader("stage1", ds, backend=backend, device="cpu", batch_size=4, pin_memory=True, num_workers=0,
-                          config=AugmentConfig(image_size=32))
+    loader = build_loader(
+        "stage1",
+        ds,
+        backend=backend,
+        device="cpu",
+        batch_size=4,
+        pin_memory=True,
+        num_workers=0,
+        config=AugmentConfig(image_size=32),
+    )
     batch = next(iter(loader))
     assert batch["images"].dtype == torch.uint8
     if not torch.cuda.is_available():  # pinning needs CUDA: the option is ignored, the batch still comes
@@ -198,8 +231,16 @@ def test_dali_device_setting():
 @pytest.mark.parametrize("backend", [pytest.param("dali", marks=needs_dali), "torch"])
 def test_batch_held_across_draws_is_not_overwritten(tmp_path, backend):
     ds = rect_dataset(tmp_path, n=40)
-    loader = build_loader("stage2", ds.subset(range(8)), unlabeled=ds.subset(range(8, 40)), backend=backend,
-                          batch_size=4, config=AugmentConfig(image_size=32), num_workers=0, seed=1)
+    loader = build_loader(
+        "stage2",
+        ds.subset(range(8)),
+        unlabeled=ds.subset(range(8, 40)),
+        backend=backend,
+        batch_size=4,
+        config=AugmentConfig(image_size=32),
+        num_workers=0,
+        seed=1,
+    )
     it = iter(loader)
     held, clones = [], []
     for _ in range(6):  # keep every batch, draw on: DALI runs its next iterations meanwhile
@@ -223,8 +264,10 @@ def test_decoder_rejects_finds_the_refused_files(tmp_path):
     good = rect_dataset(tmp_path, n=3)
     _gif(tmp_path / "refused.gif")
     _gif(tmp_path / "refused2.gif")
-    blobs = [np.frombuffer((tmp_path / f).read_bytes(), np.uint8)
-             for f in [good.files[0], "refused.gif", good.files[1], good.files[2], "refused2.gif"]]
+    blobs = [
+        np.frombuffer((tmp_path / f).read_bytes(), np.uint8)
+        for f in [good.files[0], "refused.gif", good.files[1], good.files[2], "refused2.gif"]
+    ]
     assert dl.decoder_rejects(blobs, "cpu") == [False, True, False, False, True]
     assert dl.decoder_rejects(blobs[2:4], "cpu") == [False, False]
 
@@ -247,8 +290,9 @@ def test_dali_refused_file_is_decoded_by_pil_not_skipped(tmp_path, use_plugin):
     assert loader.skipped == 0
     messages = [str(x.message) for x in w]
     assert sum("refuses refused.gif" in m for m in messages) == 1  # warned once, naming the file
-    ref = F.resize(torch.from_numpy(displayed_picture()).permute(2, 0, 1), [32, 32], F.InterpolationMode.BICUBIC,
-                   antialias=True).double()
+    ref = F.resize(
+        torch.from_numpy(displayed_picture()).permute(2, 0, 1), [32, 32], F.InterpolationMode.BICUBIC, antialias=True
+    ).double()
     assert (batch["images"][3].double() - ref).abs().mean() < 2.0
     # The next epoch knows the file: no new failure, no new warning.
     with warnings.catch_warnings(record=True) as w:
@@ -364,8 +408,9 @@ def test_torch_loader_pin_flag_needs_cuda(tmp_path):
 
 
 # -- the DALI GPU path (runs where there is a CUDA GPU; skipped here) -----------------------------------------------
-needs_gpu_dali = pytest.mark.skipif(not (dl.dali_available() and torch.cuda.is_available()),
-                                    reason="needs DALI and a CUDA GPU")
+needs_gpu_dali = pytest.mark.skipif(
+    not (dl.dali_available() and torch.cuda.is_available()), reason="needs DALI and a CUDA GPU"
+)
 
 
 @needs_gpu_dali
@@ -421,11 +466,13 @@ def test_dali_gpu_batches_drawn_on_a_side_stream(tmp_path):
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_dali_gpu_decoder_applies_exif_orientation(tmp_path, fmt):
     ds, _ = oriented_dataset(tmp_path, fmt)
-    (batch,) = list(build_loader("eval", ds, backend="dali", device="gpu", batch_size=len(ds),
-                                 config=AugmentConfig(image_size=48)))
+    (batch,) = list(
+        build_loader("eval", ds, backend="dali", device="gpu", batch_size=len(ds), config=AugmentConfig(image_size=48))
+    )
     images = batch["images"].cpu()
-    ref = F.resize(torch.from_numpy(displayed_picture()).permute(2, 0, 1), [48, 48], F.InterpolationMode.BICUBIC,
-                   antialias=True).double()
+    ref = F.resize(
+        torch.from_numpy(displayed_picture()).permute(2, 0, 1), [48, 48], F.InterpolationMode.BICUBIC, antialias=True
+    ).double()
     for k in range(len(ds)):
         assert (images[k].double() - ref).abs().mean() < 4.0, ds.files[k]
     assert check_tracking(images, batch["boxes"], 48) == len(ds)
@@ -437,13 +484,15 @@ def test_dali_gpu_decoder_refusal_is_decoded_by_pil(tmp_path):
     _gif(tmp_path / "refused.gif")
     files = [*base.files[:3], "refused.gif", *base.files[3:]]
     ds = FaceDataset(name="mixed", root=tmp_path, split="test", class_names=FER7_CLASSES, files=files)
-    loader = build_loader("eval", ds, backend="dali", device="gpu", batch_size=len(files),
-                          config=AugmentConfig(image_size=32))
+    loader = build_loader(
+        "eval", ds, backend="dali", device="gpu", batch_size=len(files), config=AugmentConfig(image_size=32)
+    )
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         (batch,) = list(loader)
     assert batch["index"].tolist() == list(range(len(files))) and loader.skipped == 0
     assert any("refuses refused.gif" in str(x.message) for x in w)
-    ref = F.resize(torch.from_numpy(displayed_picture()).permute(2, 0, 1), [32, 32], F.InterpolationMode.BICUBIC,
-                   antialias=True).double()
+    ref = F.resize(
+        torch.from_numpy(displayed_picture()).permute(2, 0, 1), [32, 32], F.InterpolationMode.BICUBIC, antialias=True
+    ).double()
     assert (batch["images"][3].cpu().double() - ref).abs().mean() < 2.0

@@ -16,7 +16,8 @@ from ferfast.data.loaders import build_loader, make_plan
 from ferfast.data.normalize import normalize_images
 
 LOADER_BACKENDS = [
-    "torch", pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="DALI not installed")),
+    "torch",
+    pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="DALI not installed")),
 ]
 RED, BLUE = (230, 40, 40), (60, 120, 200)
 # Image sizes (W, H): square like aligned FER crops, landscape, portrait, tiny.
@@ -49,8 +50,16 @@ def write_rect_images(root, n, seed=0, grey_every=0, fmt="JPEG"):
 
 def rect_dataset(tmp_path, n=24, **kw):
     files, boxes = write_rect_images(tmp_path, n, **kw)
-    return FaceDataset(name="rects", root=tmp_path, split="train", class_names=FER7_CLASSES, files=files,
-                       labels=np.arange(n) % 7, boxes=boxes, box_units="pixel")
+    return FaceDataset(
+        name="rects",
+        root=tmp_path,
+        split="train",
+        class_names=FER7_CLASSES,
+        files=files,
+        labels=np.arange(n) % 7,
+        boxes=boxes,
+        box_units="pixel",
+    )
 
 
 def denormalize(images: torch.Tensor) -> np.ndarray:
@@ -113,8 +122,7 @@ def test_boxes_follow_crop_resize_flip(tmp_path, backend, stage):
 @pytest.mark.parametrize("backend", LOADER_BACKENDS)
 def test_grey_and_png_images_load_as_rgb(tmp_path, backend):
     ds = rect_dataset(tmp_path, n=8, grey_every=2, fmt="PNG")
-    loader = build_loader("eval", ds, backend=backend, batch_size=8, config=AugmentConfig(image_size=64),
-                          num_workers=0)
+    loader = build_loader("eval", ds, backend=backend, batch_size=8, config=AugmentConfig(image_size=64), num_workers=0)
     (batch,) = list(loader)
     px = denormalize(batch["images"])
     grey = px[1::2]
@@ -128,8 +136,9 @@ def test_cmyk_and_odd_sized_jpegs_load_as_rgb(tmp_path, backend):
     Image.new("RGB", (37, 23), RED).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
     Image.new("RGB", (3, 101), BLUE).save(tmp_path / "thin.jpg", quality=95, subsampling=0)
     ds = FaceDataset(name="odd", root=tmp_path, split="test", class_names=FER7_CLASSES, files=["cmyk.jpg", "thin.jpg"])
-    (batch,) = list(build_loader("eval", ds, backend=backend, batch_size=2, config=AugmentConfig(image_size=16),
-                                 num_workers=0))
+    (batch,) = list(
+        build_loader("eval", ds, backend=backend, batch_size=2, config=AugmentConfig(image_size=16), num_workers=0)
+    )
     px = denormalize(batch["images"]).reshape(2, 3, -1).mean(-1)
     np.testing.assert_allclose(px[0], RED, atol=4)
     np.testing.assert_allclose(px[1], BLUE, atol=4)
@@ -177,12 +186,21 @@ def test_dali_without_ferfast_operators_tracks_boxes_and_makes_stage2_views(tmp_
 
     ds = rect_dataset(tmp_path, n=24)
     cfg = AugmentConfig(image_size=48)
-    plan = make_plan("stage2", ds.subset(range(8)), unlabeled=ds.subset(range(8, 24)), batch_size=8, config=cfg,
-                     seed=3)
+    plan = make_plan("stage2", ds.subset(range(8)), unlabeled=ds.subset(range(8, 24)), batch_size=8, config=cfg, seed=3)
     plain = DaliFaceLoader(plan, use_plugin=False)
     assert not plain.fused
-    ref = list(build_loader("stage2", ds.subset(range(8)), unlabeled=ds.subset(range(8, 24)), backend="torch",
-                            batch_size=8, config=cfg, seed=3, num_workers=0))
+    ref = list(
+        build_loader(
+            "stage2",
+            ds.subset(range(8)),
+            unlabeled=ds.subset(range(8, 24)),
+            backend="torch",
+            batch_size=8,
+            config=cfg,
+            seed=3,
+            num_workers=0,
+        )
+    )
     got = list(plain)
     assert len(got) == len(ref) == 2
     for x, y in zip(got, ref):
@@ -244,14 +262,30 @@ def test_stage2_batches_labeled_view_and_unlabeled_pair(tmp_path, backend):
     ds = rect_dataset(tmp_path, n=30)
     labeled = ds.subset(range(5))  # fewer labeled images than a batch: the labeled set repeats
     unlabeled = ds.subset(range(5, 30))
-    loader = build_loader("stage2", labeled, unlabeled=unlabeled, backend=backend, batch_size=8,
-                          config=AugmentConfig(image_size=48), num_workers=0, seed=4)
+    loader = build_loader(
+        "stage2",
+        labeled,
+        unlabeled=unlabeled,
+        backend=backend,
+        batch_size=8,
+        config=AugmentConfig(image_size=48),
+        num_workers=0,
+        seed=4,
+    )
     assert len(loader) == 3  # one pass over 25 unlabeled images, 8 at a time, last partial dropped
     batches = list(loader)
     assert len(batches) == 3
     for b in batches:
-        assert set(b) >= {"images", "labels", "boxes", "index", "images_weak", "images_strong", "boxes_weak",
-                          "index_unlabeled"}
+        assert set(b) >= {
+            "images",
+            "labels",
+            "boxes",
+            "index",
+            "images_weak",
+            "images_strong",
+            "boxes_weak",
+            "index_unlabeled",
+        }
         assert b["images"].shape == b["images_weak"].shape == b["images_strong"].shape == (8, 3, 48, 48)
         assert set(b["index"].tolist()) <= set(range(5))  # labeled stream: indices into `labeled`
         assert torch.equal(b["labels"], torch.from_numpy(labeled.labels[b["index"].numpy()]))
@@ -268,8 +302,9 @@ def corrupt_files(root):
     (root / "empty.jpg").write_bytes(b"")
     (root / "text.png").write_text("not an image")
     # Intact header and end marker, garbage in between: passes the probe, fails in the decoder.
-    (root / "garbage.jpg").write_bytes(good[:300] + bytes(np.random.default_rng(0).integers(0, 255, 2000, np.uint8))
-                                       + b"\xff\xd9")
+    (root / "garbage.jpg").write_bytes(
+        good[:300] + bytes(np.random.default_rng(0).integers(0, 255, 2000, np.uint8)) + b"\xff\xd9"
+    )
     return ["truncated.jpg", "empty.jpg", "text.png", "garbage.jpg", "missing.jpg"]
 
 
@@ -279,10 +314,17 @@ def test_unreadable_images_are_skipped_counted_and_warned(tmp_path, backend):
     bad = corrupt_files(tmp_path)
     all_files = files[:6] + bad + files[6:]
     all_boxes = np.concatenate([boxes[:6], np.full((len(bad), 4), np.nan, np.float32), boxes[6:]])
-    ds = FaceDataset(name="mixed", root=tmp_path, split="train", class_names=FER7_CLASSES, files=all_files,
-                     labels=np.zeros(len(all_files)), boxes=all_boxes, box_units="pixel")
-    loader = build_loader("eval", ds, backend=backend, batch_size=5, config=AugmentConfig(image_size=32),
-                          num_workers=0)
+    ds = FaceDataset(
+        name="mixed",
+        root=tmp_path,
+        split="train",
+        class_names=FER7_CLASSES,
+        files=all_files,
+        labels=np.zeros(len(all_files)),
+        boxes=all_boxes,
+        box_units="pixel",
+    )
+    loader = build_loader("eval", ds, backend=backend, batch_size=5, config=AugmentConfig(image_size=32), num_workers=0)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         batches = list(loader)

@@ -311,5 +311,3 @@ def test_dali_op_keeps_the_input_with_no_ops():
 def test_dali_op_rejects_bad_input(image, ops, mags, match):
     with pytest.raises(RuntimeError, match=match):
         run_op([image], [ops], [mags])
-
-

@@ -115,8 +115,11 @@ def test_a_split_file_is_reused_only_with_its_fraction_and_seed(tmp_path):
     labels = make_labels()
     path = save_split(split_labeled(labels, 0.25, seed=3), tmp_path / "split.json")
     assert load_split(path, labels=labels, fraction=0.25, seed=3).labeled == split_labeled(labels, 0.25, 3).labeled
-    with pytest.raises(SplitMismatchError, match=r"split\.json was drawn with labeled fraction 0\.25 "
-                                                 r"\(this run: data\.labeled_fraction=0\.1\)") as info:  # fmt: skip
+    with pytest.raises(
+        SplitMismatchError,
+        match=r"split\.json was drawn with labeled fraction 0\.25 "
+        r"\(this run: data\.labeled_fraction=0\.1\)",
+    ) as info:
         load_split(path, labels=labels, fraction=0.1, seed=3)
     assert "another run.output_dir" in str(info.value) and "delete" in str(info.value)
     with pytest.raises(SplitMismatchError, match=r"seed 3 \(this run: data\.seed=4\)"):

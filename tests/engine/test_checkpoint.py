@@ -13,21 +13,24 @@ from torch import nn
 from ferfast.engine import (
     LAST_CHECKPOINT,
     ModelEma,
-    checkpoint_path,
     cosine_with_warmup,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    prune_checkpoints,
-    restore_rng,
     save_checkpoint,
-    save_epoch_checkpoint,
-    set_lr,
-    strip_wrapper_prefixes,
     unwrap_model,
 )
 from ferfast.engine import checkpoint as checkpoint_module
-from ferfast.engine.checkpoint import UnsafeCheckpointError
+from ferfast.engine.checkpoint import (
+    UnsafeCheckpointError,
+    checkpoint_path,
+    load_latest_checkpoint,
+    prune_checkpoints,
+    restore_rng,
+    save_epoch_checkpoint,
+    strip_wrapper_prefixes,
+)
+from ferfast.engine.optim import set_lr
 
 CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 
@@ -265,3 +268,35 @@ def test_resume_continues_exactly(tmp_path):
     rest = run(model, opt, ema, total - ckpt["step"], ckpt["step"], total)
     assert first + rest == uninterrupted
     assert all(math.isfinite(v) for v in uninterrupted)
+
+
+def mapped_file(t: torch.Tensor) -> str | None:
+    """The file that the memory holding ``t`` is mapped from (``/proc/self/maps``), or None for plain memory."""
+    address = t.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *rest = line.split(maxsplit=5)
+        low, high = (int(x, 16) for x in span.split("-"))
+        if low <= address < high:
+            return rest[4] if len(rest) == 5 and rest[4].startswith("/") else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux's /proc/self/maps")
+def test_mmap_load_maps_the_tensors_instead_of_reading_them(tmp_path):
+    """``mmap=True`` (the API's look at a checkpoint's config before ``fit`` loads it) gives the same entries,
+    with the tensors mapped from the file; a legacy (non-zip) file is read whole, not refused."""
+    (tmp_path / "run").mkdir()
+    path = tmp_path / "run" / LAST_CHECKPOINT
+    weights = torch.arange(1 << 16, dtype=torch.float32)
+    torch.save({"model": {"w": weights}, "config": {"model": {"name": "vit_tiny"}}, "epoch": 3}, path)
+    mapped, read = load_checkpoint(path, mmap=True), load_checkpoint(path)
+    assert mapped["config"] == read["config"] and mapped["epoch"] == read["epoch"] == 3
+    assert mapped_file(mapped["model"]["w"]) == str(path)
+    assert mapped_file(read["model"]["w"]) is None
+    torch.testing.assert_close(mapped["model"]["w"], weights, rtol=0, atol=0)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"model": {"w": weights}, "epoch": 1}, legacy, _use_new_zipfile_serialization=False)
+    torch.testing.assert_close(load_checkpoint(legacy, mmap=True)["model"]["w"], weights, rtol=0, atol=0)
+    found = load_latest_checkpoint(tmp_path / "run", mmap=True)
+    assert found is not None and found[0] == path
+    assert mapped_file(found[1]["model"]["w"]) == str(path)

@@ -145,8 +145,12 @@ def test_a_kill_during_a_save_leaves_a_temp_file_that_the_next_start_removes(fac
     folder = tmp_path / "run"
     run(faces, folder, 1)
     before = (folder / "checkpoint-last.pth").read_bytes()
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_SAVE), str(folder / "checkpoint-last.pth")],
-                          cwd=REPO, capture_output=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(KILLED_SAVE), str(folder / "checkpoint-last.pth")],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     left = [n for n in names(folder) if n.endswith(".tmp")]
     assert len(left) == 1 and left[0].startswith(".checkpoint-last.pth.")  # write_atomic's naming
@@ -163,8 +167,13 @@ def test_a_kill_during_a_save_leaves_a_temp_file_that_the_next_start_removes(fac
 
 def test_remove_stale_temp_files_matches_only_checkpoint_temp_names(tmp_path):
     ours = [".checkpoint-last.pth.k3j_x9ab.tmp", ".checkpoint-12.pth.abcdefgh.tmp", ".checkpoint-best.pth.link.tmp"]
-    theirs = [".checkpoint-last.pth.K3J.tmp", "checkpoint-last.pth.abcdefgh.tmp", ".split.json.abcdefgh.tmp",
-              ".checkpoint-last.pth.abcdefgh.tmp.bak", "checkpoint-last.pth"]  # fmt: skip
+    theirs = [
+        ".checkpoint-last.pth.K3J.tmp",
+        "checkpoint-last.pth.abcdefgh.tmp",
+        ".split.json.abcdefgh.tmp",
+        ".checkpoint-last.pth.abcdefgh.tmp.bak",
+        "checkpoint-last.pth",
+    ]
     for name in ours + theirs:
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub").mkdir()

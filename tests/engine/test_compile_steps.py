@@ -51,8 +51,14 @@ def images(seed=0):
 @pytest.mark.parametrize("norm_pix_loss", [True, False])
 def test_pretrain_forward_and_loss_compile_in_one_graph(norm_pix_loss):
     torch.manual_seed(0)
-    mae = create_model("mae_vit_demo", **TINY_VIT, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
-                       norm_pix_loss=norm_pix_loss)  # fmt: skip
+    mae = create_model(
+        "mae_vit_demo",
+        **TINY_VIT,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        norm_pix_loss=norm_pix_loss,
+    )
     noise = torch.rand(B, mae.num_patches, generator=torch.Generator().manual_seed(1))
 
     def step(model, imgs, noise):
@@ -98,8 +104,12 @@ def test_stage2_student_forward_ce_and_fixmatch_loss_compile_in_one_graph(thresh
     student = create_model("vit_demo", num_classes=K, **TINY_VIT)
     teacher = create_model("vit_demo", num_classes=K, **TINY_VIT).eval().requires_grad_(False)
     g = torch.Generator().manual_seed(3)
-    batch = {"images": images(4), "images_weak": images(5), "images_strong": images(6),
-             "labels": torch.randint(0, K, (B,), generator=g)}  # fmt: skip
+    batch = {
+        "images": images(4),
+        "images_weak": images(5),
+        "images_strong": images(6),
+        "labels": torch.randint(0, K, (B,), generator=g),
+    }
 
     def step(model, batch):
         return stage2_step(model, teacher, batch, threshold=threshold, unlabeled_weight=5.0).loss

@@ -20,8 +20,10 @@ import torch.multiprocessing as mp
 from ferfast.config import TrainConfig, build_config
 from ferfast.data import write_synthetic_dataset
 from ferfast.data.synthetic import SyntheticFaceConfig
-from ferfast.engine import RANK_RNG_KEY, distributed, load_checkpoint
+from ferfast.engine import load_checkpoint
+from ferfast.engine.dist import distributed
 from ferfast.engine.evaluation import evaluate
+from ferfast.engine.loop import RANK_RNG_KEY
 from ferfast.engine.stage_data import prepare_data
 from ferfast.engine.stages import build_classifier, run_stage1
 from tests.engine.test_dist import free_port
@@ -32,31 +34,59 @@ WORLD = 2
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(out, num_train=56, num_test=21, num_unlabeled=8, num_identities=8,
-                            num_unlabeled_identities=1, config=SyntheticFaceConfig(size=32), workers=1)  # fmt: skip
+    write_synthetic_dataset(
+        out,
+        num_train=56,
+        num_test=21,
+        num_unlabeled=8,
+        num_identities=8,
+        num_unlabeled_identities=1,
+        config=SyntheticFaceConfig(size=32),
+        workers=1,
+    )
     return out
 
 
 def config(synth: Path, out: Path, batch_size: int, epochs: int = 2, accum_steps: int = 1) -> TrainConfig:
     """Stage 1 without randomness inside the step: no Mixup, no drop path, whole images, fixed lr."""
-    return build_config(TrainConfig, overrides={
-        "data.root": str(synth), "data.format": "synthetic", "data.image_size": 32, "data.loader": "torch",
-        "data.num_workers": 0, "data.labeled_fraction": 0.5, "data.scale": "1,1", "data.ratio": "1,1",
-        "data.flip_prob": 0.0, "model.name": "vit_demo", "model.drop_path": 0.0,
-        "run.output_dir": str(out), "run.device": "cpu", "run.tensorboard": False, "run.log_every": 1,
-        "run.precision": "fp32",
-        "stage1.epochs": epochs, "stage1.batch_size": batch_size, "stage1.mixup": False,
-        "stage1.ema_decay": 0.0,  # the EMA is then the trained weights themselves (lerp with weight 1 is exact)
-        "stage1.optim.lr": 1e-4, "stage1.optim.eps": 1e-6, "stage1.optim.warmup_epochs": 0,
-        "stage1.optim.schedule": "constant", "stage1.optim.accum_steps": accum_steps,
-    })  # fmt: skip
+    return build_config(
+        TrainConfig,
+        overrides={
+            "data.root": str(synth),
+            "data.format": "synthetic",
+            "data.image_size": 32,
+            "data.loader": "torch",
+            "data.num_workers": 0,
+            "data.labeled_fraction": 0.5,
+            "data.scale": "1,1",
+            "data.ratio": "1,1",
+            "data.flip_prob": 0.0,
+            "model.name": "vit_demo",
+            "model.drop_path": 0.0,
+            "run.output_dir": str(out),
+            "run.device": "cpu",
+            "run.tensorboard": False,
+            "run.log_every": 1,
+            "run.precision": "fp32",
+            "stage1.epochs": epochs,
+            "stage1.batch_size": batch_size,
+            "stage1.mixup": False,
+            "stage1.ema_decay": 0.0,  # the EMA is then the trained weights themselves (lerp with weight 1 is exact)
+            "stage1.optim.lr": 1e-4,
+            "stage1.optim.eps": 1e-6,
+            "stage1.optim.warmup_epochs": 0,
+            "stage1.optim.schedule": "constant",
+            "stage1.optim.accum_steps": accum_steps,
+        },
+    )
 
 
 def _worker(rank: int, synth: str, out: str, reference: str, port: int) -> None:
     """One torchrun-like process: train (also with accumulation), resume a run killed after one epoch, evaluate
     fixed weights sharded."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)  # two processes on two cores
     synth_dir, out_dir = Path(synth), Path(out)
     with distributed(backend="gloo"):
@@ -70,9 +100,16 @@ def _worker(rank: int, synth: str, out: str, reference: str, port: int) -> None:
         model = build_classifier(cfg, len(data.class_names))
         model.load_state_dict(load_checkpoint(reference)["ema"])
         metrics = evaluate(model, data.test, cfg)
-    torch.save({"ema": ema.state_dict(), "resumed": resumed.state_dict(), "accumulated": accumulated.state_dict(),
-                "labeled": list(data.split.labeled), "confusion": metrics["confusion"]},
-               out_dir / f"rank{rank}.pt")  # fmt: skip
+    torch.save(
+        {
+            "ema": ema.state_dict(),
+            "resumed": resumed.state_dict(),
+            "accumulated": accumulated.state_dict(),
+            "labeled": list(data.split.labeled),
+            "confusion": metrics["confusion"],
+        },
+        out_dir / f"rank{rank}.pt",
+    )
 
 
 def records(path: Path) -> tuple[list[dict], list[dict]]:
@@ -109,8 +146,9 @@ def test_two_ranks_with_4_images_train_like_one_process_with_8(synth, tmp_path):
     assert len(steps) == len(ref_steps) == 2 * 2  # only rank 0 logs: 3 steps of 8 images per epoch (28 labeled),
     # the last one in the epoch record
     losses = torch.tensor([r["loss"] for r in steps], dtype=torch.float64)
-    torch.testing.assert_close(losses, torch.tensor([r["loss"] for r in ref_steps], dtype=torch.float64),
-                               rtol=1e-5, atol=0)  # the global batch's loss, averaged over the ranks  # fmt: skip
+    torch.testing.assert_close(
+        losses, torch.tensor([r["loss"] for r in ref_steps], dtype=torch.float64), rtol=1e-5, atol=0
+    )  # the global batch's loss, averaged over the ranks
     assert [r["val_accuracy"] for r in epochs] == [r["val_accuracy"] for r in ref_epochs]
 
     ckpt = load_checkpoint(tmp_path / "ddp" / "stage1" / "checkpoint-last.pth")

@@ -7,19 +7,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ferfast.engine import (
+from ferfast.engine import cleanup, get_rank, get_world_size, init_distributed, is_main_process
+from ferfast.engine.dist import (
     all_gather_objects,
     all_gather_tensor,
     all_reduce_mean,
     barrier,
     broadcast_object,
-    cleanup,
     distributed,
-    get_rank,
-    get_world_size,
-    init_distributed,
     is_distributed,
-    is_main_process,
 )
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

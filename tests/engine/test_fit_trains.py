@@ -107,8 +107,14 @@ def test_fit_learns_a_separable_task(tmp_path):
     model = mlp()
     initial = accuracy(model, images, labels)
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
-    cfg = FitConfig(epochs=4, lr_at=lambda e: cosine_with_warmup(e, 4, 0.5, 0.05), output_dir=tmp_path,
-                    show_progress=False, log_every=0, keep=0)  # fmt: skip
+    cfg = FitConfig(
+        epochs=4,
+        lr_at=lambda e: cosine_with_warmup(e, 4, 0.5, 0.05),
+        output_dir=tmp_path,
+        show_progress=False,
+        log_every=0,
+        keep=0,
+    )
     hist = fit(ce_step, model, opt, TensorLoader(images, labels, batch_size=32), cfg)
     assert [r["epoch"] for r in hist] == [1.0, 2.0, 3.0, 4.0]
     assert initial < 0.5  # the task is not solved before training
@@ -190,17 +196,27 @@ def fit_and_hand_loop(tmp_path, kind, steps_per_epoch=6, ema_warmup=True, clip=C
     hand_model = copy.deepcopy(model)
     opt, hand_opt = two_group_optimizer(model, kind), two_group_optimizer(hand_model, kind)
     ema = ModelEma(model, EMA_DECAY, warmup=ema_warmup)
-    cfg = FitConfig(epochs=EPOCHS, lr_at=equivalence_lr(kind), output_dir=tmp_path, accum_steps=ACCUM, clip_grad=clip,
-                    show_progress=False, log_every=0, keep=0)  # fmt: skip
+    cfg = FitConfig(
+        epochs=EPOCHS,
+        lr_at=equivalence_lr(kind),
+        output_dir=tmp_path,
+        accum_steps=ACCUM,
+        clip_grad=clip,
+        show_progress=False,
+        log_every=0,
+        keep=0,
+    )
     hist = fit(ce_step, model, opt, loader, cfg, ema=ema)
-    hand = hand_loop(hand_model, hand_opt, loader, equivalence_lr(kind), clip_grad=clip, ema_warmup=ema_warmup,
-                     zero_grad=zero_grad)  # fmt: skip
+    hand = hand_loop(
+        hand_model, hand_opt, loader, equivalence_lr(kind), clip_grad=clip, ema_warmup=ema_warmup, zero_grad=zero_grad
+    )
     return (model, opt, ema, hist), (hand_model, *hand)
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
-@pytest.mark.parametrize(("steps_per_epoch", "ema_warmup", "clip"), [(6, True, CLIP), (6, False, CLIP),
-                                                                     (5, True, CLIP), (6, True, None)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("steps_per_epoch", "ema_warmup", "clip"), [(6, True, CLIP), (6, False, CLIP), (5, True, CLIP), (6, True, None)]
+)
 def test_fit_equals_a_hand_written_mae_loop(tmp_path, kind, steps_per_epoch, ema_warmup, clip):
     """2 epochs, accum_steps=2: 6 optimizer steps (6 batches per epoch, as MAE; or 5, where fit also steps the
     epoch's last, incomplete group, whose loss is still divided by accum_steps: MAE would drop that group).
@@ -243,8 +259,13 @@ def rollback_fit(folder, step_fn, epochs=3, **cfg):
     images, labels = blobs(48, seed=5)
     model = mlp(seed=6)
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
-    config = FitConfig(epochs=epochs, lr_at=lambda e: 0.01, output_dir=folder, show_progress=False,
-                       **{"nonfinite": "rollback", "log_every": 1, "keep": None, **cfg})  # fmt: skip
+    config = FitConfig(
+        epochs=epochs,
+        lr_at=lambda e: 0.01,
+        output_dir=folder,
+        show_progress=False,
+        **{"nonfinite": "rollback", "log_every": 1, "keep": None, **cfg},
+    )
     hist = fit(step_fn, model, opt, TensorLoader(images, labels, batch_size=8), config)
     return model, hist
 
@@ -277,8 +298,13 @@ def test_a_damaged_last_checkpoint_at_rollback_time_falls_back_to_the_numbered_o
     with pytest.warns(UserWarning) as caught:
         model, hist = rollback_fit(tmp_path, step)
     text = [str(w.message) for w in caught]
-    assert any("skipping damaged checkpoint" in t and "checkpoint-last.pth" in t
-               and "rolling back from" in t and "checkpoint-2.pth instead" in t for t in text), text  # fmt: skip
+    assert any(
+        "skipping damaged checkpoint" in t
+        and "checkpoint-last.pth" in t
+        and "rolling back from" in t
+        and "checkpoint-2.pth instead" in t
+        for t in text
+    ), text
     assert any("rolling back to" in t and "checkpoint-2.pth (epoch 3, step 0)" in t for t in text), text
     assert [r["epoch"] for r in hist] == [1.0, 2.0, 3.0] and hist[-1]["lr_scale"] == 0.5
     assert all(math.isfinite(r["loss"]) for r in hist) and torch.isfinite(params(model)).all()

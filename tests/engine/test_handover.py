@@ -19,9 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _saved(**overrides) -> TrainConfig:
-    return build_config(TrainConfig, overrides={"model.name": "vit_demo", "data.image_size": 64,
-                                                "data.root": "/data/raf", "data.labeled_fraction": 0.1,
-                                                **overrides})  # fmt: skip
+    return build_config(
+        TrainConfig,
+        overrides={
+            "model.name": "vit_demo",
+            "data.image_size": 64,
+            "data.root": "/data/raf",
+            "data.labeled_fraction": 0.1,
+            **overrides,
+        },
+    )
 
 
 def test_given_keys_are_recorded_by_files_options_and_keywords(tmp_path):
@@ -58,9 +65,16 @@ def test_a_given_resolution_wins_over_the_pretrainings_and_is_reported():
     assert "data.image_size=96 as given (the checkpoint was trained with 64)" in report.lines()
 
 
-@pytest.mark.parametrize("key,value,theirs", [("model.name", "vit_small_patch16", "vit_demo"),
-                                               ("data.labeled_fraction", 0.25, "0.1"), ("data.seed", 3, "0"),
-                                               ("data.image_size", 96, "64"), ("model.global_pool", True, "False")])
+@pytest.mark.parametrize(
+    "key,value,theirs",
+    [
+        ("model.name", "vit_small_patch16", "vit_demo"),
+        ("data.labeled_fraction", 0.25, "0.1"),
+        ("data.seed", 3, "0"),
+        ("data.image_size", 96, "64"),
+        ("model.global_pool", True, "False"),
+    ],
+)
 def test_stage2_refuses_a_setting_that_contradicts_stage1(key, value, theirs):
     cfg = make_config(overrides={key: value})
     with pytest.raises(Exception) as e:
@@ -101,11 +115,14 @@ def test_move_aside_keeps_everything_and_refuses_a_locked_folder(tmp_path):
     assert (moved / "split.json").is_file() and not (tmp_path / "stage1").exists()
     assert move_aside([tmp_path / "stage1"], tmp_path) is None  # nothing to move
     (tmp_path / "stage2").mkdir()
-    code = "import sys, time; from ferfast.engine.runlock import run_lock\nwith run_lock(sys.argv[1]):\n" \
-           "    print('held', flush=True); time.sleep(60)\n"  # fmt: skip
+    code = (
+        "import sys, time; from ferfast.engine.runlock import run_lock\nwith run_lock(sys.argv[1]):\n"
+        "    print('held', flush=True); time.sleep(60)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "stage2")], stdout=subprocess.PIPE,
-                              text=True, env=env)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "stage2")], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match="stage2"):

@@ -45,8 +45,21 @@ from ferfast.engine.steps import StepOutput, pretrain_step, stage1_step, stage2_
 from ferfast.models import create_model
 from ferfast.ops import FaceIoUMixup
 
-TENSOR_READS = ("item", "tolist", "numpy", "__array__", "__float__", "__int__", "__index__", "__bool__",
-                "__complex__", "nonzero", "cpu", "equal", "allclose")  # fmt: skip
+TENSOR_READS = (
+    "item",
+    "tolist",
+    "numpy",
+    "__array__",
+    "__float__",
+    "__int__",
+    "__index__",
+    "__bool__",
+    "__complex__",
+    "nonzero",
+    "cpu",
+    "equal",
+    "allclose",
+)
 TORCH_READS = ("nonzero", "equal", "allclose", "is_nonzero")
 STEPS, LOG_EVERY, LOG_STEP = 5, 4, 3
 SIZE, K = 16, 7
@@ -64,8 +77,10 @@ class Reads:
         if self.phase is None:
             return
         frames = [f for f in traceback.extract_stack()[:-2] if "test_host_sync" not in f.filename]
-        where = next((f"{f.filename}:{f.lineno} ({f.name})" for f in reversed(frames) if "/ferfast/" in f.filename),
-                     f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?")  # fmt: skip
+        where = next(
+            (f"{f.filename}:{f.lineno} ({f.name})" for f in reversed(frames) if "/ferfast/" in f.filename),
+            f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?",
+        )
         self.calls[self.phase].append(f"{name} at {where}")
 
     def wrap(self, name: str, original: Callable) -> Callable:
@@ -130,8 +145,15 @@ def run_counted(stage: str, tmp_path, monkeypatch, precision: str = "fp32") -> R
     """Run one epoch of ``stage``'s loop with every read counted; returns the counts per phase."""
     model, step, ema = stage_parts(stage)
     opt, _ = make_optimizer(model, OptimConfig(lr=1e-3), 4)
-    cfg = FitConfig(epochs=1, lr_at=lambda e: 1e-3, output_dir=tmp_path, log_every=LOG_EVERY, clip_grad=1.0,
-                    show_progress=False, precision=precision)  # fmt: skip
+    cfg = FitConfig(
+        epochs=1,
+        lr_at=lambda e: 1e-3,
+        output_dir=tmp_path,
+        log_every=LOG_EVERY,
+        clip_grad=1.0,
+        show_progress=False,
+        precision=precision,
+    )
     reads = Reads()
     step_index = iter(range(STEPS))
 
@@ -215,8 +237,15 @@ def test_cuda_steps_do_not_synchronise(stage, tmp_path, monkeypatch):
     which initialises cuBLAS and the allocator, and the logging ones excepted)."""
     model, step, ema = stage_parts(stage, "cuda")
     opt, _ = make_optimizer(model, OptimConfig(lr=1e-3), 4)
-    cfg = FitConfig(epochs=1, lr_at=lambda e: 1e-3, output_dir=tmp_path, log_every=LOG_EVERY, clip_grad=1.0,
-                    show_progress=False, precision="bf16")  # fmt: skip
+    cfg = FitConfig(
+        epochs=1,
+        lr_at=lambda e: 1e-3,
+        output_dir=tmp_path,
+        log_every=LOG_EVERY,
+        clip_grad=1.0,
+        show_progress=False,
+        precision="bf16",
+    )
     index = iter(range(STEPS))
 
     def guarded(m, b):

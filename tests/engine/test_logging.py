@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ferfast.engine import (
-    MetricLogger,
-    NonFiniteLossError,
-    epoch_summary,
-    nonfinite_found,
-    progress,
-    tensorboard_available,
-)
+from ferfast.engine import MetricLogger, NonFiniteLossError
 from ferfast.engine import logging as logging_module
+from ferfast.engine.logging import epoch_summary, nonfinite_found, progress, tensorboard_available
 
 
 class RecordingWriter:

@@ -24,8 +24,16 @@ from ferfast.engine.steps import StepOutput
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
     out = tmp_path_factory.mktemp("faces")
-    write_synthetic_dataset(out, num_train=48, num_test=14, num_unlabeled=7, num_identities=8,
-                            num_unlabeled_identities=1, config=SyntheticFaceConfig(size=32), workers=1)
+    write_synthetic_dataset(
+        out,
+        num_train=48,
+        num_test=14,
+        num_unlabeled=7,
+        num_identities=8,
+        num_unlabeled_identities=1,
+        config=SyntheticFaceConfig(size=32),
+        workers=1,
+    )
     return open_dataset("synthetic", out, "train")
 
 
@@ -33,8 +41,9 @@ def make(faces, seed=0, dropout=0.2):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(3 * 16 * 16, 32), nn.ReLU(), nn.Linear(32, 7))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    loader = build_loader("stage1", faces, backend="torch", batch_size=8, config=AugmentConfig(image_size=16),
-                          num_workers=0, seed=seed)
+    loader = build_loader(
+        "stage1", faces, backend="torch", batch_size=8, config=AugmentConfig(image_size=16), num_workers=0, seed=seed
+    )
     return model, opt, loader
 
 
@@ -50,8 +59,9 @@ def lr_at(epoch: float) -> float:
 def run(faces, tmp_path, epochs, step_fn=ce_step, dropout=0.2, **kw):
     model, opt, loader = make(faces, dropout=dropout)
     ema = ModelEma(model, 0.9)
-    cfg = FitConfig(epochs=epochs, lr_at=lr_at, output_dir=tmp_path, show_progress=False,
-                    **{"log_every": 1, **kw.pop("cfg", {})})
+    cfg = FitConfig(
+        epochs=epochs, lr_at=lr_at, output_dir=tmp_path, show_progress=False, **{"log_every": 1, **kw.pop("cfg", {})}
+    )
     with MetricLogger(tmp_path, tensorboard=False) as logger:
         hist = fit(step_fn, model, opt, loader, cfg, ema=ema, logger=logger, args={"seed": 0}, **kw)
     return model, ema, hist
@@ -87,9 +97,12 @@ def test_non_finite_loss_stops_or_rolls_back(faces, tmp_path):
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         run(faces, tmp_path / "stop", 3, step_fn=flaky)
     calls["n"] = 0
-    with pytest.warns(UserWarning, match=r"step 13 \(first at step 13\): rolling back .*checkpoint-last\.pth "
-                                         r"\(epoch 3, step 0\), rollback 1 of 3: learning rate x0\.5, skipping the "
-                                         r"batch of step 13"):  # fmt: skip
+    with pytest.warns(
+        UserWarning,
+        match=r"step 13 \(first at step 13\): rolling back .*checkpoint-last\.pth "
+        r"\(epoch 3, step 0\), rollback 1 of 3: learning rate x0\.5, skipping the "
+        r"batch of step 13",
+    ):
         _, _, hist = run(faces, tmp_path / "rollback", 3, step_fn=flaky, cfg={"nonfinite": "rollback"})
     assert [r["epoch"] for r in hist] == [1.0, 2.0, 3.0]
     assert hist[-1]["lr_scale"] == 0.5 and all(math.isfinite(r["loss"]) for r in hist)
@@ -121,8 +134,9 @@ def test_the_non_finite_check_waits_for_a_log_step_but_names_the_first_bad_step(
         run(faces, tmp_path / "end", 3, step_fn=flaky, cfg={"log_every": 0})  # only the epoch's end reads
     calls["n"] = 0
     with pytest.warns(UserWarning, match="rolling back"):
-        model, _, hist = run(faces, tmp_path / "rollback", 3, step_fn=flaky,
-                             cfg={"nonfinite": "rollback", "log_every": 4})  # fmt: skip
+        model, _, hist = run(
+            faces, tmp_path / "rollback", 3, step_fn=flaky, cfg={"nonfinite": "rollback", "log_every": 4}
+        )
     assert [r["epoch"] for r in hist] == [1.0, 2.0, 3.0]
     assert all(torch.isfinite(params(model)))  # the NaN weights of steps 13-15 were discarded
 
@@ -194,12 +208,19 @@ def test_one_summary_line_every_print_every_epochs_and_after_the_last(faces, tmp
 
 def test_the_start_up_line_says_device_precision_and_compilation(faces, tmp_path, capsys):
     model, opt, loader = make(faces)
-    cfg = FitConfig(epochs=2, lr_at=lr_at, output_dir=tmp_path, precision="bf16",
-                    precision_note="auto: amx_bf16, measured fp32 9 ms vs bf16 4 ms per step")  # fmt: skip
+    cfg = FitConfig(
+        epochs=2,
+        lr_at=lr_at,
+        output_dir=tmp_path,
+        precision="bf16",
+        precision_note="auto: amx_bf16, measured fp32 9 ms vs bf16 4 ms per step",
+    )
     fit(ce_step, model, opt, loader, cfg, stage="stage1")
     first = capsys.readouterr().out.splitlines()[0]
-    assert first == ("stage1: device cpu | precision bf16 (auto: amx_bf16, measured fp32 9 ms vs bf16 4 ms per step)"
-                     " | compile off | 2 epochs of 6 steps, from the start")  # fmt: skip
+    assert first == (
+        "stage1: device cpu | precision bf16 (auto: amx_bf16, measured fp32 9 ms vs bf16 4 ms per step)"
+        " | compile off | 2 epochs of 6 steps, from the start"
+    )
 
 
 def test_evaluation_every_eval_every_epochs_and_the_best_checkpoint_survive_a_resume(faces, tmp_path):
@@ -227,8 +248,7 @@ def test_evaluation_every_eval_every_epochs_and_the_best_checkpoint_survive_a_re
     assert best["epoch"] == 3 and best[BEST_KEY] == {"metric": "val_accuracy", "value": 0.7, "epoch": 3}
     epochs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if "time_s" in r]
-    assert [(r["epoch"], r.get("val_accuracy")) for r in epochs] == [(1, None), (2, 0.5), (3, None), (4, 0.7),
-                                                                     (5, 0.6)]  # fmt: skip
+    assert [(r["epoch"], r.get("val_accuracy")) for r in epochs] == [(1, None), (2, 0.5), (3, None), (4, 0.7), (5, 0.6)]
     with pytest.raises(ValueError, match="best_metric"):
         run(faces, tmp_path / "no_metric", 1, evaluate=lambda epoch: {"val_loss": 1.0})
 
@@ -268,13 +288,23 @@ def test_compile_runs_the_step_on_the_compiled_model(faces, tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"epochs": 0}, "epochs"), ({"accum_steps": 0}, "accum_steps"), ({"save_every": 0}, "save_every"),
-     ({"eval_every": 0}, "eval_every"), ({"precision": "fp8"}, "precision"), ({"keep": -1}, "keep"),
-     ({"print_every": -1}, "print_every"), ({"compile_mode": "fast"}, "compile_mode"),
-     ({"nonfinite": "ignore"}, "nonfinite"), ({"log_every": -1}, "log_every"),
-     ({"save_every_steps": -1}, "save_every_steps"), ({"max_rollbacks": -1}, "max_rollbacks"),
-     ({"max_rollbacks": True}, "max_rollbacks"), ({"max_rollbacks": 2.5}, "max_rollbacks")],
-)  # fmt: skip
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"accum_steps": 0}, "accum_steps"),
+        ({"save_every": 0}, "save_every"),
+        ({"eval_every": 0}, "eval_every"),
+        ({"precision": "fp8"}, "precision"),
+        ({"keep": -1}, "keep"),
+        ({"print_every": -1}, "print_every"),
+        ({"compile_mode": "fast"}, "compile_mode"),
+        ({"nonfinite": "ignore"}, "nonfinite"),
+        ({"log_every": -1}, "log_every"),
+        ({"save_every_steps": -1}, "save_every_steps"),
+        ({"max_rollbacks": -1}, "max_rollbacks"),
+        ({"max_rollbacks": True}, "max_rollbacks"),
+        ({"max_rollbacks": 2.5}, "max_rollbacks"),
+    ],
+)
 def test_bad_config_values_are_named(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
         FitConfig(**{"epochs": 1, "lr_at": lr_at, "output_dir": tmp_path, **kwargs})

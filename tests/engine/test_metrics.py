@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ferfast.engine import classification_metrics, confusion_matrix, confusion_png_size, save_confusion_png
+from ferfast.engine import classification_metrics, confusion_matrix
+from ferfast.engine.metrics import confusion_png_size, save_confusion_png
 
 CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 

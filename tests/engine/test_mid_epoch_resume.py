@@ -156,8 +156,9 @@ class ManyBatches:
 
     def __init__(self, n=60):
         g = torch.Generator().manual_seed(0)
-        self.batches = [{"images": torch.randn(2, 3, 4, 4, generator=g), "labels": torch.tensor([0, 1])}
-                        for _ in range(n)]  # fmt: skip
+        self.batches = [
+            {"images": torch.randn(2, 3, 4, 4, generator=g), "labels": torch.tensor([0, 1])} for _ in range(n)
+        ]
         self.start = 0
 
     def set_epoch(self, epoch, start_step=0):
@@ -181,19 +182,38 @@ def test_progress_lines_without_a_terminal_on_long_epochs(tmp_path, capsys, monk
     assert [ln.split(" | ")[0] for ln in lines] == ["stage1 epoch 1/1 step 20/60", "stage1 epoch 1/1 step 40/60"]
     assert all(" | loss " in ln and " | lr 1.000e-01 | eta " in ln for ln in lines)
     monkeypatch.setattr(loop_module, "_PROGRESS_LINE_EVERY_S", 3600.0)  # at most every so often
-    fit(killing_at(10**9), model, opt, ManyBatches(), FitConfig(epochs=1, lr_at=lambda e: 0.1,
-                                                                output_dir=tmp_path / "b", log_every=20))  # fmt: skip
+    fit(
+        killing_at(10**9),
+        model,
+        opt,
+        ManyBatches(),
+        FitConfig(epochs=1, lr_at=lambda e: 0.1, output_dir=tmp_path / "b", log_every=20),
+    )
     assert " step " not in capsys.readouterr().out
     monkeypatch.setattr(loop_module, "_PROGRESS_LINE_EVERY_S", 0.0)
-    fit(killing_at(10**9), model, opt, ManyBatches(49), FitConfig(epochs=1, lr_at=lambda e: 0.1,
-                                                                  output_dir=tmp_path / "c", log_every=7))  # fmt: skip
+    fit(
+        killing_at(10**9),
+        model,
+        opt,
+        ManyBatches(49),
+        FitConfig(epochs=1, lr_at=lambda e: 0.1, output_dir=tmp_path / "c", log_every=7),
+    )
     assert " step " not in capsys.readouterr().out  # a short epoch: its summary line is enough
 
 
 def test_the_finished_line_when_fewer_epochs_are_asked(tmp_path):
-    resumed = loop_module._Resumed(path=tmp_path / "checkpoint-last.pth", epochs_done=5, step=0, best=None,
-                                   lr_scale=1.0, skipped=set(), epoch_stats=None, planned_epochs=5,
-                                   steps_per_epoch=6, rng=None)  # fmt: skip
+    resumed = loop_module._Resumed(
+        path=tmp_path / "checkpoint-last.pth",
+        epochs_done=5,
+        step=0,
+        best=None,
+        lr_scale=1.0,
+        skipped=set(),
+        epoch_stats=None,
+        planned_epochs=5,
+        steps_per_epoch=6,
+        rng=None,
+    )
     assert loop_module.resume_line(resumed, 3, 6) == (
         f"already finished ({tmp_path}/checkpoint-last.pth: 5 epochs, more than the 3 asked): nothing to train"
     )

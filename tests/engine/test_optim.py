@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ferfast.config import OptimConfig, TrainConfig, build_config
-from ferfast.engine import cosine_with_warmup, scaled_lr, set_lr, step_decay
+from ferfast.engine import cosine_with_warmup, step_decay
 from ferfast.engine import optim as optim_module
-from ferfast.engine.optim import effective_batch_size, lr_function, make_optimizer
+from ferfast.engine.optim import effective_batch_size, lr_function, make_optimizer, set_lr
 from ferfast.engine.precision import resolve_precision
 from ferfast.models import create_model
 
@@ -64,12 +64,14 @@ def test_step_decay():
         step_decay(3, milestones=(40, 20))
 
 
-def test_scaled_lr():
-    assert scaled_lr(1.5e-4, 256) == pytest.approx(1.5e-4)
-    assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)  # MAE: blr 1.5e-4 at batch 4096
-    assert scaled_lr(1e-3, 64) == pytest.approx(2.5e-4)
-    with pytest.raises(ValueError, match="eff_batch"):
-        scaled_lr(1e-3, 0)
+def test_effective_lr_scales_blr():
+    """MAE's linear scaling rule, ``lr = blr * eff_batch / 256``; an explicit ``lr`` wins."""
+    assert OptimConfig(blr=1.5e-4).effective_lr(256) == pytest.approx(1.5e-4)
+    assert OptimConfig(blr=1.5e-4).effective_lr(4096) == pytest.approx(2.4e-3)  # MAE: blr 1.5e-4 at batch 4096
+    assert OptimConfig(blr=1e-3).effective_lr(64) == pytest.approx(2.5e-4)
+    assert OptimConfig(blr=1e-3, lr=3e-4).effective_lr(64) == 3e-4
+    with pytest.raises(ValueError, match="effective_batch_size"):
+        OptimConfig(blr=1e-3).effective_lr(0)
 
 
 def test_set_lr_respects_lr_scale():

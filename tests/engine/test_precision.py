@@ -36,8 +36,10 @@ def test_cpu_auto_without_bf16_units_is_fp32_and_measures_nothing(monkeypatch):
     assert precision == "fp32" and "no native bf16" in why and not called
 
 
-@pytest.mark.parametrize(("fp32_s", "bf16_s", "expected"), [(1.0, 0.5, "bf16"), (1.0, 1.0 / MIN_SPEEDUP, "bf16"),
-                                                             (1.0, 0.95, "fp32"), (1.0, 2.0, "fp32")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fp32_s", "bf16_s", "expected"),
+    [(1.0, 0.5, "bf16"), (1.0, 1.0 / MIN_SPEEDUP, "bf16"), (1.0, 0.95, "fp32"), (1.0, 2.0, "fp32")],
+)
 def test_cpu_auto_with_bf16_units_follows_the_measurement(monkeypatch, fp32_s, bf16_s, expected):
     monkeypatch.setattr(prec, "cpu_bf16_units", lambda: "amx_bf16")
     monkeypatch.setattr(prec, "measure_bf16_speedup", lambda step, device: (fp32_s, bf16_s))
@@ -61,8 +63,11 @@ def test_the_measurement_leaves_the_random_streams_and_the_gradients(monkeypatch
 
 def test_cpu_bf16_units_reads_the_cpu_flags(monkeypatch, tmp_path):
     info = tmp_path / "cpuinfo"
-    for flags, expected in (("fpu avx2 avx512f", None), ("avx512f avx512_bf16", "avx512_bf16"),
-                            ("avx512_bf16 amx_tile amx_bf16", "amx_bf16")):  # fmt: skip
+    for flags, expected in (
+        ("fpu avx2 avx512f", None),
+        ("avx512f avx512_bf16", "avx512_bf16"),
+        ("avx512_bf16 amx_tile amx_bf16", "amx_bf16"),
+    ):
         info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
         monkeypatch.setattr(prec, "_CPUINFO", info)
         monkeypatch.setattr(prec._cpuinfo_flags, "__defaults__", (info,))

@@ -33,10 +33,15 @@ class Loader:
 
 def uint8_batches(n=3, b=2, size=4):
     g = torch.Generator().manual_seed(0)
-    return [{"images": torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g),
-             "images_strong": torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g),
-             "labels": torch.randint(0, 7, (b,), generator=g), "boxes": torch.rand(b, 4, generator=g)}
-            for _ in range(n)]  # fmt: skip
+    return [
+        {
+            "images": torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g),
+            "images_strong": torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g),
+            "labels": torch.randint(0, 7, (b,), generator=g),
+            "boxes": torch.rand(b, 4, generator=g),
+        }
+        for _ in range(n)
+    ]
 
 
 def by_hand(x, mean=MEAN, std=STD):
@@ -87,8 +92,9 @@ def test_fit_feeds_the_step_normalised_images(tmp_path):
         loss = F.cross_entropy(m(b["images"]), b["labels"])
         return StepOutput(loss, {"loss": loss.detach()})
 
-    cfg = FitConfig(epochs=1, lr_at=lambda e: 1e-3, output_dir=tmp_path, show_progress=False, image_mean=MEAN,
-                    image_std=STD)  # fmt: skip
+    cfg = FitConfig(
+        epochs=1, lr_at=lambda e: 1e-3, output_dir=tmp_path, show_progress=False, image_mean=MEAN, image_std=STD
+    )
     fit(step, model, torch.optim.SGD(model.parameters(), lr=0.1), Loader(batches), cfg)
     assert len(seen) == 2
     for got, raw in zip(seen, batches):

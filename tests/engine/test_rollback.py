@@ -27,8 +27,13 @@ def ce(model, batch, nan=False):
 
 def rollback_run(faces, folder, step_fn, epochs=3, lr_at=lambda e: 1e-3, model_opt_loader=None, **cfg):  # noqa: F811
     model, opt, loader = model_opt_loader or make(faces)
-    config = FitConfig(epochs=epochs, lr_at=lr_at, output_dir=folder, show_progress=False,
-                       **{"nonfinite": "rollback", "log_every": 1, **cfg})  # fmt: skip
+    config = FitConfig(
+        epochs=epochs,
+        lr_at=lr_at,
+        output_dir=folder,
+        show_progress=False,
+        **{"nonfinite": "rollback", "log_every": 1, **cfg},
+    )
     with MetricLogger(folder, tensorboard=False) as logger:
         hist = fit(lambda m, b: step_fn(m, b, opt), model, opt, loader, config, logger=logger)
     return model, hist
@@ -49,8 +54,11 @@ def test_a_data_dependent_nan_is_skipped_and_the_run_finishes(faces, tmp_path, s
         return ce(model, batch, nan=torch.equal(batch["index"], bad))
 
     back_to = "epoch 2, step 0" if not save_every_steps else "epoch 2, step 2"  # step 8 = 6 + 2 (saved at 4, 8)
-    with pytest.warns(UserWarning, match=rf"first at step 8\): rolling back to .*checkpoint-last\.pth \({back_to}\), "
-                                         r"rollback 1 of 3: learning rate x0\.5, skipping the batch of step 8"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"first at step 8\): rolling back to .*checkpoint-last\.pth \({back_to}\), "
+        r"rollback 1 of 3: learning rate x0\.5, skipping the batch of step 8",
+    ):
         model, hist = rollback_run(faces, tmp_path, step, save_every_steps=save_every_steps)
     assert [r["epoch"] for r in hist] == [1.0, 2.0, 3.0] and all(math.isfinite(r["loss"]) for r in hist)
     assert [r.get("lr_scale") for r in hist] == [None, 0.5, 0.5]
@@ -92,14 +100,19 @@ def test_an_always_nan_loss_gives_up_naming_what_was_tried(faces, tmp_path):  # 
         rollback_run(faces, tmp_path, step, lr_at=lr_at, max_rollbacks=2)
     text = str(err.value)
     assert "non-finite loss(es) in epoch 2 up to step 8 (first at step 8)" in text
-    assert ("gave up after 2 rollbacks to the last checkpoint, which tried (1: learning rate x0.5, skipping the "
-            "batch of step 6; 2: learning rate x0.25, skipping the batch of step 7)") in text  # fmt: skip
+    assert (
+        "gave up after 2 rollbacks to the last checkpoint, which tried (1: learning rate x0.5, skipping the "
+        "batch of step 6; 2: learning rate x0.25, skipping the batch of step 7)"
+    ) in text
     assert load_checkpoint(tmp_path / "checkpoint-last.pth")["epochs_done"] == 1
 
 
 def test_no_checkpoint_to_roll_back_to_is_a_clear_error(faces, tmp_path):  # noqa: F811
-    with pytest.raises(NonFiniteLossError, match=r"in epoch 1 up to step 0 \(first at step 0\); no checkpoint to roll "
-                                                 r"back to in .* \(the first is written at the end of epoch 1\)"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"in epoch 1 up to step 0 \(first at step 0\); no checkpoint to roll "
+        r"back to in .* \(the first is written at the end of epoch 1\)",
+    ):
         rollback_run(faces, tmp_path, lambda m, b, opt: ce(m, b, nan=True))
     with pytest.raises(NonFiniteLossError, match=r"the first is written after 4 steps or at the end of epoch 1"):
         rollback_run(faces, tmp_path / "steps", lambda m, b, opt: ce(m, b, nan=True), save_every_steps=4)

@@ -25,8 +25,9 @@ HOLDER = textwrap.dedent("""
 
 def hold(folder, seconds=60.0) -> subprocess.Popen:
     """A second process holding ``folder``'s lock (returns once it holds it)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), str(seconds)], stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     line = proc.stdout.readline()
     assert line.strip() == "locked", f"the holder did not start: {line!r} (exit {proc.poll()})"
     return proc
@@ -94,8 +95,9 @@ def _rank(rank: int, world_size: int, port: int, folder: str, out_dir: str) -> N
     """One torchrun-like process: the lock nested twice (as finetune around a driver), then on a held folder."""
     import json
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     from ferfast.engine.dist import barrier, distributed
 
     result = {}

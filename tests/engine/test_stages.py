@@ -31,22 +31,49 @@ from tests.engine.test_runlock import hold
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(out, num_train=56, num_test=21, num_unlabeled=32, num_identities=8,
-                            num_unlabeled_identities=4, config=SyntheticFaceConfig(size=32), workers=1)
+    write_synthetic_dataset(
+        out,
+        num_train=56,
+        num_test=21,
+        num_unlabeled=32,
+        num_identities=8,
+        num_unlabeled_identities=4,
+        config=SyntheticFaceConfig(size=32),
+        workers=1,
+    )
     return out
 
 
 def tiny_config(synth, out, **extra):
-    return build_config(TrainConfig, overrides={**{
-        "data.root": str(synth), "data.format": "synthetic", "data.unlabeled_root": str(synth / "unlabeled"),
-        "data.image_size": 32, "data.loader": "torch", "data.num_workers": 0, "data.labeled_fraction": 0.5,
-        "model.name": "vit_demo", "model.drop_path": 0.0,
-        "run.output_dir": str(out), "run.device": "cpu", "run.tensorboard": False, "run.log_every": 1,
-        "run.precision": "fp32",  # "auto" measures bf16 against fp32 on CPUs with bf16 units: runs could differ
-        "pretrain.epochs": 1, "pretrain.batch_size": 16,
-        "stage1.epochs": 2, "stage1.batch_size": 8,
-        "stage2.epochs": 1, "stage2.batch_size": 8, "stage2.unlabeled_batch_size": 8,
-    }, **extra})  # fmt: skip
+    return build_config(
+        TrainConfig,
+        overrides={
+            **{
+                "data.root": str(synth),
+                "data.format": "synthetic",
+                "data.unlabeled_root": str(synth / "unlabeled"),
+                "data.image_size": 32,
+                "data.loader": "torch",
+                "data.num_workers": 0,
+                "data.labeled_fraction": 0.5,
+                "model.name": "vit_demo",
+                "model.drop_path": 0.0,
+                "run.output_dir": str(out),
+                "run.device": "cpu",
+                "run.tensorboard": False,
+                "run.log_every": 1,
+                "run.precision": "fp32",  # "auto" measures bf16 against fp32 on CPUs with bf16 units: runs could differ
+                "pretrain.epochs": 1,
+                "pretrain.batch_size": 16,
+                "stage1.epochs": 2,
+                "stage1.batch_size": 8,
+                "stage2.epochs": 1,
+                "stage2.batch_size": 8,
+                "stage2.unlabeled_batch_size": 8,
+            },
+            **extra,
+        },
+    )
 
 
 def test_pretrain_stage1_stage2_evaluate(synth, tmp_path):
@@ -77,8 +104,11 @@ def test_a_second_run_reuses_the_split_file_only_when_it_matches(synth, tmp_path
     first, before = data.split, (tmp_path / "split.json").read_text()
     again = prepare_data(tiny_config(synth, tmp_path, **{"data.labeled_fraction": 0.25}))
     assert again.split == first and again.pending_split_file is None  # the same file, the same indices
-    with pytest.raises(SplitMismatchError, match=r"split\.json was drawn with labeled fraction 0\.25 \(this run: "
-                                                 r"data\.labeled_fraction=0\.1\)"):  # fmt: skip
+    with pytest.raises(
+        SplitMismatchError,
+        match=r"split\.json was drawn with labeled fraction 0\.25 \(this run: "
+        r"data\.labeled_fraction=0\.1\)",
+    ):
         prepare_data(tiny_config(synth, tmp_path, **{"data.labeled_fraction": 0.1}))
     with pytest.raises(SplitMismatchError, match=r"seed 0 \(this run: data\.seed=5\)"):
         prepare_data(tiny_config(synth, tmp_path, **{"data.labeled_fraction": 0.25, "data.seed": 5}))
@@ -135,8 +165,13 @@ def test_a_stage_refuses_a_folder_another_process_holds(synth, tmp_path):
 def test_the_decoder_settings_replace_the_models_own(synth, tmp_path):
     demo = build_mae(tiny_config(synth, tmp_path))
     assert (demo.decoder_embed.out_features, len(demo.decoder_blocks)) == (64, 2)  # mae_vit_demo's 64/2/4
-    small = build_mae(tiny_config(synth, tmp_path, **{"pretrain.decoder_embed_dim": 32, "pretrain.decoder_depth": 1,
-                                                      "pretrain.decoder_num_heads": 2}))  # fmt: skip
+    small = build_mae(
+        tiny_config(
+            synth,
+            tmp_path,
+            **{"pretrain.decoder_embed_dim": 32, "pretrain.decoder_depth": 1, "pretrain.decoder_num_heads": 2},
+        )
+    )
     assert (small.decoder_embed.out_features, len(small.decoder_blocks)) == (32, 1)
     assert small.decoder_blocks[0].attn.num_heads == 2
 
@@ -229,14 +264,21 @@ def test_loaders_pin_their_batches_for_cuda_and_take_the_dali_device(synth, tmp_
     data = prepare_data(cfg)
     for device in ("cuda", "cpu"):  # a device object needs no GPU: only the settings are checked
         assert stage_data.stage_loader("stage1", data.labeled, cfg, torch.device(device), batch_size=8) == "loader"
-    assert [(kw["pin_memory"], kw["device"], kw["backend"]) for _, kw in calls] == [(True, "cpu", "torch"),
-                                                                                    (False, "cpu", "torch")]
+    assert [(kw["pin_memory"], kw["device"], kw["backend"]) for _, kw in calls] == [
+        (True, "cpu", "torch"),
+        (False, "cpu", "torch"),
+    ]
     calls.clear()
     evaluation._eval_loader(data.test, cfg)  # run.device is cpu here
     assert calls[0][0] == "eval" and calls[0][1]["pin_memory"] is False
     with pytest.raises(ConfigError, match=r"data\.dali_device: is gpu, but data\.loader is torch"):
-        stage_data.stage_loader("stage1", data.labeled, tiny_config(synth, tmp_path, **{"data.dali_device": "gpu"}),
-                       torch.device("cpu"), batch_size=8)  # fmt: skip
+        stage_data.stage_loader(
+            "stage1",
+            data.labeled,
+            tiny_config(synth, tmp_path, **{"data.dali_device": "gpu"}),
+            torch.device("cpu"),
+            batch_size=8,
+        )
 
 
 def _without_boxes(data):

@@ -38,8 +38,7 @@ def assert_refused(err: pytest.ExceptionInfo, path: pathlib.Path, what: str) -> 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
 def test_load_pretrained_refuses_python_objects(tmp_path, zip_format):
     path = tmp_path / "pretrained.pth"
-    torch.save({"model": mae_vit_demo().state_dict(), "x": Payload()}, path,
-               _use_new_zipfile_serialization=zip_format)  # fmt: skip
+    torch.save({"model": mae_vit_demo().state_dict(), "x": Payload()}, path, _use_new_zipfile_serialization=zip_format)
     with pytest.raises(UnsafeCheckpointError) as err:
         load_pretrained(vit_demo(), path)
     assert_refused(err, path, "Payload")

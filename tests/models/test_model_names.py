@@ -37,9 +37,15 @@ def test_families_are_the_registry_without_the_prefix():
 
 @pytest.mark.parametrize(
     ("name", "suggestion"),
-    [("vit_dmeo", "'vit_demo'"), ("mae_vit_dmeo", "'vit_demo'"), ("mae_mae_vit_demo", "'vit_demo'"),
-     ("vit_base_patch32", "'vit_base_patch16'"), ("resnet50", None), ("mae_", None)],
-)  # fmt: skip
+    [
+        ("vit_dmeo", "'vit_demo'"),
+        ("mae_vit_dmeo", "'vit_demo'"),
+        ("mae_mae_vit_demo", "'vit_demo'"),
+        ("vit_base_patch32", "'vit_base_patch16'"),
+        ("resnet50", None),
+        ("mae_", None),
+    ],
+)
 def test_unknown_name_is_one_clear_error(name, suggestion):
     with pytest.raises(ValueError) as e:
         resolve_model_names(name)

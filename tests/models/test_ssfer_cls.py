@@ -66,9 +66,14 @@ class SSFERVisionTransformer(timm_vit.VisionTransformer):
 def ssfer_vit(img_size, global_pool=False):
     """SSFER's ``vit_base_patch16`` factory with the small encoder."""
     return SSFERVisionTransformer(
-        global_pool=global_pool, img_size=img_size, num_classes=NUM_CLASSES, mlp_ratio=4, qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), **ENCODER,
-    )  # fmt: skip
+        global_pool=global_pool,
+        img_size=img_size,
+        num_classes=NUM_CLASSES,
+        mlp_ratio=4,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        **ENCODER,
+    )
 
 
 def mae_interpolate_pos_embed(model, checkpoint_model):

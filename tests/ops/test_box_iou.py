@@ -5,13 +5,7 @@ import torch
 import torchvision
 
 import ferfast
-from ferfast.reference import (
-    SSFER_FALLBACK_BOX,
-    box_iou_ref,
-    flip_perm,
-    paired_box_iou_ref,
-    ssfer_paired_iou_loop_ref,
-)
+from ferfast.reference import SSFER_FALLBACK_BOX, box_iou_ref, flip_perm, paired_box_iou_ref, ssfer_paired_iou_loop_ref
 from tests.utils import (
     BACKENDS,
     DTYPES,
@@ -183,8 +177,11 @@ def test_box_iou_non_contiguous_and_empty(backend, device):
     v1, v2 = non_contiguous(b1).to(device), b2.t().contiguous().to(device).t()
     assert not (v1.is_contiguous() or v2.is_contiguous())
     assert_close_to_ref(ferfast.box_iou(v1, v2, backend=backend), exact, name="iou (strided boxes)")
-    assert_close_to_ref(ferfast.box_iou(b2.to(device)[1::2], b1.to(device)[::3], backend=backend),
-                        exact.t()[1::2, ::3].contiguous(), name="iou (row slices)")
+    assert_close_to_ref(
+        ferfast.box_iou(b2.to(device)[1::2], b1.to(device)[::3], backend=backend),
+        exact.t()[1::2, ::3].contiguous(),
+        name="iou (row slices)",
+    )
     for n, m in ((0, 5), (6, 0), (0, 0)):
         out = ferfast.box_iou(b1[:n].to(device), b2[:m].to(device), backend=backend)
         assert out.shape == (n, m) and out.dtype == torch.float32
@@ -366,10 +363,12 @@ PERM = torch.tensor([2, 1, 0])
         pytest.param(BOXES, BOXES[None], {}, ValueError, "boxes2", id="boxes2-rank3"),
         pytest.param(BOXES.flip(1), BOXES, {}, ValueError, "boxes1.*x2 >= x1", id="boxes1-x2<x1"),
         pytest.param(BOXES, BOXES[:, [0, 3, 2, 1]], {}, ValueError, "boxes2.*y2 >= y1", id="boxes2-y2<y1"),
-        pytest.param(BOXES * torch.tensor([1, 1, float("nan"), 1]), BOXES, {}, ValueError, "boxes1.*finite",
-                     id="boxes1-nan"),
-        pytest.param(BOXES, BOXES + torch.tensor([0, 0, float("inf"), 0]), {}, ValueError, "boxes2.*finite",
-                     id="boxes2-inf"),
+        pytest.param(
+            BOXES * torch.tensor([1, 1, float("nan"), 1]), BOXES, {}, ValueError, "boxes1.*finite", id="boxes1-nan"
+        ),
+        pytest.param(
+            BOXES, BOXES + torch.tensor([0, 0, float("inf"), 0]), {}, ValueError, "boxes2.*finite", id="boxes2-inf"
+        ),
         pytest.param(BOXES, BOXES.to("meta"), {}, ValueError, "boxes2", id="meta-boxes2"),
         pytest.param(BOXES, BOXES, {"backend": "fused"}, ValueError, "backend", id="bad-backend"),
         pytest.param(BOXES, BOXES, {"backend": "cuda"}, ValueError, "backend", id="unavailable-backend"),

@@ -15,14 +15,7 @@ from ferfast.reference import (
     paired_box_iou_ref,
     ssfer_stage1_loss_ref,
 )
-from tests.utils import (
-    BACKENDS,
-    assert_close_to_ref,
-    assert_identical,
-    device_with_ops,
-    is_interpreted,
-    leaf,
-)
+from tests.utils import BACKENDS, assert_close_to_ref, assert_identical, device_with_ops, is_interpreted, leaf
 
 OPS = ("paired_box_iou", "face_mixup", "mixup_soft_targets", "facemix_loss")
 MODULE_BACKENDS = [None, "reference", *BACKENDS]
@@ -135,8 +128,9 @@ def test_ssfer_compat_equals_the_released_step(backend, device):
     dets = [torch.tensor([[20.0 + 3 * i, 30.0, 150.0 + 5 * i, 170.0 - 2 * i]]) for i in range(b)]
     dets[2], dets[5] = torch.zeros(0, 4), torch.zeros(2, 4)  # no face, two faces: the fallback box
     boxes = torch.stack([d[0] if len(d) == 1 else torch.full((4,), float("nan")) for d in dets])
-    mixup = ferfast.FaceIoUMixup(num_classes=k, ssfer_compat=True, fallback_box=SSFER_FALLBACK_BOX, seed=7,
-                                 backend=backend)
+    mixup = ferfast.FaceIoUMixup(
+        num_classes=k, ssfer_compat=True, fallback_box=SSFER_FALLBACK_BOX, seed=7, backend=backend
+    )
     out = mixup({"images": x.clone().to(device), "labels": y.to(device), "boxes": boxes.to(device)})
     lam = float(out.lam)
     w = torch.randn(3 * 8 * 8, k) * 0.1
@@ -206,8 +200,12 @@ def test_without_boxes_the_real_term_has_weight_zero(backend, device):
     soft_ce = F.cross_entropy(logits.detach()[b:].double().cpu(), out.targets.double().cpu(), reduction="sum") / b
     assert_close_to_ref(loss, soft_ce, name="loss = soft CE of the mixed images")
     grad_real = logits.grad[:b]
-    assert_close_to_ref(grad_real, torch.zeros(b, k, dtype=torch.float64), name="grad of the real images' logits",
-                        atol=1e-6 * float(logits.grad[b:].abs().max()))
+    assert_close_to_ref(
+        grad_real,
+        torch.zeros(b, k, dtype=torch.float64),
+        name="grad of the real images' logits",
+        atol=1e-6 * float(logits.grad[b:].abs().max()),
+    )
 
 
 @pytest.mark.parametrize("backend", MODULE_BACKENDS)

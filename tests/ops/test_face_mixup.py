@@ -151,7 +151,10 @@ def test_face_mixup_matches_reference(backend, case, with_originals, dtype, devi
     lam, perm = make_lam(lam_kind, b), make_perm(perm_kind, b)
     xd = leaf(x, device)
     out = ferfast.face_mixup(
-        xd, lam_on(lam, device), None if perm is None else perm.to(device), with_originals=with_originals,
+        xd,
+        lam_on(lam, device),
+        None if perm is None else perm.to(device),
+        with_originals=with_originals,
         backend=backend,
     )
     assert out.shape == ((2 * b if with_originals else b), *shape)
@@ -252,8 +255,9 @@ def test_face_mixup_out(backend, case, rows, dtype, device):
         assert_identical(buf[:b], x, name="originals")
     check_against_reference(buf, None, x, lam, perm, with_originals, torch.zeros(n, *shape))
     check_exact_rows(buf[b:] if with_originals else buf, x, lam, perm)
-    functional = ferfast.face_mixup(x.to(device), lam_on(lam, device), perm_d, with_originals=with_originals,
-                                    backend=backend)
+    functional = ferfast.face_mixup(
+        x.to(device), lam_on(lam, device), perm_d, with_originals=with_originals, backend=backend
+    )
     assert_identical(buf, functional, name="out= vs the functional form")
     # with_originals=True asks for the [2B] layout explicitly
     if with_originals:

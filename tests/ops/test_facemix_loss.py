@@ -128,8 +128,9 @@ def test_facemix_loss_matches_reference(backend, case, dtype, device):
     b, k, perm_kind, iou_kind, scale = case
     real, mixed, y, y_soft, iou, perm = make_inputs(b, k, dtype, perm_kind, iou_kind, scale)
     rd, md = leaf(real, device), leaf(mixed, device)
-    loss = ferfast.facemix_loss(rd, md, y.to(device), y_soft.to(device), iou.to(device), perm.to(device),
-                                backend=backend)
+    loss = ferfast.facemix_loss(
+        rd, md, y.to(device), y_soft.to(device), iou.to(device), perm.to(device), backend=backend
+    )
     assert loss.shape == () and loss.device.type == device.type
     assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     loss.backward()
@@ -150,8 +151,9 @@ def test_facemix_loss_target_dtypes(backend, y_soft_dtype, iou_dtype, device):
     real, mixed, y, y_soft, iou, perm = make_inputs(6, 7, torch.float32, "random")
     y_soft, iou = y_soft.to(y_soft_dtype), iou.to(iou_dtype)
     rd, md = leaf(real, device), leaf(mixed, device)
-    loss = ferfast.facemix_loss(rd, md, y.to(device), y_soft.to(device), iou.to(device), perm.to(device),
-                                backend=backend)
+    loss = ferfast.facemix_loss(
+        rd, md, y.to(device), y_soft.to(device), iou.to(device), perm.to(device), backend=backend
+    )
     loss.backward()
     assert loss.dtype == torch.float32
     check_against_reference(loss, rd.grad, md.grad, real, mixed, y, y_soft.float(), iou.float(), perm)
@@ -274,8 +276,14 @@ def test_facemix_loss_by_hand(backend, device):
     assert_close_to_ref(md.grad, torch.tensor(grad_mixed, dtype=f64), name="grad mixed by hand")
     # in float64 the ops agree with the hand computation to 1e-10
     rd64, md64 = leaf(torch.tensor(real, dtype=f64), device), leaf(torch.tensor(mixed, dtype=f64), device)
-    loss64 = ferfast.facemix_loss(rd64, md64, y_t, torch.tensor(y_soft, dtype=f64, device=device),
-                                  torch.tensor(iou, dtype=f64, device=device), backend=backend)
+    loss64 = ferfast.facemix_loss(
+        rd64,
+        md64,
+        y_t,
+        torch.tensor(y_soft, dtype=f64, device=device),
+        torch.tensor(iou, dtype=f64, device=device),
+        backend=backend,
+    )
     loss64.backward()
     assert_close_to_ref(loss64, torch.tensor(expected, dtype=f64), name="loss by hand (fp64)")
     assert_close_to_ref(rd64.grad, torch.tensor(grad_real, dtype=f64), name="grad real by hand (fp64)")
@@ -357,8 +365,9 @@ def test_facemix_loss_module(backend):
     loss.backward()
     check_against_reference(loss, rd.grad, md.grad, real, mixed, y, y_soft, iou, perm)
     flip_loss = criterion(real.to(dev), mixed.to(dev), y.to(dev), y_soft.to(dev), iou.to(dev))  # default pairing
-    assert_close_to_ref(flip_loss, reference(real, mixed, y, y_soft, iou, flip_perm(6), torch.float64)[0],
-                        name="default flip pairing")
+    assert_close_to_ref(
+        flip_loss, reference(real, mixed, y, y_soft, iou, flip_perm(6), torch.float64)[0], name="default flip pairing"
+    )
 
 
 @pytest.mark.ext

@@ -117,8 +117,7 @@ def check_against_reference(result, grad, weak, strong, threshold):
 
 def run(backend, device, weak, strong, threshold, **kwargs):
     sd = leaf(strong, device)
-    result = ferfast.fixmatch_loss(weak.to(device), sd, threshold, return_pseudo_labels=True, backend=backend,
-                                   **kwargs)
+    result = ferfast.fixmatch_loss(weak.to(device), sd, threshold, return_pseudo_labels=True, backend=backend, **kwargs)
     result[0].backward()
     return result, sd.grad
 
@@ -169,8 +168,12 @@ def test_fixmatch_loss_matches_reference(backend, case, dtype, device):
 
 @pytest.mark.parametrize(
     ("weak_dtype", "strong_dtype"),
-    [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32), (torch.float16, torch.float64),
-     (torch.float64, torch.float16)],
+    [
+        (torch.float32, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float64),
+        (torch.float64, torch.float16),
+    ],
     ids=["weak32-strong16b", "weak16b-strong32", "weak16-strong64", "weak64-strong16"],
 )
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -198,8 +201,9 @@ def test_fixmatch_loss_by_hand(backend, device):
         labels = [0, 0, 2]  # the tie [1, 1, 0] gives label 0
         expected = sum(ce(s[i], labels[i]) for i in included) / 3
         sd = leaf(strong, device)
-        loss, rate, pseudo, mask = ferfast.fixmatch_loss(weak.to(device), sd, threshold, return_pseudo_labels=True,
-                                                         backend=backend)
+        loss, rate, pseudo, mask = ferfast.fixmatch_loss(
+            weak.to(device), sd, threshold, return_pseudo_labels=True, backend=backend
+        )
         loss.backward()
         assert pseudo.cpu().tolist() == labels
         assert mask.cpu().tolist() == [float(i in included) for i in range(3)]
@@ -253,8 +257,9 @@ def test_fixmatch_loss_backward_scales_the_stored_gradient(backend, device):
 def test_fixmatch_loss_without_grad_and_strided(backend, device):
     weak, strong = make_inputs(6, 7, 0.5, "ties", torch.float32)
     with torch.no_grad():
-        result = ferfast.fixmatch_loss(weak.to(device), leaf(strong, device), 0.5, return_pseudo_labels=True,
-                                       backend=backend)
+        result = ferfast.fixmatch_loss(
+            weak.to(device), leaf(strong, device), 0.5, return_pseudo_labels=True, backend=backend
+        )
     assert not result[0].requires_grad
     check_against_reference(result, None, weak, strong, 0.5)
     w_view, s_view = non_contiguous(weak).to(device), strong.t().contiguous().to(device).t()
@@ -296,9 +301,7 @@ def test_gradcheck_native(threshold, kind):
     backend_device("cpu")
     weak, strong = make_inputs(4, 5, threshold, kind, torch.float64)
     strong.requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda s: ferfast.fixmatch_loss(weak, s, threshold, backend="cpu")[0], (strong,)
-    )
+    assert torch.autograd.gradcheck(lambda s: ferfast.fixmatch_loss(weak, s, threshold, backend="cpu")[0], (strong,))
 
 
 def _opcheck_samples(device, dtype=torch.float32):

@@ -222,7 +222,10 @@ MASK = torch.ones(2, 4)
         pytest.param((H, W, B.to("meta"), IMGS, MASK, 4), {}, ValueError, "bias", id="meta-bias"),
         pytest.param(
             (torch.randn(2, 16, 3), torch.randn(1, 3), None, torch.randn(2, 1, 4, 4), torch.ones(2, 16), 1),
-            {"norm_pix_loss": True}, ValueError, "norm_pix_loss", id="norm-pix-needs-2-values",
+            {"norm_pix_loss": True},
+            ValueError,
+            "norm_pix_loss",
+            id="norm-pix-needs-2-values",
         ),
         *(
             [pytest.param((H, W, B, IMGS, MASK, 4), {"backend": "nope"}, ValueError, "backend", id="bad-backend")]

@@ -216,3 +216,49 @@ def test_face_iou_mixup_step_does_not_synchronise_a_gpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+def _bad_value_calls(device: torch.device) -> list[tuple[str, object]]:
+    """Every public op that takes ``validate=``: a call with one bad value, and the argument its error names.
+
+    The ops without it (``masked_patch_mse``, ``random_masking``, ``fixmatch_loss``) have no value to check:
+    any mask weights, noise and logits are valid input.
+    """
+    imgs = torch.randn(2, 3, 8, 8, device=device)
+    perm, bad_perm = torch.tensor([1, 0], device=device), torch.tensor([1, 2], device=device)
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.7]], device=device)
+    y, logits = torch.tensor([0, 3], device=device), torch.randn(2, 5, device=device)
+    soft = torch.full((2, 5), 0.2, device=device)
+    ids_keep = torch.tensor([[0, 4], [1, 2]], device=device)  # 4 patches of 4x4 in 8x8 images: 4 is outside
+    ids_restore = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 9]], device=device)
+    tokens, token = torch.randn(2, 3, 6, device=device), torch.zeros(6, device=device)
+    h, w = torch.randn(2, 4, 5, device=device), torch.randn(48, 5, device=device)
+    mask = torch.tensor([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]], device=device)  # 3 masked, not 2
+    return [
+        ("ids_keep", lambda **kw: ferfast.patchify_gather(imgs, ids_keep, 4, **kw)),
+        ("ids_restore", lambda **kw: ferfast.unshuffle_tokens(tokens, token, ids_restore, 1, **kw)),
+        ("boxes1", lambda **kw: ferfast.box_iou(boxes[:, [2, 3, 0, 1]], boxes, **kw)),
+        ("perm", lambda **kw: ferfast.paired_box_iou(boxes, bad_perm, **kw)),
+        ("perm", lambda **kw: ferfast.face_mixup(imgs, 0.5, bad_perm, **kw)),
+        ("perm", lambda **kw: ferfast.mixup_soft_targets(y, 5, 0.5, bad_perm, 0.1, **kw)),
+        (
+            "iou",
+            lambda **kw: ferfast.facemix_loss(logits, logits, y, soft, torch.tensor([0.5, 1.5]).to(device), perm, **kw),
+        ),
+        (
+            "num_masked",
+            lambda backend, **kw: ferfast.fused_head_masked_mse(h, w, None, imgs, mask, 4, num_masked=2, **kw),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_every_validate_option_checks_its_values(backend, device):
+    """``validate=True`` raises a ValueError naming the argument on every backend, even with the CPU checks off;
+    the default does so on CPU tensors. So a Triton or reference call catches what the C++ kernels catch."""
+    for arg, call in _bad_value_calls(device):
+        with value_checks(False), pytest.raises(ValueError, match=arg):
+            call(backend=backend, validate=True)
+        if device.type == "cpu":
+            with pytest.raises(ValueError, match=arg):
+                call(backend=backend)

@@ -238,6 +238,7 @@ def test_reference_matches_mae_by_hand():
     # plain: per-patch MSE against pred = 1, then the mean over the 3 masked patches of the batch
     mse = {(0, 1): (4 + 9 + 36 + 49) / 4, (1, 0): (1 + 1 + 1 + 9) / 4, (1, 1): (1 + 1 + 1 + 1) / 4}
     plain = sum(mse.values()) / 3
+
     # norm_pix: mean, *unbiased* variance (divide by n-1 = 3), then (t - mean) / sqrt(var + 1e-6)
     def normalised(patch):
         mean = sum(patch) / 4
@@ -388,8 +389,13 @@ MASK = torch.ones(2, 4)
         pytest.param(IMGS, PRED, MASK, {"backend": "triton2"}, ValueError, "backend", id="bad-backend"),
         pytest.param(IMGS, PRED, MASK, {"backend": "cuda"}, ValueError, "backend", id="unavailable-backend"),
         pytest.param(
-            torch.randn(2, 1, 4, 4), torch.randn(2, 16, 1), torch.ones(2, 16), {"patch_size": 1, "norm_pix_loss": True},
-            ValueError, "norm_pix_loss", id="norm-pix-needs-2-values",
+            torch.randn(2, 1, 4, 4),
+            torch.randn(2, 16, 1),
+            torch.ones(2, 16),
+            {"patch_size": 1, "norm_pix_loss": True},
+            ValueError,
+            "norm_pix_loss",
+            id="norm-pix-needs-2-values",
         ),
     ],
 )

@@ -90,8 +90,12 @@ def test_mixup_soft_targets_matches_reference(backend, case, device):
     y[0] = k - 1
     lam, perm = make_lam(lam_kind, b), make_perm(perm_kind, b)
     out = ferfast.mixup_soft_targets(
-        y.to(device), k, lam.to(device) if isinstance(lam, torch.Tensor) else lam,
-        None if perm is None else perm.to(device), smoothing, backend=backend,
+        y.to(device),
+        k,
+        lam.to(device) if isinstance(lam, torch.Tensor) else lam,
+        None if perm is None else perm.to(device),
+        smoothing,
+        backend=backend,
     )
     assert out.shape == (b, k) and out.dtype == out_dtype(lam) and out.device.type == device.type
     perm = flip_perm(b) if perm is None else perm
@@ -106,7 +110,11 @@ def test_mixup_soft_targets_matches_reference(backend, case, device):
 def test_mixup_soft_targets_strided_inputs(backend, device):
     y, lam, perm = torch.randint(0, 7, (6,)), torch.rand(6), torch.randperm(6)
     out = ferfast.mixup_soft_targets(
-        non_contiguous(y).to(device), 7, non_contiguous(lam).to(device), non_contiguous(perm).to(device), 0.1,
+        non_contiguous(y).to(device),
+        7,
+        non_contiguous(lam).to(device),
+        non_contiguous(perm).to(device),
+        0.1,
         backend=backend,
     )
     assert_close_to_ref(out, exact_reference(y, 7, lam, perm, 0.1), name="soft targets (strided inputs)")
@@ -118,8 +126,10 @@ def test_mixup_soft_targets_hand_example(backend, device):
     y = torch.tensor([1, 3], device=device)
     out = ferfast.mixup_soft_targets(y, 4, 0.75, label_smoothing=0.2, backend=backend)
     expected = torch.tensor(
-        [[0.05, 0.75 * 0.85 + 0.25 * 0.05, 0.05, 0.75 * 0.05 + 0.25 * 0.85],
-         [0.05, 0.25 * 0.85 + 0.75 * 0.05, 0.05, 0.25 * 0.05 + 0.75 * 0.85]],
+        [
+            [0.05, 0.75 * 0.85 + 0.25 * 0.05, 0.05, 0.75 * 0.05 + 0.25 * 0.85],
+            [0.05, 0.25 * 0.85 + 0.75 * 0.05, 0.05, 0.25 * 0.05 + 0.75 * 0.85],
+        ],
         dtype=torch.float64,
     )
     assert_close_to_ref(out, expected, name="hand example")
@@ -160,8 +170,9 @@ def test_equals_timm_mixup_call(backend, mode):
     """timm's ``Mixup(x, target)`` in its three modes (the lam it draws is ours to choose)."""
     dev = backend_device(backend)
     b, k, smoothing = 8, 7, 0.1
-    mixup = timm.data.mixup.Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, label_smoothing=smoothing, num_classes=k,
-                                  mode=mode)
+    mixup = timm.data.mixup.Mixup(
+        mixup_alpha=1.0, cutmix_alpha=0.0, label_smoothing=smoothing, num_classes=k, mode=mode
+    )
     draws = np.array([0.2, 0.9, 1.0, 0.0, 0.45, 0.7, 0.33, 0.81], dtype=np.float32)
     mixup._params_per_batch = lambda: (0.4321, False)
     mixup._params_per_elem = lambda n: (draws[:n].copy(), np.zeros(n, dtype=bool))

@@ -93,10 +93,7 @@ def test_patchify_gather_non_contiguous_inputs(backend, device):
     ref = patchify_gather_ref(imgs, ids_keep, p)
 
     base = leaf(torch.stack([imgs, imgs], dim=-1), device)  # imgs = base[..., 0]: stride 2 in W
-    views = {
-        "strided": base[..., 0],
-        "channels_last": leaf(imgs, device).contiguous(memory_format=torch.channels_last),
-    }
+    views = {"strided": base[..., 0], "channels_last": leaf(imgs, device).contiguous(memory_format=torch.channels_last)}
     for name, view in views.items():
         assert not view.is_contiguous(), name
         out = ferfast.patchify_gather(view, non_contiguous(ids_keep).to(device), p, backend=backend)
@@ -198,7 +195,8 @@ def test_patchify_gather_rejects_bad_input(imgs, ids_keep, patch_size, backend, 
 
 @pytest.mark.ext
 def test_native_kernel_rejects_out_of_range_ids():
-    """The C++ kernel range-checks ids (the public op does not: that would synchronise a GPU)."""
+    """The C++ kernel range-checks ids as it reads them (the public op checks them in Python only where
+    ``validate`` asks: a GPU check would synchronise)."""
     backend_device("cpu")
     with pytest.raises(ValueError, match="ids_keep"):
         ferfast.patchify_gather(IMGS, torch.tensor([[0, 4], [1, 2]]), 4, backend="cpu")

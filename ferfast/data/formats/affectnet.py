@@ -23,9 +23,16 @@ from ferfast.data.formats._common import check_choice, finish_dataset
 __all__ = ["AFFECTNET_COLUMNS", "AFFECTNET_CSV", "AffectNet", "find_affectnet_csv"]
 
 AFFECTNET_COLUMNS: tuple[str, ...] = (
-    "subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
-    "facial_landmarks", "expression", "valence", "arousal",
-)  # fmt: skip
+    "subDirectory_filePath",
+    "face_x",
+    "face_y",
+    "face_width",
+    "face_height",
+    "facial_landmarks",
+    "expression",
+    "valence",
+    "arousal",
+)
 #: the CSV of each split
 AFFECTNET_CSV = {"train": "training.csv", "val": "validation.csv"}
 _CSV_DIRS = (".", "Manually_Annotated_file_lists")

@@ -55,8 +55,17 @@ FERPLUS_FOLDERS: dict[str, tuple[str, str]] = {
 }
 #: fer2013new.csv's vote columns, in its order (not the canonical order: mapped by name).
 FERPLUS_VOTE_COLUMNS: tuple[str, ...] = (
-    "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF",
-)  # fmt: skip
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+    "unknown",
+    "NF",
+)
 _EMOTIONS = FERPLUS_VOTE_COLUMNS[:8]
 _UNKNOWN = FERPLUS_VOTE_COLUMNS.index("unknown")  # 8; NF is 9: columns from here on are not emotions
 #: column j of the 8 emotion votes -> canonical class index

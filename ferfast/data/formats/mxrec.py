@@ -116,10 +116,7 @@ class MXNetRecord(IdentityDataset):
     """
 
     def __init__(
-        self,
-        root_or_rec: str | os.PathLike,
-        skip_unreadable: bool = True,
-        class_names: tuple[str, ...] = FER7_CLASSES,
+        self, root_or_rec: str | os.PathLike, skip_unreadable: bool = True, class_names: tuple[str, ...] = FER7_CLASSES
     ) -> None:
         path = Path(root_or_rec)
         rec = path / "train.rec" if path.is_dir() else path

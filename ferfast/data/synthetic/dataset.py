@@ -43,6 +43,7 @@ RAFDB_CODES: tuple[int, ...] = tuple(RAFDB_CLASSES.index(name) + 1 for name in F
 _CHUNK = 200  # images per work item; each chunk has its own seed, so output does not depend on workers
 _RAFDB_TRAIN_COUNTS = np.array([2524, 4772, 1982, 1290, 281, 717, 705], np.float64)
 
+
 # ---------------------------------------------------------------------------------------------
 # writing RAF-DB's layout
 # ---------------------------------------------------------------------------------------------

@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 
-
 #: The expression parameters, in the column order of :data:`EXPRESSION_PROTOTYPES`.
 EXPRESSION_PARAMS: tuple[str, ...] = (
     "mouth_curve",  # mouth corners up (+, smile) or down (-, frown)
@@ -674,4 +673,3 @@ def render_faces(
         img += (rng.standard_normal(img.shape[:3], dtype=f32) * f32(255.0 * config.noise))[..., None]
     images = np.clip(img, 0, 255, out=img).astype(np.uint8)
     return images, boxes
-
