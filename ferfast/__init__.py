@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ferfast._version import __version__
+from ferfast._version import __version__ as __version__  # re-exported
 
 #: The ops' public names. ``import ferfast`` stays light, so this cannot be read from the op declarations
 #: (:data:`ferfast._registry.PUBLIC_NAMES`, which import torch); ``tests/ops/test_op_specs.py`` holds it equal.

@@ -10,6 +10,7 @@ import torch
 from ferfast.config import ConfigError, ModelConfig, TrainConfig, build_config, config_from_dict, config_to_dict
 from ferfast.models import create_model, model_families, resolve_model_names
 from ferfast.train import main
+from tests.utils import write_tiny_faces
 
 
 def _table_names(out: str) -> list[tuple[str, str]]:
@@ -84,21 +85,14 @@ def test_cli_unknown_model_is_a_usage_error(capsys):
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from ferfast.data import write_synthetic_dataset
-    from ferfast.data.synthetic import SyntheticFaceConfig
-
-    out = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(
-        out,
+    return write_tiny_faces(
+        tmp_path_factory.mktemp("synth"),
         num_train=14,
         num_test=7,
         num_unlabeled=16,
         num_identities=7,
         num_unlabeled_identities=2,
-        config=SyntheticFaceConfig(size=32),
-        workers=1,
     )
-    return out
 
 
 @pytest.mark.parametrize("name", ["mae_vit_demo", "vit_demo"])

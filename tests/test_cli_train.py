@@ -11,25 +11,13 @@ import pytest
 import torch
 
 import ferfast
-from ferfast.data import write_synthetic_dataset
-from ferfast.data.synthetic import SyntheticFaceConfig
 from ferfast.train import main
+from tests.utils import write_tiny_faces
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(
-        out,
-        num_train=56,
-        num_test=21,
-        num_unlabeled=32,
-        num_identities=8,
-        num_unlabeled_identities=4,
-        config=SyntheticFaceConfig(size=32),
-        workers=1,
-    )
-    return out
+    return write_tiny_faces(tmp_path_factory.mktemp("synth"))
 
 
 def tiny(synth, out) -> list[str]:

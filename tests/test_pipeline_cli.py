@@ -331,10 +331,17 @@ def run_copy(pipeline, tmp_path):
     return tmp_path
 
 
+def finetune_copy(run_copy: Path, *options: str) -> subprocess.CompletedProcess:
+    """``finetune`` again on the copied run folder, with the pipeline's budget and ``options``."""
+    return cli(
+        "finetune", "--data.root", "faces", "--run.output_dir", "raf", "--config", "budget.yaml", *options, cwd=run_copy
+    )
+
+
 def test_rerunning_a_finished_stage_says_so_and_trains_nothing(run_copy):
     last = run_copy / "raf/stage1/checkpoint-last.pth"
     before = last.read_bytes()
-    r = cli("finetune", "--data.root", "faces", "--run.output_dir", "raf", "--config", "budget.yaml", cwd=run_copy)
+    r = finetune_copy(run_copy)
     assert r.returncode == 0, r.stderr
     assert "stage1: already finished (raf/stage1/checkpoint-last.pth: 2 of 2 epochs): nothing to train" in r.stdout
     assert "stage1 epoch" not in r.stdout and last.read_bytes() == before
@@ -345,18 +352,7 @@ def test_concurrent_run_is_refused_naming_the_holder(run_copy):
     from ferfast.engine.runlock import run_lock
 
     with run_lock(run_copy / "raf/stage1"):  # this test process is the other run
-        r = cli(
-            "finetune",
-            "--data.root",
-            "faces",
-            "--run.output_dir",
-            "raf",
-            "--config",
-            "budget.yaml",
-            "--stage1.epochs",
-            "3",
-            cwd=run_copy,
-        )
+        r = finetune_copy(run_copy, "--stage1.epochs", "3")
     assert_one_line_error(r, "finetune", 1, "raf/stage1", "in use", f"pid {os.getpid()}")
 
 
@@ -368,18 +364,7 @@ def test_damaged_last_checkpoint_resumes_from_the_newest_intact_one(run_copy):
     data = last.read_bytes()
     last.unlink()  # a hard link of the numbered one: write a truncated copy in its place
     last.write_bytes(data[: len(data) // 3])
-    r = cli(
-        "finetune",
-        "--data.root",
-        "faces",
-        "--run.output_dir",
-        "raf",
-        "--config",
-        "budget.yaml",
-        "--stage1.epochs",
-        "3",
-        cwd=run_copy,
-    )
+    r = finetune_copy(run_copy, "--stage1.epochs", "3")
     assert r.returncode == 0, r.stderr
     assert "skipping damaged checkpoint" in r.stderr and "truncated" in r.stderr and numbered[-1].name in r.stderr
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
@@ -391,18 +376,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_temp_file_that_is_removed(run
     last = stage1 / "checkpoint-last.pth"
     temp = stage1 / ".checkpoint-last.pth.k1ll3d_x.tmp"  # what a write killed half-way leaves
     temp.write_bytes(last.read_bytes()[:1000])
-    r = cli(
-        "finetune",
-        "--data.root",
-        "faces",
-        "--run.output_dir",
-        "raf",
-        "--config",
-        "budget.yaml",
-        "--stage1.epochs",
-        "3",
-        cwd=run_copy,
-    )
+    r = finetune_copy(run_copy, "--stage1.epochs", "3")
     assert r.returncode == 0, r.stderr
     assert "removed 1 temporary file" in r.stderr and temp.name in r.stderr and not temp.exists()
 

@@ -367,3 +367,19 @@ def device_with_ops(backend: str, ops) -> torch.device:
     if backend != "reference" and (reason := ops_missing(backend, ops)):
         pytest.fail(reason)
     return dev
+
+
+# ---- tiny datasets ---------------------------------------------------------------------------------
+
+#: The engine and CLI tests' synthetic dataset: 8 people, 56 train and 21 test faces of 32x32, and 32 unlabeled
+#: faces of 4 other people (what a stage-1 and stage-2 run needs, in a few seconds).
+TINY_FACES = dict(num_train=56, num_test=21, num_unlabeled=32, num_identities=8, num_unlabeled_identities=4)
+
+
+def write_tiny_faces(root, size: int = 32, **counts: int):
+    """Write :data:`TINY_FACES` (``counts`` overrides its numbers) as JPEG files under ``root``; returns ``root``."""
+    from ferfast.data import write_synthetic_dataset
+    from ferfast.data.synthetic import SyntheticFaceConfig
+
+    write_synthetic_dataset(root, config=SyntheticFaceConfig(size=size), workers=1, **{**TINY_FACES, **counts})
+    return root

@@ -2,7 +2,8 @@
 accumulation, clipping, EMA, logs, periodic evaluation, a non-finite-loss guard, and atomic checkpoints that a
 killed run resumes from exactly.
 
-Stages differ only in their step (:mod:`ferfast.engine.steps`) and schedule; :func:`fit` runs any of them.
+Stages differ only in their step (:mod:`ferfast.engine.steps`) and schedule; :func:`fit` runs any of them. What a
+checkpoint holds besides the weights, and restoring it, is :mod:`ferfast.engine.resume`'s.
 ``checkpoint-last.pth`` is written after every epoch, and with ``save_every_steps`` also every that many steps
 inside an epoch (at an optimizer step: never between two accumulated micro-batches); resuming from it restores the
 model, the optimizer, the EMA, the GradScaler, the best score so far, the random states (every rank's own) and, in
@@ -48,7 +49,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,18 +61,8 @@ from ferfast.config import schema as _schema
 from ferfast.config.schema import RunConfig, check_run_settings
 from ferfast.config.values import _check_int
 from ferfast.data.augment import FACE_MEAN, FACE_STD
-from ferfast.engine.checkpoint import (
-    BEST_CHECKPOINT,
-    CorruptCheckpointError,
-    capture_rng,
-    link_checkpoint,
-    load_checkpoint,
-    load_latest_checkpoint,
-    remove_stale_temp_files,
-    restore_rng,
-    save_epoch_checkpoint,
-)
-from ferfast.engine.dist import all_gather_objects, all_reduce_mean, barrier, get_rank, get_world_size, is_main_process
+from ferfast.engine.checkpoint import CorruptCheckpointError
+from ferfast.engine.dist import all_gather_objects, all_reduce_mean, get_world_size, is_main_process
 from ferfast.engine.ema import ModelEma
 from ferfast.engine.logging import (
     MetricLogger,
@@ -83,28 +74,25 @@ from ferfast.engine.logging import (
 )
 from ferfast.engine.optim import set_lr
 from ferfast.engine.prefetch import DevicePrefetcher
+from ferfast.engine.resume import (
+    BEST_KEY,
+    RANK_RNG_KEY,
+    Resumed,
+    RunState,
+    TrainedState,
+    drop_replayed_records,
+    own_checkpoint,
+    remove_stale_temps,
+    restore,
+    restore_rank_rng,
+    resume_source,
+    save_run_checkpoint,
+)
 from ferfast.engine.steps import PRECISIONS, StepOutput, autocast
 from ferfast.models.checkpoint import unwrap_model
 
-__all__ = ["BEST_KEY", "RANK_RNG_KEY", "FitConfig", "fit", "resume_line", "start_line"]
+__all__ = ["BEST_KEY", "RANK_RNG_KEY", "FitConfig", "fit", "resume_line", "start_line"]  # the keys: resume.py's
 
-#: checkpoint entry ``{"metric", "value", "epoch"}``: the best evaluation so far (``checkpoint-best.pth``'s;
-#: its ``epoch`` is 0-based, like the checkpoint's own ``epoch`` field)
-BEST_KEY = "best"
-#: checkpoint entry of a distributed run: every rank's random states, in rank order
-RANK_RNG_KEY = "rank_rng"
-#: checkpoint entry: the number of finished epochs (1-based number of the last one); ``step`` counts the batches of
-#: the next epoch already trained (0 at an epoch's end)
-EPOCHS_DONE_KEY = "epochs_done"
-#: checkpoint entries: the run's planned epochs and steps per epoch when it was written
-EPOCHS_KEY = "epochs"
-STEPS_KEY = "steps_per_epoch"
-#: checkpoint entry: the learning-rate factor that rollbacks left (1.0: none)
-LR_SCALE_KEY = "lr_scale"
-#: checkpoint entry: the global steps whose batches rollbacks skip
-SKIPPED_KEY = "skipped_steps"
-#: checkpoint entry of a mid-epoch checkpoint: the epoch's running sums (:meth:`_DeviceStats.snapshot`)
-EPOCH_STATS_KEY = "epoch_stats"
 #: each rollback multiplies the run's learning-rate factor by this
 ROLLBACK_LR_FACTOR = 0.5
 #: without a terminal, an epoch of at least this many steps prints a progress line at a log step, at most every
@@ -358,200 +346,33 @@ def _optimizer_step(
     optimizer.zero_grad(set_to_none=True)
 
 
-# -------------------------------------------------------------------------------------- checkpoints
-
-
-@dataclass
-class _Trained:
-    """What a checkpoint holds and a resume restores, besides the epoch."""
-
-    model: nn.Module  #: the bare module
-    optimizer: torch.optim.Optimizer
-    ema: ModelEma | None
-    scaler: torch.amp.GradScaler | None
-
-
-@dataclass
-class _Run:
-    """What :func:`fit` carries from epoch to epoch besides the weights, and writes into every checkpoint."""
-
-    steps_per_epoch: int
-    meta: dict[str, Any]  #: save_checkpoint's ``args`` and ``class_names``
-    best: dict | None = None
-    lr_scale: float = 1.0  #: the rollbacks' learning-rate factor, on top of ``lr_at``
-    skipped: set[int] = field(default_factory=set)  #: global steps whose batches are skipped
-    rollbacks: int = 0
-    tried: list[str] = field(default_factory=list)  #: what each rollback changed, for the give-up
-
-
-@dataclass
-class _Resumed:
-    """A checkpoint restored by :func:`_restore`: where it stands and what the run continues with."""
-
-    path: Path
-    epochs_done: int  #: finished epochs: the next epoch's 0-based index
-    step: int  #: batches of the next epoch already trained (0: at an epoch's end)
-    best: dict | None
-    lr_scale: float
-    skipped: set[int]
-    epoch_stats: dict | None  #: a mid-epoch checkpoint's running sums
-    planned_epochs: int | None  #: the epochs of the run that wrote it (None: an older checkpoint)
-    steps_per_epoch: int | None
-    #: a mid-epoch checkpoint's random states: restored once the epoch's first batch is drawn (see
-    #: :func:`_train_one_epoch`); None when already restored (an epoch's end)
-    rng: dict | None
-
-
-@dataclass
-class _NonFinite:
-    """A non-finite loss that the rollback policy answers: how many, the first one's global step (over all ranks;
-    -1: unknown), the global step of the read that found them, and the 0-based epoch."""
-
-    count: int
-    first_bad: int
-    step: int
-    epoch: int
-
-
-def _position(ckpt: Mapping[str, Any]) -> tuple[int, int]:
-    """``(finished epochs, batches of the next epoch trained)`` of a checkpoint; one without ``epochs_done`` (MAE's,
-    older ferfast's) was written at the end of its ``epoch`` (0-based)."""
-    if ckpt.get(EPOCHS_DONE_KEY) is not None:
-        return int(ckpt[EPOCHS_DONE_KEY]), int(ckpt.get("step") or 0)
-    return int(ckpt["epoch"]) + 1, 0
-
-
-def _own_checkpoint(output_dir: Path, why: str, stacklevel: int) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint of ``output_dir`` that loads (``load_latest_checkpoint``), with one warning (rank 0)
-    naming the damaged newer files it skipped and the one used; ``why``: "resuming" or "rolling back";
-    ``stacklevel``: the warning's, pointing at :func:`fit`'s caller."""
-    found = load_latest_checkpoint(output_dir)
-    if found is None:
-        return None
-    path, ckpt, damaged = found
-    if damaged and is_main_process():
-        skipped = "; ".join(str(exc) for _, exc in damaged)
-        warnings.warn(
-            f"skipping damaged checkpoint{'s' if len(damaged) > 1 else ''} ({skipped}); {why} from {path} instead",
-            stacklevel=stacklevel,
-        )
-    return path, ckpt
-
-
-def _resume_source(
-    output_dir: Path, resume: bool, resume_from: str | os.PathLike | None
-) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint a run continues from, loaded: its own folder's newest intact one (a killed run; a damaged
-    ``checkpoint-last.pth`` falls back to the newest numbered checkpoint that loads), else ``resume_from``."""
-    if resume and (own := _own_checkpoint(output_dir, "resuming", stacklevel=4)) is not None:
-        return own
-    if resume_from is None:
-        return None
-    path = Path(resume_from)
-    if not path.is_file():
-        raise FileNotFoundError(f"resume_from: checkpoint not found: {path}")
-    return path, load_checkpoint(path)
-
-
-def _remove_stale_temps(output_dir: Path) -> None:
-    """Delete the temporary files that a run killed during a checkpoint write left behind, and say so (rank 0)."""
-    if not is_main_process():
-        return
-    removed = remove_stale_temp_files(output_dir)
-    if removed:
-        warnings.warn(
-            f"removed {len(removed)} temporary file{'s' if len(removed) > 1 else ''} left in {output_dir} "
-            f"by an interrupted checkpoint write: {', '.join(p.name for p in removed)}",
-            stacklevel=3,
-        )
-
-
-def _restore_rng(ckpt: Mapping[str, Any]) -> None:
-    """This rank's random states when the checkpoint has every rank's (same world size), else rank 0's."""
-    per_rank = ckpt.get(RANK_RNG_KEY)
-    if per_rank and len(per_rank) == get_world_size():
-        restore_rng(per_rank[get_rank()])
-    elif ckpt.get("rng") is not None:
-        restore_rng(ckpt["rng"])
-
-
-def _restore(path: Path, ckpt: Mapping[str, Any], state: _Trained, stage: str) -> _Resumed:
-    """Restore a checkpoint written by :func:`fit` and loaded from ``path`` (on every rank): the weights and
-    optimizer states now, the random states now at an epoch's end and later in the middle of one."""
-    saved = (ckpt.get("args") or {}).get("stage")
-    if saved is not None and saved != stage:
-        raise ValueError(f"{path} is a checkpoint of {saved!r}, not of {stage!r}: resume from the same stage")
-    state.model.load_state_dict(ckpt["model"])
-    if ckpt.get("optimizer") is not None:
-        state.optimizer.load_state_dict(ckpt["optimizer"])
-    if state.ema is not None and ckpt.get("ema") is not None:
-        state.ema.load_state_dict(ckpt["ema"], num_updates=ckpt.get("ema_num_updates"))
-    if state.scaler is not None and ckpt.get("scaler"):
-        state.scaler.load_state_dict(ckpt["scaler"])
-    done, step = _position(ckpt)
-    rng = None
-    if step:
-        rng = {"rng": ckpt.get("rng"), RANK_RNG_KEY: ckpt.get(RANK_RNG_KEY)}
-    else:
-        _restore_rng(ckpt)
-    planned, steps = ckpt.get(EPOCHS_KEY), ckpt.get(STEPS_KEY)
-    return _Resumed(
-        path=path,
-        epochs_done=done,
-        step=step,
-        best=ckpt.get(BEST_KEY),
-        lr_scale=float(ckpt.get(LR_SCALE_KEY) or 1.0),
-        skipped={int(g) for g in ckpt.get(SKIPPED_KEY) or ()},
-        epoch_stats=ckpt.get(EPOCH_STATS_KEY) if step else None,
-        planned_epochs=None if planned is None else int(planned),
-        steps_per_epoch=None if steps is None else int(steps),
-        rng=rng,
-    )
+# ---------------------------------------------------------------------------- checkpoints and evaluation
 
 
 def _save(
     cfg: FitConfig,
     done: int,
     step: int,
-    state: _Trained,
-    run: _Run,
+    state: TrainedState,
+    run: RunState,
     improved: bool = False,
     epoch_stats: dict[str, Any] | None = None,
 ) -> None:
-    """checkpoint-last.pth (+ the numbered and best links at an epoch's end) from rank 0, with every rank's random
-    states; all wait. ``done``: finished epochs; ``step``: batches of the next epoch trained (0: an epoch's end)."""
-    rank_rng = all_gather_objects(capture_rng()) if get_world_size() > 1 else None  # a collective: every rank
-    if is_main_process():
-        extra: dict[str, Any] = {
-            EPOCHS_DONE_KEY: done,
-            EPOCHS_KEY: cfg.epochs,
-            STEPS_KEY: run.steps_per_epoch,
-            LR_SCALE_KEY: run.lr_scale,
-            SKIPPED_KEY: sorted(run.skipped),
-        }
-        if run.best is not None:
-            extra[BEST_KEY] = run.best
-        if rank_rng is not None:
-            extra[RANK_RNG_KEY] = rank_rng
-        if epoch_stats is not None:
-            extra[EPOCH_STATS_KEY] = epoch_stats
-        last = save_epoch_checkpoint(
-            cfg.output_dir,
-            epoch=done - 1,
-            step=step,
-            keep=cfg.keep,
-            number=done,
-            numbered=step == 0 and cfg.due(done - 1, cfg.save_every),
-            model=state.model,
-            optimizer=state.optimizer,
-            scaler=state.scaler,
-            ema=state.ema,
-            extra=extra,
-            **run.meta,
-        )
-        if improved:
-            link_checkpoint(last, cfg.output_dir / BEST_CHECKPOINT)
-    barrier()  # a rollback or the next stage reads what rank 0 wrote
+    """The run's checkpoint (:func:`~ferfast.engine.resume.save_run_checkpoint`), numbered at the end of every
+    ``save_every``-th epoch."""
+    numbered = step == 0 and cfg.due(done - 1, cfg.save_every)
+    save_run_checkpoint(
+        cfg.output_dir,
+        done,
+        step,
+        state,
+        run,
+        epochs=cfg.epochs,
+        keep=cfg.keep,
+        numbered=numbered,
+        improved=improved,
+        epoch_stats=epoch_stats,
+    )
 
 
 def _evaluate(
@@ -567,26 +388,15 @@ def _evaluate(
     return scores, {"metric": cfg.best_metric, "value": value, "epoch": epoch}, True
 
 
-def _drop_replayed_records(logger: MetricLogger | None, stage: str, done: int, step: int, steps: int) -> int:
-    """Drop ``stage``'s records that a killed run (or the steps a rollback discards) wrote to the log after the
-    checkpoint at (``done`` finished epochs, ``step`` batches into the next): a record's ``step`` is the global
-    index of the last step it covers, so those at or past ``done * steps + step`` go (at that step itself, an
-    epoch record of epoch ``done`` or earlier stays: older versions logged epoch records one step later). Other
-    stages' records stay."""
-    if logger is None:
-        return 0
-    resume_at = done * steps + step
+@dataclass
+class _NonFinite:
+    """A non-finite loss that the rollback policy answers: how many, the first one's global step (over all ranks;
+    -1: unknown), the global step of the read that found them, and the 0-based epoch."""
 
-    def replayed(record: dict[str, Any]) -> bool:
-        at = record.get("step")
-        if record.get("stage") != stage or isinstance(at, bool) or not isinstance(at, (int, float)):
-            return False
-        if at != resume_at:
-            return at > resume_at
-        epoch = record.get("epoch")
-        return not (isinstance(epoch, (int, float)) and epoch <= done)
-
-    return logger.drop_records(replayed)
+    count: int
+    first_bad: int
+    step: int
+    epoch: int
 
 
 def _global_first_bad(first_bad: int) -> int:
@@ -647,7 +457,7 @@ def _train_one_epoch(
     step_fn: Callable[[nn.Module, Mapping[str, torch.Tensor]], StepOutput],
     net: nn.Module,
     ddp: DistributedDataParallel | None,
-    state: _Trained,
+    state: TrainedState,
     loader: Any,
     batches: Any,
     cfg: FitConfig,
@@ -655,7 +465,7 @@ def _train_one_epoch(
     epoch: int,
     logger: MetricLogger | None,
     stage: str,
-    run: _Run,
+    run: RunState,
     *,
     start_step: int = 0,
     epoch_stats: Mapping[str, Any] | None = None,
@@ -695,7 +505,7 @@ def _train_one_epoch(
         next(it, None)
     first = next(it, None)  # the loader's iterator exists now
     if rng is not None:
-        _restore_rng(rng)
+        restore_rank_rng(rng)
     graphs = cfg.compile and cfg.compile_mode == "reduce-overhead" and device.type == "cuda"
     lines = _progress_lines(cfg, steps)
     t0 = last_line = time.monotonic()
@@ -795,7 +605,7 @@ def start_line(
     )
 
 
-def resume_line(resumed: _Resumed, epochs: int, steps_per_epoch: int) -> str:
+def resume_line(resumed: Resumed, epochs: int, steps_per_epoch: int) -> str:
     """What :func:`fit` says about the checkpoint it continues from (``epochs``: the run's epochs now)."""
     done, path = resumed.epochs_done, resumed.path
     if done >= epochs:
@@ -807,8 +617,8 @@ def resume_line(resumed: _Resumed, epochs: int, steps_per_epoch: int) -> str:
 
 
 def _roll_back(
-    bad: _NonFinite, cfg: FitConfig, state: _Trained, run: _Run, logger: MetricLogger | None, stage: str
-) -> _Resumed:
+    bad: _NonFinite, cfg: FitConfig, state: TrainedState, run: RunState, logger: MetricLogger | None, stage: str
+) -> Resumed:
     """Reload the last checkpoint after a non-finite loss, halving the run's learning-rate factor and skipping the
     first bad step's batch from now on; raises :class:`NonFiniteLossError` when ``max_rollbacks`` were spent or
     there is no checkpoint yet."""
@@ -822,7 +632,7 @@ def _roll_back(
             "data"
         )
     try:
-        last = _own_checkpoint(cfg.output_dir, "rolling back", stacklevel=4)
+        last = own_checkpoint(cfg.output_dir, "rolling back", stacklevel=4)
     except CorruptCheckpointError as exc:
         raise NonFiniteLossError(f"{where}; {exc}") from None
     if last is None:
@@ -835,7 +645,7 @@ def _roll_back(
         )
     lr_scale = run.lr_scale * ROLLBACK_LR_FACTOR
     skipped = run.skipped | ({bad.first_bad} if bad.first_bad >= 0 else set())
-    resumed = _restore(*last, state, stage)
+    resumed = restore(*last, state, stage)
     run.best, run.lr_scale, run.skipped = resumed.best, lr_scale, skipped
     what = f"learning rate x{lr_scale:g}"
     if bad.first_bad >= 0:
@@ -847,7 +657,7 @@ def _roll_back(
             f"rollback {run.rollbacks} of {cfg.max_rollbacks}: {what}",
             stacklevel=4,
         )
-    _drop_replayed_records(logger, stage, resumed.epochs_done, resumed.step, run.steps_per_epoch)
+    drop_replayed_records(logger, stage, resumed.epochs_done, resumed.step, run.steps_per_epoch)
     if logger is not None:
         logger.log(
             {
@@ -908,16 +718,16 @@ def fit(
     cfg = config
     args = {**(args or {}), "stage": stage}
     bare = unwrap_model(model)
-    state = _Trained(bare, optimizer, ema, _make_scaler(cfg.precision, device, scaler))
+    state = TrainedState(bare, optimizer, ema, _make_scaler(cfg.precision, device, scaler))
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError("the loader yields no batch per epoch (dataset smaller than one batch with drop_last?)")
-    run = _Run(steps_per_epoch, {"args": args, "class_names": class_names})
-    _remove_stale_temps(cfg.output_dir)
+    run = RunState(steps_per_epoch, {"args": args, "class_names": class_names})
+    remove_stale_temps(cfg.output_dir)
     epoch, start_step, epoch_stats, rng = 0, 0, None, None
     show = is_main_process() and cfg.show_progress is not False
-    if (source := _resume_source(cfg.output_dir, resume, resume_from)) is not None:
-        resumed = _restore(*source, state, stage)
+    if (source := resume_source(cfg.output_dir, resume, resume_from)) is not None:
+        resumed = restore(*source, state, stage)
         if resumed.step and resumed.steps_per_epoch not in (None, steps_per_epoch):
             raise ValueError(
                 f"{resumed.path} was written in the middle of an epoch of {resumed.steps_per_epoch} steps (at step "
@@ -930,7 +740,7 @@ def fit(
             print(f"{stage}: {resume_line(resumed, cfg.epochs, steps_per_epoch)}", flush=True)
         if epoch >= cfg.epochs:
             return []
-    _drop_replayed_records(logger, stage, epoch, start_step, steps_per_epoch)
+    drop_replayed_records(logger, stage, epoch, start_step, steps_per_epoch)
     net, ddp = _training_module(model, device, cfg)
     batches = DevicePrefetcher(loader, device, cfg.image_mean, cfg.image_std)
     if show and cfg.print_every and epoch < cfg.epochs:

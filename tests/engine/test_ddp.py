@@ -18,8 +18,6 @@ import torch
 import torch.multiprocessing as mp
 
 from ferfast.config import TrainConfig, build_config
-from ferfast.data import write_synthetic_dataset
-from ferfast.data.synthetic import SyntheticFaceConfig
 from ferfast.engine import load_checkpoint
 from ferfast.engine.dist import distributed
 from ferfast.engine.evaluation import evaluate
@@ -27,24 +25,14 @@ from ferfast.engine.loop import RANK_RNG_KEY
 from ferfast.engine.stage_data import prepare_data
 from ferfast.engine.stages import build_classifier, run_stage1
 from tests.engine.test_dist import free_port
+from tests.utils import write_tiny_faces
 
 WORLD = 2
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(
-        out,
-        num_train=56,
-        num_test=21,
-        num_unlabeled=8,
-        num_identities=8,
-        num_unlabeled_identities=1,
-        config=SyntheticFaceConfig(size=32),
-        workers=1,
-    )
-    return out
+    return write_tiny_faces(tmp_path_factory.mktemp("synth"), num_unlabeled=8, num_unlabeled_identities=1)
 
 
 def config(synth: Path, out: Path, batch_size: int, epochs: int = 2, accum_steps: int = 1) -> TrainConfig:

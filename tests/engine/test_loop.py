@@ -11,28 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ferfast.data import AugmentConfig, build_loader, open_dataset, write_synthetic_dataset
-from ferfast.data.synthetic import SyntheticFaceConfig
+from ferfast.data import AugmentConfig, build_loader, open_dataset
 from ferfast.engine.checkpoint import BEST_CHECKPOINT, list_checkpoints, load_checkpoint
 from ferfast.engine.ema import ModelEma
 from ferfast.engine.logging import MetricLogger, NonFiniteLossError
 from ferfast.engine.loop import BEST_KEY, FitConfig, fit
 from ferfast.engine.optim import cosine_with_warmup
 from ferfast.engine.steps import StepOutput
+from tests.utils import write_tiny_faces
 
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    out = tmp_path_factory.mktemp("faces")
-    write_synthetic_dataset(
-        out,
-        num_train=48,
-        num_test=14,
-        num_unlabeled=7,
-        num_identities=8,
-        num_unlabeled_identities=1,
-        config=SyntheticFaceConfig(size=32),
-        workers=1,
+    out = write_tiny_faces(
+        tmp_path_factory.mktemp("faces"), num_train=48, num_test=14, num_unlabeled=7, num_unlabeled_identities=1
     )
     return open_dataset("synthetic", out, "train")
 

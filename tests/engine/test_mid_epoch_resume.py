@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferfast.engine import loop as loop_module
+from ferfast.engine import resume as resume_module
 from ferfast.engine.checkpoint import list_checkpoints, load_checkpoint
 from ferfast.engine.loop import FitConfig, fit
 from ferfast.engine.steps import StepOutput
@@ -72,13 +73,13 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(faces, tmp_path, acc
 
 def test_mid_epoch_checkpoints_are_off_by_default_and_never_at_an_epochs_end(faces, tmp_path):  # noqa: F811
     saves = []
-    real = loop_module.save_epoch_checkpoint
+    real = resume_module.save_epoch_checkpoint
 
     def spy(output_dir, **kw):
         saves.append((kw["epoch"], kw["step"], kw["numbered"]))
         return real(output_dir, **kw)
 
-    loop_module.save_epoch_checkpoint = spy
+    resume_module.save_epoch_checkpoint = spy
     try:
         run(faces, tmp_path / "off", 2)
         assert saves == [(0, 0, True), (1, 0, True)]
@@ -86,7 +87,7 @@ def test_mid_epoch_checkpoints_are_off_by_default_and_never_at_an_epochs_end(fac
         run(faces, tmp_path / "on", 2, cfg={"save_every_steps": 2})
         assert saves == [(-1, 2, False), (-1, 4, False), (0, 0, True), (0, 2, False), (0, 4, False), (1, 0, True)]
     finally:
-        loop_module.save_epoch_checkpoint = real
+        resume_module.save_epoch_checkpoint = real
 
 
 def test_a_checkpoint_of_an_older_version_still_resumes(faces, tmp_path):  # noqa: F811
@@ -202,7 +203,7 @@ def test_progress_lines_without_a_terminal_on_long_epochs(tmp_path, capsys, monk
 
 
 def test_the_finished_line_when_fewer_epochs_are_asked(tmp_path):
-    resumed = loop_module._Resumed(
+    resumed = resume_module.Resumed(
         path=tmp_path / "checkpoint-last.pth",
         epochs_done=5,
         step=0,

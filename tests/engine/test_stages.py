@@ -16,9 +16,7 @@ import torch
 from PIL import Image
 
 from ferfast.config import ConfigError, TrainConfig, build_config
-from ferfast.data import write_synthetic_dataset
 from ferfast.data.splits import SplitMismatchError
-from ferfast.data.synthetic import SyntheticFaceConfig
 from ferfast.engine import evaluation, stage_data, stages
 from ferfast.engine.checkpoint import BEST_CHECKPOINT, load_checkpoint
 from ferfast.engine.evaluation import evaluate
@@ -26,22 +24,12 @@ from ferfast.engine.runlock import LOCK_FILE, RunLockedError
 from ferfast.engine.stage_data import prepare_data
 from ferfast.engine.stages import build_classifier, build_mae, build_mixup, run_pretrain, run_stage1, run_stage2
 from tests.engine.test_runlock import hold
+from tests.utils import write_tiny_faces
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(
-        out,
-        num_train=56,
-        num_test=21,
-        num_unlabeled=32,
-        num_identities=8,
-        num_unlabeled_identities=4,
-        config=SyntheticFaceConfig(size=32),
-        workers=1,
-    )
-    return out
+    return write_tiny_faces(tmp_path_factory.mktemp("synth"))
 
 
 def tiny_config(synth, out, **extra):
