@@ -16,13 +16,16 @@ Every arm is evaluated on the synthetic test split (identities unseen in trainin
 accuracy, macro-F1, with its wall time. :data:`DEMO_RECIPE` is SSFER's recipe scaled to a 2-core CPU budget
 (a 0.8M-parameter ViT on 64x64 faces, tens of epochs instead of hundreds); ``overrides`` change any
 :class:`~ferfast.config.TrainConfig` setting of every arm. Results go to ``out_dir/results.json`` and
-``results.md``; each arm's checkpoints, logs, metrics and confusion matrix to ``out_dir/seed<S>/<arm>/``.
+``results.md``; each arm's checkpoints, logs, metrics and confusion matrix to ``out_dir/seed<S>/<arm>/``. Pictures
+(:mod:`ferfast.demo_plots`): ``results.png`` (the ablation as bars) and each seed's MAE reconstructions
+``seed<S>/reconstruction.png``, shown in ``results.md`` with the confusion matrices.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import statistics
 import time
@@ -48,7 +51,9 @@ __all__ = [
     "DemoResult",
     "check_config",
     "format_table",
+    "picture_links",
     "run_demo",
+    "save_mae_reconstructions",
 ]
 
 
@@ -218,6 +223,8 @@ class DemoResult:
     data: dict[str, Any]
     seeds: tuple[int, ...]
     labeled_fraction: float
+    #: the pictures, relative to ``out_dir``: ``results``, ``reconstruction/seed<S>``, ``confusion/<arm>/seed<S>``
+    pictures: dict[str, str] = field(default_factory=dict)
 
     def row(self, arm: str, seed: int) -> ArmResult | None:
         """The result of ``arm`` for ``seed``, if it ran."""
@@ -239,6 +246,7 @@ class DemoResult:
             "data": self.data,
             "seeds": list(self.seeds),
             "labeled_fraction": self.labeled_fraction,
+            "pictures": self.pictures,
         }
 
 
@@ -360,23 +368,40 @@ def run_demo(cfg: DemoConfig | None = None, echo: Callable[[str], None] = _print
         f"faces of {d.size}x{d.size} in {cfg.faces_dir} ({stage_seconds['data']:.0f} s)"
     )
     rows: list[ArmResult] = []
+    pictures: dict[str, Path] = {}
     for seed in cfg.seeds:
         _fresh(cfg.out_dir / f"seed{seed}", cfg.resume)
-        rows += _run_seed(cfg, seed, stage_seconds, echo)
+        rows += _run_seed(cfg, seed, stage_seconds, echo, pictures)
     stage_seconds["total"] = time.perf_counter() - t_start
     result = DemoResult(
         rows, stage_seconds, {**asdict(d), "faces_dir": str(cfg.faces_dir)}, tuple(cfg.seeds), cfg.labeled_fraction
     )
+    from ferfast.demo_plots import save_results_png
+
+    pictures = {"results": save_results_png(result, cfg.out_dir / "results.png"), **pictures}
+    result.pictures = {key: _relative(path, cfg.out_dir) for key, path in pictures.items()}
     table = format_table(result)
     write_text_atomic(cfg.out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    write_text_atomic(cfg.out_dir / "results.md", table + "\n")
+    write_text_atomic(cfg.out_dir / "results.md", table + "\n" + picture_links(result))
     echo("")
     echo(table)
     return result
 
 
-def _run_seed(cfg: DemoConfig, seed: int, stage_seconds: dict[str, float], echo: Callable[[str], None]) -> list:
-    """Pretrain once, then every arm of ``cfg`` for ``seed``."""
+def _relative(path: Path, start: Path) -> str:
+    """``path`` relative to ``start``, with ``/`` (a Markdown link's form)."""
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def _run_seed(
+    cfg: DemoConfig,
+    seed: int,
+    stage_seconds: dict[str, float],
+    echo: Callable[[str], None],
+    pictures: dict[str, Path] | None = None,
+) -> list:
+    """Pretrain once (and draw the MAE's reconstructions), then every arm of ``cfg`` for ``seed``; the pictures'
+    paths go into ``pictures``."""
     from ferfast.engine.evaluation import evaluate
     from ferfast.engine.stage_data import prepare_data
     from ferfast.engine.stages import run_pretrain, run_stage1, run_stage2
@@ -393,6 +418,9 @@ def _run_seed(cfg: DemoConfig, seed: int, stage_seconds: dict[str, float], echo:
             f"[seed {seed}] MAE pretraining: {pcfg.pretrain.epochs} epochs on {cfg.data.num_unlabeled} unlabeled "
             f"faces ({dt:.0f} s)"
         )
+        recon = save_mae_reconstructions(pcfg, mae, cfg.out_dir / f"seed{seed}" / "reconstruction.png", seed)
+        if pictures is not None:
+            pictures[f"reconstruction/seed{seed}"] = recon
     stage1_models = {}
     steps = None  # (stage-1, stage-2) steps per epoch of the labeled-fraction arms: the ceiling's budget
     for arm in wanted:
@@ -412,7 +440,10 @@ def _run_seed(cfg: DemoConfig, seed: int, stage_seconds: dict[str, float], echo:
             model = run_stage1(acfg, data).module
             stage1_models[arm.key] = model
         seconds = time.perf_counter() - t0
-        metrics = evaluate(model, data.test, acfg, Path(acfg.run.output_dir) / "eval")
+        eval_dir = Path(acfg.run.output_dir) / "eval"
+        metrics = evaluate(model, data.test, acfg, eval_dir)
+        if pictures is not None and (eval_dir / "confusion.png").is_file():
+            pictures[f"confusion/{arm.key}/seed{seed}"] = eval_dir / "confusion.png"
         stage_seconds[f"{arm.key}/seed{seed}"] = seconds
         row = _scores(metrics, arm.key, seed, seconds, len(data.labeled))
         rows.append(row)
@@ -421,6 +452,25 @@ def _run_seed(cfg: DemoConfig, seed: int, stage_seconds: dict[str, float], echo:
             f"{row.mean_class_accuracy:.1%} ({row.labeled} labeled images, {seconds:.0f} s)"
         )
     return rows
+
+
+def save_mae_reconstructions(pcfg: TrainConfig, checkpoint: Path, path: Path, seed: int, count: int = 6) -> Path:
+    """Draw the pretrained MAE's reconstructions of ``count`` test faces (masking noise seeded by ``seed``) to
+    ``path``: the MAE of ``pcfg`` (the pretraining config) with the weights of ``checkpoint``."""
+    from ferfast.demo_plots import sample_faces, save_reconstruction_png
+    from ferfast.engine.stage_data import evaluation_data
+    from ferfast.engine.stages import build_mae
+    from ferfast.models.checkpoint import load_mae_checkpoint
+
+    mae = build_mae(pcfg)
+    load_mae_checkpoint(mae, checkpoint)
+    aug = pcfg.data.augment()
+    faces = sample_faces(evaluation_data(pcfg), count, pcfg.data.image_size, aug.mean, aug.std)
+    title = f"seed {seed}: MAE reconstructions of test faces, {pcfg.pretrain.mask_ratio:.0%} of the patches masked"
+    save_reconstruction_png(
+        mae, faces, path, mask_ratio=pcfg.pretrain.mask_ratio, seed=seed, mean=aug.mean, std=aug.std, title=title
+    )
+    return path
 
 
 def _fraction_steps(cfg: DemoConfig, seed: int, mae: Path | None) -> tuple[int, int]:
@@ -459,7 +509,35 @@ def format_table(result: DemoResult) -> str:
     out += _summary(result)
     times = [f"{k} {v:.0f} s" for k, v in result.stage_seconds.items()]
     out.append("wall time: " + ", ".join(times))
+    shown = [v for k, v in result.pictures.items() if not k.startswith("confusion/")]
+    if shown:  # the confusion matrices are each arm's eval/confusion.png, linked from results.md
+        out.append("pictures: " + ", ".join(shown) + " (results.md shows them, with the confusion matrices)")
     return "\n".join(out)
+
+
+def picture_links(result: DemoResult) -> str:
+    """Markdown image links to ``result.pictures`` (paths relative to ``results.md``): the chart, each seed's
+    MAE reconstructions, then each arm's confusion matrix; empty without pictures."""
+    pics = result.pictures
+    out: list[str] = []
+    if "results" in pics:
+        out += ["", f"![accuracy of each arm]({pics['results']})"]
+    recons = [(s, pics[f"reconstruction/seed{s}"]) for s in result.seeds if f"reconstruction/seed{s}" in pics]
+    if recons:
+        out += ["", "## MAE reconstructions (original / masked / reconstruction)"]
+        for s, link in recons:
+            out += ["", f"seed {s}:", "", f"![MAE reconstructions, seed {s}]({link})"]
+    confusions = [
+        (a, s, pics[f"confusion/{a.key}/seed{s}"])
+        for s in result.seeds
+        for a in ARMS
+        if f"confusion/{a.key}/seed{s}" in pics
+    ]
+    if confusions:
+        out += ["", "## Confusion matrices (test split)"]
+        for a, s, link in confusions:
+            out += ["", f"seed {s}, {a.label}:", "", f"![confusion matrix: {a.label}, seed {s}]({link})"]
+    return "\n".join(out) + "\n" if out else ""
 
 
 def _summary(result: DemoResult) -> list[str]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from ferfast.config import ConfigError
 from ferfast.demo import ARMS, DEMO_RECIPE, ArmResult, DemoConfig, DemoResult, arm_config, check_config, format_table
+from ferfast.demo_plots import RESULTS_SIZE, reconstruction_grid_size
 from ferfast.train import main
 
 ARM = {a.key: a for a in ARMS}
@@ -110,7 +113,20 @@ def test_quick_demo_from_the_command_line(tmp_path):
     for arm in ARMS:  # each arm evaluated through the real pipeline: metrics and confusion matrix on disk
         assert (tmp_path / "seed0" / arm.key / "eval" / "confusion.png").is_file()
     assert (Path(result["data"]["faces_dir"]) / "synthetic.json").is_file()
-    assert (tmp_path / "results.md").read_text().startswith("SSFER ablation")
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith("SSFER ablation")
+    # the pictures: the chart after the table, the MAE's reconstructions, the confusion matrices evaluate wrote
+    links = re.findall(r"^!\[[^\]]*\]\(([^)]+)\)$", md, flags=re.MULTILINE)
+    confusions = [f"seed0/{arm.key}/eval/confusion.png" for arm in ARMS]
+    assert links == ["results.png", "seed0/reconstruction.png", *confusions]
+    assert md.index("![") > md.index("| fully supervised (ceiling) |")
+    assert all((tmp_path / link).is_file() for link in links)
+    assert sorted(result["pictures"].values()) == sorted(links)
+    assert "pictures: results.png, seed0/reconstruction.png" in out
+    with Image.open(tmp_path / "results.png") as im:
+        assert im.format == "PNG" and im.size == RESULTS_SIZE
+    with Image.open(tmp_path / "seed0" / "reconstruction.png") as im:  # 6 test faces of 32x32, shown x4
+        assert im.format == "PNG" and im.size == reconstruction_grid_size(6, 32, 4)
 
 
 def test_the_demo_trains_in_fp32_on_the_cpu(tmp_path):

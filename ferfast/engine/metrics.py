@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from ferfast._draw import draw_text, fit_text, load_font
 from ferfast.data.splits import class_indices
 from ferfast.engine.checkpoint import write_atomic
 
@@ -78,31 +79,6 @@ def _margins(cell_size: int) -> tuple[int, int, int]:
     return (5 * cell_size) // 2, (3 * cell_size) // 2, cell_size // 4
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
-    """``text``, cut with an ellipsis to fit ``width`` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
-def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font: Any, fill: Any, align: str) -> None:
-    """Draw ``text`` with ``xy`` at its left/middle/right (``align[0]``) and top/middle/bottom (``align[1]``) edge;
-    placed from its bounding box, so that bitmap fonts (which have no ``anchor``) work too."""
-    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
-    x = xy[0] - {"l": x0, "m": (x0 + x1) / 2, "r": x1}[align[0]]
-    y = xy[1] - {"t": y0, "m": (y0 + y1) / 2, "b": y1}[align[1]]
-    draw.text((x, y), text, fill=fill, font=font)
-
-
 def _colour(v: float) -> tuple[int, int, int]:
     """White (0) to dark blue (1), like matplotlib's ``Blues``."""
     lo, hi = np.array([247, 251, 255]), np.array([8, 48, 107])
@@ -139,18 +115,18 @@ def save_confusion_png(
     left, top, _ = _margins(cell_size)
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    label_font = _font(max(10, cell_size // 5))
-    cell_font = _font(max(9, cell_size // 5))
-    small_font = _font(max(8, cell_size // 6))
+    label_font = load_font(max(10, cell_size // 5))
+    cell_font = load_font(max(9, cell_size // 5))
+    small_font = load_font(max(8, cell_size // 6))
 
     title = title if title is not None else f"Confusion matrix (n={int(cm.sum())}, acc={_acc(cm):.3f})"
-    draw.text((left, 4), _fit(draw, title, label_font, width - left - 4), fill="black", font=label_font)
+    draw.text((left, 4), fit_text(draw, title, label_font, width - left - 4), fill="black", font=label_font)
     draw.text((4, top - cell_size // 2), "true \\ predicted", fill="gray", font=small_font)
     for i, name in enumerate(class_names):
         y = top + i * cell_size + cell_size // 2
-        _text(draw, (left - 6, y), _fit(draw, str(name), label_font, left - 10), label_font, "black", "rm")
+        draw_text(draw, (left - 6, y), fit_text(draw, str(name), label_font, left - 10), label_font, "black", "rm")
         x = left + i * cell_size + cell_size // 2
-        _text(draw, (x, top - 6), _fit(draw, str(name), small_font, cell_size - 4), small_font, "black", "mb")
+        draw_text(draw, (x, top - 6), fit_text(draw, str(name), small_font, cell_size - 4), small_font, "black", "mb")
     for i in range(k):
         for j in range(k):
             x0, y0 = left + j * cell_size, top + i * cell_size
@@ -158,8 +134,8 @@ def save_confusion_png(
             draw.rectangle((x0, y0, x0 + cell_size - 1, y0 + cell_size - 1), fill=fill, outline=(200, 200, 200))
             ink = "white" if rates[i, j] > 0.5 else "black"
             cx, cy = x0 + cell_size // 2, y0 + cell_size // 2
-            _text(draw, (cx, cy - 1), str(int(cm[i, j])), cell_font, ink, "mb")
-            _text(draw, (cx, cy + 2), f"{rates[i, j]:.2f}", small_font, ink, "mt")
+            draw_text(draw, (cx, cy - 1), str(int(cm[i, j])), cell_font, ink, "mb")
+            draw_text(draw, (cx, cy + 2), f"{rates[i, j]:.2f}", small_font, ink, "mt")
 
     buf = io.BytesIO()
     img.save(buf, format="PNG")
