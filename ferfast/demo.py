@@ -91,11 +91,21 @@ class DataRecipe:
     size: int = 64
     intensity: float = 2.5
     background: float = 0.3
+    #: face placement: the centre's shift and the size's spread (SyntheticFaceConfig's ``align_jitter``,
+    #: ``scale_jitter``); they set how far apart two faces' boxes are, hence face-IoU Mixup's pair IoUs
+    align_jitter: float = 0.03
+    scale_jitter: float = 0.05
 
     def face_config(self) -> SyntheticFaceConfig:
         from ferfast.data.synthetic import SyntheticFaceConfig
 
-        return SyntheticFaceConfig(size=self.size, intensity=self.intensity, background=self.background)
+        return SyntheticFaceConfig(
+            size=self.size,
+            intensity=self.intensity,
+            background=self.background,
+            align_jitter=self.align_jitter,
+            scale_jitter=self.scale_jitter,
+        )
 
 
 #: SSFER's recipe (docs/design.md, Recipes) scaled to ten minutes of a 2-core CPU: the TrainConfig settings of every
@@ -225,6 +235,8 @@ class DemoResult:
     labeled_fraction: float
     #: the pictures, relative to ``out_dir``: ``results``, ``reconstruction/seed<S>``, ``confusion/<arm>/seed<S>``
     pictures: dict[str, str] = field(default_factory=dict)
+    #: per seed, face-IoU Mixup's pair IoUs after stage 1's crops: ``mean``, ``q25``, ``median``, ``q75``, ``draws``
+    pair_iou: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def row(self, arm: str, seed: int) -> ArmResult | None:
         """The result of ``arm`` for ``seed``, if it ran."""
@@ -247,6 +259,7 @@ class DemoResult:
             "seeds": list(self.seeds),
             "labeled_fraction": self.labeled_fraction,
             "pictures": self.pictures,
+            "pair_iou": {str(k): v for k, v in self.pair_iou.items()},
         }
 
 
@@ -369,12 +382,18 @@ def run_demo(cfg: DemoConfig | None = None, echo: Callable[[str], None] = _print
     )
     rows: list[ArmResult] = []
     pictures: dict[str, Path] = {}
+    pair_iou: dict[int, dict[str, float]] = {}
     for seed in cfg.seeds:
         _fresh(cfg.out_dir / f"seed{seed}", cfg.resume)
-        rows += _run_seed(cfg, seed, stage_seconds, echo, pictures)
+        rows += _run_seed(cfg, seed, stage_seconds, echo, pictures, pair_iou)
     stage_seconds["total"] = time.perf_counter() - t_start
     result = DemoResult(
-        rows, stage_seconds, {**asdict(d), "faces_dir": str(cfg.faces_dir)}, tuple(cfg.seeds), cfg.labeled_fraction
+        rows,
+        stage_seconds,
+        {**asdict(d), "faces_dir": str(cfg.faces_dir)},
+        tuple(cfg.seeds),
+        cfg.labeled_fraction,
+        pair_iou=pair_iou,
     )
     from ferfast.demo_plots import save_results_png
 
@@ -399,9 +418,10 @@ def _run_seed(
     stage_seconds: dict[str, float],
     echo: Callable[[str], None],
     pictures: dict[str, Path] | None = None,
+    pair_iou: dict[int, dict[str, float]] | None = None,
 ) -> list:
     """Pretrain once (and draw the MAE's reconstructions), then every arm of ``cfg`` for ``seed``; the pictures'
-    paths go into ``pictures``."""
+    paths go into ``pictures``, the face-IoU Mixup arm's pair-IoU distribution into ``pair_iou``."""
     from ferfast.engine.evaluation import evaluate
     from ferfast.engine.stage_data import prepare_data
     from ferfast.engine.stages import run_pretrain, run_stage1, run_stage2
@@ -433,6 +453,13 @@ def _run_seed(
             steps = (
                 len(data.labeled) // acfg.stage1.batch_size,
                 len(data.unlabeled) // acfg.stage2.unlabeled_batch_size,
+            )
+        if arm.mixup and not arm.semisup and pair_iou is not None:
+            pair_iou[seed] = stats = mixup_pair_ious(acfg, data)
+            echo(
+                f"[seed {seed}] face-IoU Mixup pairs after stage 1's crops: IoU mean {stats['mean']:.2f}, quartiles "
+                f"{stats['q25']:.2f} / {stats['median']:.2f} / {stats['q75']:.2f} ({stats['draws']:.0f} draws over "
+                f"{MIXUP_IOU_EPOCHS} epochs)"
             )
         if arm.semisup:
             model = run_stage2(acfg, data, stage1_models["mixup"]).module
@@ -473,6 +500,34 @@ def save_mae_reconstructions(pcfg: TrainConfig, checkpoint: Path, path: Path, se
     return path
 
 
+#: epochs of stage 1's loader that :func:`mixup_pair_ious` draws (each epoch crops every labeled image again)
+MIXUP_IOU_EPOCHS = 5
+
+
+def mixup_pair_ious(acfg: TrainConfig, data: Any, epochs: int = MIXUP_IOU_EPOCHS) -> dict[str, float]:
+    """The distribution of face-IoU Mixup's pair IoUs as stage 1 sees them: each labeled image's face box after
+    the stage's random crop and flip, against its Mixup partner's, over ``epochs`` epochs of the stage's own
+    loader (the boxes only: nothing is trained). ``mean``, ``q25``, ``median``, ``q75`` and ``draws`` (images x
+    epochs; with the flip pairing both images of a pair count)."""
+    import numpy as np
+    import torch
+
+    from ferfast.engine.stages import build_mixup, stage1_loader
+
+    cpu = torch.device("cpu")
+    mixup = build_mixup(acfg, len(data.class_names))
+    loader = stage1_loader(acfg, data, cpu)
+    ious = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            n = int(batch["images"].shape[0])
+            ious.append(mixup.pair_iou(batch.get("boxes"), mixup.sample_perm(n, cpu), n, cpu).numpy())
+    values = np.concatenate(ious) if ious else np.full(1, np.nan)
+    q25, median, q75 = (float(v) for v in np.quantile(values, [0.25, 0.5, 0.75]))
+    return {"mean": float(values.mean()), "q25": q25, "median": median, "q75": q75, "draws": float(values.size)}
+
+
 def _fraction_steps(cfg: DemoConfig, seed: int, mae: Path | None) -> tuple[int, int]:
     """Steps per epoch of stage 1 and stage 2 with the labeled fraction (for a ceiling run without those arms)."""
     from ferfast.engine.stage_data import prepare_data
@@ -507,6 +562,11 @@ def format_table(result: DemoResult) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     out = ["SSFER ablation on synthetic faces (test split: identities unseen in training)", "", *lines, ""]
     out += _summary(result)
+    for seed, q in sorted(result.pair_iou.items()):
+        out.append(
+            f"face-IoU Mixup pair IoU after stage 1's crops (seed {seed}): mean {q['mean']:.2f}, quartiles "
+            f"{q['q25']:.2f} / {q['median']:.2f} / {q['q75']:.2f}"
+        )
     times = [f"{k} {v:.0f} s" for k, v in result.stage_seconds.items()]
     out.append("wall time: " + ", ".join(times))
     shown = [v for k, v in result.pictures.items() if not k.startswith("confusion/")]

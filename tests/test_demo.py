@@ -127,6 +127,12 @@ def test_quick_demo_from_the_command_line(tmp_path):
         assert im.format == "PNG" and im.size == RESULTS_SIZE
     with Image.open(tmp_path / "seed0" / "reconstruction.png") as im:  # 6 test faces of 32x32, shown x4
         assert im.format == "PNG" and im.size == reconstruction_grid_size(6, 32, 4)
+    # face-IoU Mixup's pair IoUs after stage 1's crops, measured on the stage's own loader: printed and recorded
+    iou = result["pair_iou"]["0"]
+    assert 0.0 < iou["q25"] <= iou["median"] <= iou["q75"] <= 1.0 and 0.0 < iou["mean"] < 1.0
+    assert iou["draws"] == 5 * (labeled["mixup"] // 8 * 8)  # 5 epochs of the quick recipe's full batches of 8
+    assert f"face-IoU Mixup pairs after stage 1's crops: IoU mean {iou['mean']:.2f}" in out
+    assert f"face-IoU Mixup pair IoU after stage 1's crops (seed 0): mean {iou['mean']:.2f}" in md
 
 
 def test_the_demo_trains_in_fp32_on_the_cpu(tmp_path):

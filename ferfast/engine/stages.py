@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +58,16 @@ from ferfast.engine.summary import describe_data, describe_loader, describe_mode
 from ferfast.models import create_model, load_pretrained
 from ferfast.ops import FaceIoUMixup
 
-__all__ = ["build_classifier", "build_mae", "build_mixup", "resolve_device", "run_pretrain", "run_stage1", "run_stage2"]
+__all__ = [
+    "build_classifier",
+    "build_mae",
+    "build_mixup",
+    "resolve_device",
+    "run_pretrain",
+    "run_stage1",
+    "run_stage2",
+    "stage1_loader",
+]
 
 
 def _check_launch() -> None:
@@ -112,6 +122,20 @@ def build_mixup(cfg: TrainConfig, num_classes: int) -> FaceIoUMixup:
         fallback_box=box,
         seed=cfg.run.seed,
         pairing=s.mixup_pairing,
+    )
+
+
+def stage1_loader(cfg: TrainConfig, data: FERData, device: torch.device) -> Any:
+    """Stage 1's loader: the labeled images with the run's augmentation and seed (also what the demo measures the
+    face-IoU Mixup pairs on)."""
+    return stage_loader(
+        "stage1",
+        data.labeled,
+        cfg,
+        device,
+        batch_size=cfg.stage1.batch_size,
+        config=cfg.data.augment(),
+        seed=cfg.run.seed,
     )
 
 
@@ -267,9 +291,7 @@ def run_stage1(cfg: TrainConfig, data: FERData, pretrained: Path | None = None) 
                 position[1] += 1
             return stage1_step(m, b, mixup if s.mixup else None, s.label_smoothing)
 
-        loader = stage_loader(
-            "stage1", data.labeled, cfg, device, batch_size=s.batch_size, config=cfg.data.augment(), seed=cfg.run.seed
-        )
+        loader = stage1_loader(cfg, data, device)
         opt, lr = make_optimizer(model, s.optim, effective_batch_size(s.batch_size, s.optim))
         fit_cfg = _fit_config(cfg, s.optim, s.epochs, lr, out, device, model)
         validate = validator(ema.module, data.validation, cfg)

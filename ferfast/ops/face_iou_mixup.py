@@ -201,6 +201,22 @@ class FaceIoUMixup(nn.Module):
             box = self._fallback_cache[device] = host_to_device(list(self.fallback_box), device, torch.float32)
         return box
 
+    def pair_iou(self, boxes: Tensor | None, perm: Tensor, batch: int, device: torch.device) -> Tensor:
+        """``[B]`` IoU of each image's face box with its partner's (``perm``): the weights :meth:`forward` uses.
+        Rows of NaN, or no ``boxes``, take ``fallback_box``."""
+        fallback = self.fallback_boxes(device)
+        if boxes is None:
+            boxes = fallback.expand(batch, 4)
+        else:
+            boxes = _checks.tensor(boxes, "boxes")
+            if tuple(boxes.shape) != (batch, 4):
+                raise ValueError(f"boxes must have shape [{batch}, 4] (xyxy face boxes), got {tuple(boxes.shape)}")
+            boxes = boxes.to(device=device, dtype=torch.float32)
+            boxes = torch.where(torch.isnan(boxes).any(dim=1, keepdim=True), fallback, boxes)
+        # Value checks (CPU tensors only, see ferfast.ops._checks) stay on for the batch's boxes;
+        # perm is this module's own draw, valid by construction.
+        return paired_box_iou(boxes, perm, backend=self.backend)
+
     def forward(self, batch: Mapping[str, Tensor]) -> FaceMixBatch:
         """``batch``: ``images`` [B, ...], ``labels`` [B] int64, optional ``boxes`` [B, 4] xyxy face boxes."""
         if not isinstance(batch, Mapping) or "images" not in batch or "labels" not in batch:
@@ -215,19 +231,7 @@ class FaceIoUMixup(nn.Module):
         if self.ssfer_compat and b % 2:
             raise ValueError(f"ssfer_compat=True needs an even batch (SSFER's Mixup asserts it), got {b}")
         perm = self.sample_perm(b, x.device)
-        boxes = batch.get("boxes")
-        fallback = self.fallback_boxes(x.device)
-        if boxes is None:
-            boxes = fallback.expand(b, 4)
-        else:
-            boxes = _checks.tensor(boxes, "boxes")
-            if tuple(boxes.shape) != (b, 4):
-                raise ValueError(f"boxes must have shape [{b}, 4] (xyxy face boxes), got {tuple(boxes.shape)}")
-            boxes = boxes.to(device=x.device, dtype=torch.float32)
-            boxes = torch.where(torch.isnan(boxes).any(dim=1, keepdim=True), fallback, boxes)
-        # Value checks (CPU tensors only, see ferfast.ops._checks) stay on for the batch's boxes and labels;
-        # lam and perm are this module's own draws, valid by construction.
-        iou = paired_box_iou(boxes, perm, backend=self.backend)
+        iou = self.pair_iou(batch.get("boxes"), perm, b, x.device)
         lam = self.lam_tensor(self.sample_lam(b), x.device)
         targets = mixup_soft_targets(y, self.num_classes, lam, perm, self.label_smoothing, backend=self.backend)
         if self.ssfer_compat:

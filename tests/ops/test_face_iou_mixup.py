@@ -223,6 +223,14 @@ def test_nan_box_rows_take_the_fallback_box(backend, device):
     px = make_batch(2, device)
     px["boxes"] = torch.tensor([[25.0, 25.0, 220.0, 220.0], [float("nan")] * 4], device=device)
     assert_close_to_ref(pixel(px).iou, torch.ones(2, dtype=torch.float64), name="pixel fallback")
+    # pair_iou alone (what the demo measures the pairs with) gives forward's weights, without mixing anything
+    mixer = ferfast.FaceIoUMixup(num_classes=7, seed=0, backend=backend)
+    alone = mixer.pair_iou(batch["boxes"], flip_perm(6, device), 6, device)
+    assert_identical(alone, out.iou, name="pair_iou")
+    no_boxes = mixer.pair_iou(None, flip_perm(6, device), 6, device)
+    assert_close_to_ref(no_boxes, torch.ones(6, dtype=torch.float64), name="no boxes: the fallback box both ways")
+    with pytest.raises(ValueError, match="boxes"):
+        mixer.pair_iou(batch["boxes"][:5], flip_perm(6, device), 6, device)
 
 
 def test_seeded_reproducibility():
