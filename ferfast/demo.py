@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ferfast._io import write_text_atomic
 from ferfast.config import TrainConfig, build_config, config_keys, derive_config
+from ferfast.demo_results import ARM_BY_KEY, ARMS, Arm, ArmResult, DemoResult
 from ferfast.runtime import tune_cpu_allocator
 
 if TYPE_CHECKING:  # torch, the data layer and the engine are imported when the demo runs, not for `--help`
@@ -56,29 +57,6 @@ __all__ = [
     "run_demo",
     "save_mae_reconstructions",
 ]
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One row of the ablation: which parts of the method it uses."""
-
-    key: str
-    label: str
-    pretrained: bool
-    mixup: bool
-    semisup: bool
-    all_labels: bool = False
-
-
-#: The ablation's rows, in the order they are trained and printed.
-ARMS: tuple[Arm, ...] = (
-    Arm("scratch", "supervised from scratch", pretrained=False, mixup=False, semisup=False),
-    Arm("pretrain", "+ MAE pretraining", pretrained=True, mixup=False, semisup=False),
-    Arm("mixup", "+ face-IoU Mixup", pretrained=True, mixup=True, semisup=False),
-    Arm("semisup", "+ FixMatch (full method)", pretrained=True, mixup=True, semisup=True),
-    Arm("full", "fully supervised (ceiling)", pretrained=True, mixup=False, semisup=False, all_labels=True),
-)
-_ARM = {arm.key: arm for arm in ARMS}
 
 
 @dataclass(frozen=True)
@@ -187,7 +165,7 @@ class DemoConfig:
             raise ValueError(f"seeds must be distinct, got {self.seeds!r}")
         if not 0.0 < self.labeled_fraction < 1.0:
             raise ValueError(f"labeled_fraction must be in (0, 1), got {self.labeled_fraction!r}")
-        unknown = [a for a in self.arms if a not in _ARM]
+        unknown = [a for a in self.arms if a not in ARM_BY_KEY]
         if unknown or not self.arms:
             raise ValueError(f"arms must be a non-empty subset of {[a.key for a in ARMS]}, got {list(self.arms)}")
         if "semisup" in self.arms and "mixup" not in self.arms:
@@ -212,58 +190,6 @@ class DemoConfig:
         )
 
 
-@dataclass
-class ArmResult:
-    """An arm's test scores and wall time for one seed."""
-
-    arm: str
-    seed: int
-    accuracy: float
-    mean_class_accuracy: float
-    macro_f1: float
-    seconds: float
-    labeled: int
-
-
-@dataclass
-class DemoResult:
-    """Every arm's scores per seed, each stage's wall time, and what the data was."""
-
-    rows: list[ArmResult]
-    stage_seconds: dict[str, float]  #: ``data``, ``mae/seed<S>``, ``<arm>/seed<S>``, ``total``
-    data: dict[str, Any]
-    seeds: tuple[int, ...]
-    labeled_fraction: float
-    #: the pictures, relative to ``out_dir``: ``results``, ``reconstruction/seed<S>``, ``confusion/<arm>/seed<S>``
-    pictures: dict[str, str] = field(default_factory=dict)
-    #: per seed, face-IoU Mixup's pair IoUs after stage 1's crops: ``mean``, ``q25``, ``median``, ``q75``, ``draws``
-    pair_iou: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    def row(self, arm: str, seed: int) -> ArmResult | None:
-        """The result of ``arm`` for ``seed``, if it ran."""
-        return next((r for r in self.rows if r.arm == arm and r.seed == seed), None)
-
-    def scores(self, arm: str, key: str = "accuracy") -> list[float]:
-        """``key`` of ``arm`` for each seed, in seed order."""
-        rows = [self.row(arm, s) for s in self.seeds]
-        return [getattr(r, key) for r in rows if r is not None]
-
-    def mean(self, arm: str, key: str = "accuracy") -> float:
-        values = self.scores(arm, key)
-        return statistics.fmean(values) if values else math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rows": [asdict(r) for r in self.rows],
-            "stage_seconds": self.stage_seconds,
-            "data": self.data,
-            "seeds": list(self.seeds),
-            "labeled_fraction": self.labeled_fraction,
-            "pictures": self.pictures,
-            "pair_iou": {str(k): v for k, v in self.pair_iou.items()},
-        }
-
-
 def arm_config(
     cfg: DemoConfig, arm: Arm, seed: int, pretrained: Path | None, *, steps: tuple[int, int] | None = None
 ) -> TrainConfig:
@@ -273,7 +199,6 @@ def arm_config(
     ``steps`` is ``(stage-1 steps per epoch with the labeled fraction, stage-2 steps per epoch)``; its epochs and
     warmup are converted to epochs of the whole training set (its learning rate schedule has the same shape in steps).
     """
-    import torch
 
     recipe = QUICK_RECIPE if cfg.quick else DEMO_RECIPE
     faces = cfg.faces_dir
@@ -290,7 +215,7 @@ def arm_config(
         "stage1.mixup": arm.mixup,
         "model.pretrained": None if pretrained is None else str(pretrained),
     }
-    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+    if _on_cpu(cfg):
         values["run.precision"] = "fp32"  # the documented results; "auto" may measure bf16 faster on some CPUs
     if arm.all_labels:
         values["data.labeled_fraction"] = 1.0
@@ -322,7 +247,7 @@ def _as_text(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _pretrain_config(cfg: DemoConfig, seed: int) -> TrainConfig:
-    base = arm_config(cfg, _ARM["pretrain"], seed, None)
+    base = arm_config(cfg, ARM_BY_KEY["pretrain"], seed, None)
     return derive_config(base, {"run.output_dir": str(cfg.out_dir / f"seed{seed}" / "mae")})
 
 
@@ -437,7 +362,7 @@ def _run_seed(
     from ferfast.engine.stages import run_pretrain, run_stage1, run_stage2
 
     rows: list[ArmResult] = []
-    wanted = [_ARM[k] for k in cfg.arms]
+    wanted = [ARM_BY_KEY[k] for k in cfg.arms]
     mae: Path | None = None
     if any(a.pretrained for a in wanted):
         pcfg = _pretrain_config(cfg, seed)
@@ -542,7 +467,7 @@ def _fraction_steps(cfg: DemoConfig, seed: int, mae: Path | None) -> tuple[int, 
     """Steps per epoch of stage 1 and stage 2 with the labeled fraction (for a ceiling run without those arms)."""
     from ferfast.engine.stage_data import prepare_data
 
-    acfg = arm_config(cfg, _ARM["mixup"], seed, mae)
+    acfg = arm_config(cfg, ARM_BY_KEY["mixup"], seed, mae)
     data = prepare_data(acfg)
     return len(data.labeled) // acfg.stage1.batch_size, len(data.unlabeled) // acfg.stage2.unlabeled_batch_size
 

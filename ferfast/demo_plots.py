@@ -19,13 +19,13 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from ferfast._draw import draw_text, fit_text, load_font
-from ferfast._io import write_atomic
+from ferfast._draw import draw_text, fit_text, load_font, png_path, save_png
 from ferfast.data.augment import FACE_MEAN, FACE_STD
+from ferfast.demo_results import ARMS
 
 if TYPE_CHECKING:
     from ferfast.data.base import FaceDataset
-    from ferfast.demo import DemoResult
+    from ferfast.demo_results import DemoResult
 
 __all__ = [
     "ARM_COLOURS",
@@ -66,18 +66,6 @@ _LABEL_W, _TITLE_H, _PAD = 104, 24, 4
 _MASK_GREY = (128, 128, 128)
 
 
-def _check_png_path(path: str | os.PathLike) -> Path:
-    if not isinstance(path, (str, os.PathLike)) or not str(path).lower().endswith(".png"):
-        raise ValueError(f"path must be a file name ending in .png, got {path!r}")
-    return Path(path)
-
-
-def _write_png(img: Image.Image, path: Path) -> Path:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return write_atomic(path, lambda fh: fh.write(buf.getvalue()))
-
-
 # ------------------------------------------------------------------------------------------------ the results chart
 
 
@@ -104,9 +92,7 @@ def save_results_png(result: DemoResult, path: str | os.PathLike) -> Path:
 
     Arms that did not run are left out; without the ``full`` arm there is no ceiling line. Returns ``path``.
     """
-    from ferfast.demo import ARMS
-
-    path = _check_png_path(path)
+    path = png_path(path)
     arms = [a for a in ARMS if result.scores(a.key)]
     if not arms:
         raise ValueError("result has no rows: nothing to draw")
@@ -156,7 +142,7 @@ def save_results_png(result: DemoResult, path: str | os.PathLike) -> Path:
         y = y_of(ceiling)
         _dashed(draw, left + 1, x_end, y, CEILING_COLOUR)
         draw_text(draw, (left + 4, y - 4), f"fully supervised ceiling {ceiling:.1%}", small, CEILING_COLOUR, "lb")
-    return _write_png(img, path)
+    return save_png(img, path)
 
 
 # ------------------------------------------------------------------------------------------------ MAE reconstructions
@@ -305,9 +291,9 @@ def save_reconstruction_png(
     title: str | None = None,
 ) -> Reconstruction:
     """:func:`reconstruct` ``imgs`` and write :func:`reconstruction_grid` to ``path`` (a .png), atomically."""
-    path = _check_png_path(path)
+    path = png_path(path)
     rec = reconstruct(mae, imgs, mask_ratio=mask_ratio, seed=seed, mean=mean, std=std)
-    _write_png(reconstruction_grid(rec, scale, title), path)
+    save_png(reconstruction_grid(rec, scale, title), path)
     return rec
 
 

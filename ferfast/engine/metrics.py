@@ -7,7 +7,6 @@ accuracy averages the recall of the classes present in ``y_true``. The confusion
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -17,9 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ferfast._draw import draw_text, fit_text, load_font
+from ferfast._draw import draw_text, fit_text, load_font, png_path, save_png
 from ferfast.data.splits import class_indices
-from ferfast.engine.checkpoint import write_atomic
 
 __all__ = ["classification_metrics", "confusion_matrix", "confusion_png_size", "save_confusion_png"]
 
@@ -105,8 +103,7 @@ def save_confusion_png(
         raise ValueError(f"class_names has {len(class_names)} names for a {k}x{k} confusion matrix")
     if isinstance(cell_size, bool) or not isinstance(cell_size, int) or cell_size < 16:
         raise ValueError(f"cell_size must be an int >= 16, got {cell_size!r}")
-    if str(path).lower().rsplit(".", 1)[-1] != "png":
-        raise ValueError(f"path must end in .png, got {path}")
+    path = png_path(path)
     rows = cm.sum(axis=1, keepdims=True).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         rates = np.where(rows > 0, cm / np.maximum(rows, 1), 0.0)
@@ -137,9 +134,7 @@ def save_confusion_png(
             draw_text(draw, (cx, cy - 1), str(int(cm[i, j])), cell_font, ink, "mb")
             draw_text(draw, (cx, cy + 2), f"{rates[i, j]:.2f}", small_font, ink, "mt")
 
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return write_atomic(path, lambda fh: fh.write(buf.getvalue()))
+    return save_png(img, path)
 
 
 def _acc(cm: np.ndarray) -> float:
