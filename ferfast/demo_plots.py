@@ -6,7 +6,6 @@ Both PNGs are written atomically (:func:`ferfast._io.write_atomic`), like every 
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -18,9 +17,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
+from torchvision.transforms.v2 import functional as F
 
 from ferfast._draw import draw_text, fit_text, load_font, png_path, save_png
 from ferfast.data.augment import FACE_MEAN, FACE_STD
+from ferfast.data.check import decode_rgb
+from ferfast.data.normalize import normalize_images
 from ferfast.demo_results import ARMS
 
 if TYPE_CHECKING:
@@ -304,8 +306,10 @@ def sample_faces(
     mean: Sequence[float] = FACE_MEAN,
     std: Sequence[float] = FACE_STD,
 ) -> Tensor:
-    """``count`` images spread evenly over ``dataset`` as the evaluation sees them: whole image resized to
-    ``image_size`` (bicubic), normalised; ``[count, 3, image_size, image_size]`` (fewer if the dataset is smaller)."""
+    """``count`` images spread evenly over ``dataset`` as the evaluation sees them: decoded like every loader
+    (:func:`~ferfast.data.check.decode_rgb`), the whole image resized to ``image_size`` (bicubic, antialiased),
+    normalised (:func:`~ferfast.data.normalize.normalize_images`); ``[count, 3, image_size, image_size]`` (fewer if
+    the dataset is smaller)."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive int, got {count!r}")
     if len(dataset) == 0:
@@ -313,12 +317,6 @@ def sample_faces(
     indices = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(np.int64))
     faces = []
     for i in indices:
-        with Image.open(io.BytesIO(dataset.read_bytes(int(i)))) as im:
-            rgb = im.convert("RGB")
-        if rgb.size != (image_size, image_size):
-            rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        faces.append(np.asarray(rgb, dtype=np.float32) / 255.0)
-    x = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - m) / s).contiguous()
+        rgb = torch.from_numpy(decode_rgb(dataset.read_bytes(int(i)), str(dataset.path(int(i))))).permute(2, 0, 1)
+        faces.append(F.resize(rgb, [image_size, image_size], F.InterpolationMode.BICUBIC, antialias=True))
+    return normalize_images(torch.stack(faces), mean, std).contiguous()
