@@ -202,7 +202,6 @@ def arm_config(
     ``steps`` is ``(stage-1 steps per epoch with the labeled fraction, stage-2 steps per epoch)``; its epochs and
     warmup are converted to epochs of the whole training set (its learning rate schedule has the same shape in steps).
     """
-
     recipe = QUICK_RECIPE if cfg.quick else DEMO_RECIPE
     faces = cfg.faces_dir
     seed_dir = cfg.out_dir / f"seed{seed}"
@@ -355,8 +354,8 @@ def _run_seed(
     seed: int,
     stage_seconds: dict[str, float],
     echo: Callable[[str], None],
-    pictures: dict[str, Path] | None = None,
-    pair_iou: dict[int, dict[str, float]] | None = None,
+    pictures: dict[str, Path],
+    pair_iou: dict[int, dict[str, float]],
 ) -> list:
     """Pretrain once (and draw the MAE's reconstructions), then every arm of ``cfg`` for ``seed``; the pictures'
     paths go into ``pictures``, the face-IoU Mixup arm's pair-IoU distribution into ``pair_iou``."""
@@ -377,8 +376,7 @@ def _run_seed(
             f"faces ({dt:.0f} s)"
         )
         recon = save_mae_reconstructions(pcfg, mae, cfg.out_dir / f"seed{seed}" / "reconstruction.png", seed)
-        if pictures is not None:
-            pictures[f"reconstruction/seed{seed}"] = recon
+        pictures[f"reconstruction/seed{seed}"] = recon
     stage1_models = {}
     steps = None  # (stage-1, stage-2) steps per epoch of the labeled-fraction arms: the ceiling's budget
     for arm in wanted:
@@ -392,7 +390,7 @@ def _run_seed(
                 len(data.labeled) // acfg.stage1.batch_size,
                 len(data.unlabeled) // acfg.stage2.unlabeled_batch_size,
             )
-        if arm.mixup and not arm.semisup and pair_iou is not None:
+        if arm.mixup and not arm.semisup:
             pair_iou[seed] = stats = mixup_pair_ious(acfg, data)
             echo(
                 f"[seed {seed}] face-IoU Mixup pairs after stage 1's crops: IoU mean {stats['mean']:.2f}, quartiles "
@@ -407,7 +405,7 @@ def _run_seed(
         seconds = time.perf_counter() - t0
         eval_dir = Path(acfg.run.output_dir) / "eval"
         metrics = evaluate(model, data.test, acfg, eval_dir)
-        if pictures is not None and (eval_dir / "confusion.png").is_file():
+        if (eval_dir / "confusion.png").is_file():
             pictures[f"confusion/{arm.key}/seed{seed}"] = eval_dir / "confusion.png"
         stage_seconds[f"{arm.key}/seed{seed}"] = seconds
         row = _scores(metrics, arm.key, seed, seconds, len(data.labeled))
