@@ -16,8 +16,8 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find csrc cmake -type f 2>/dev/null)
-#: the demo's build: the CUDA kernels only where a GPU is (nvidia-smi lists one)
-DEMO_BUILD_CUDA := $(if $(shell nvidia-smi -L 2>/dev/null | grep -m1 GPU),AUTO,OFF)
+#: the demo's build: the CUDA kernels only where a GPU is (nvidia-smi lists one; asked only when that build runs)
+DEMO_BUILD_CUDA = $(if $(shell nvidia-smi -L 2>/dev/null | grep -m1 GPU),AUTO,OFF)
 DEMO_BUILD := $(if $(wildcard $(VENV)/.build-stamp),$(VENV)/.build-stamp,$(VENV)/.build-stamp-demo)
 
 .PHONY: setup build test test-triton demo bench bench-quick lint format info clean
