@@ -232,14 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result = run_demo(cfg, echo=lambda line: print(line, flush=True))
     wall = time.perf_counter() - t0
+    cpu = cpu_name()
     lines = [
-        f"demo profile: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"demo profile: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"seed {args.seed}{' (quick)' if args.quick else ''}, wall {wall:.0f} s",
         "",
         *report(timers),
     ]
     record: dict[str, Any] = {
-        "cpu": cpu_name(),
+        "cpu": cpu,
         "threads": torch.get_num_threads(),
         "wall_s": wall,
         "stage_seconds": result.stage_seconds,

@@ -270,7 +270,8 @@ def reconstruction_grid(rec: Reconstruction, scale: int | None = None, title: st
     draw.text((_PAD, 5), fit_text(draw, title, font, img.width - 2 * _PAD), fill="black", font=font)
     labels = {"masked": f"masked ({rec.mask_ratio:.0%})"}
     for r, (name, faces) in enumerate(zip(GRID_ROWS, (rec.original, rec.masked, rec.reconstruction), strict=True)):
-        y_mid = (grid_cell_box(r, 0, h, scale)[1] + grid_cell_box(r, 0, h, scale)[3]) // 2
+        _, top, _, bottom = grid_cell_box(r, 0, h, scale)
+        y_mid = (top + bottom) // 2
         draw_text(
             draw, (_PAD, y_mid), fit_text(draw, labels.get(name, name), font, _LABEL_W - 2 * _PAD), font, "black", "lm"
         )
